@@ -25,8 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in COMMANDS.items():
         c = sub.add_parser(name, help=help_, description=help_)
-        c.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value",
-                       help="a config preset, then overrides such as executor.kind=inline")
+        c.add_argument(
+            "args",
+            nargs="*",
+            metavar="[CONFIG.yaml] key=value",
+            help="a config preset, then overrides such as executor.kind=inline",
+        )
     return p
 
 

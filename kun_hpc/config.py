@@ -141,26 +141,40 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.executor.max_parallel >= 1, "executor.max_parallel", "must be >= 1", cfg.executor.max_parallel)
     names = [c.name for c in cfg.corpora]
     for i, c in enumerate(cfg.corpora):
-        _check(c.format in CORPUS_FORMATS, f"corpora.{i}.format", f"must be one of {CORPUS_FORMATS}", c.format)
+        _check(
+            c.format in CORPUS_FORMATS, f"corpora.{i}.format", f"must be one of {CORPUS_FORMATS}", c.format
+        )
         _check(bool(c.paths), f"corpora.{i}.paths", "must list at least one path", c.paths)
         _check(names.count(c.name) == 1, f"corpora.{i}.name", "must be unique", c.name)
-        _check(c.name.replace("_", "").replace("-", "").isalnum(), f"corpora.{i}.name",
-               "must be letters, digits, '-' or '_'", c.name)
+        _check(
+            c.name.replace("_", "").replace("-", "").isalnum(),
+            f"corpora.{i}.name",
+            "must be letters, digits, '-' or '_'",
+            c.name,
+        )
     s = cfg.shard
     _check(s.records_per_shard >= 1, "shard.records_per_shard", "must be >= 1", s.records_per_shard)
-    _check(s.bytes_per_shard is None or s.bytes_per_shard >= 1, "shard.bytes_per_shard", "must be >= 1",
-           s.bytes_per_shard)
+    _check(
+        s.bytes_per_shard is None or s.bytes_per_shard >= 1,
+        "shard.bytes_per_shard",
+        "must be >= 1",
+        s.bytes_per_shard,
+    )
     _check(1 <= s.zstd_level <= 22, "shard.zstd_level", "must be in 1..22", s.zstd_level)
     _check(s.split_bytes >= 1, "shard.split_bytes", "must be >= 1", s.split_bytes)
     _check(s.max_record_bytes >= 1, "shard.max_record_bytes", "must be >= 1", s.max_record_bytes)
-    _check(0.0 <= s.max_bad_fraction <= 1.0, "shard.max_bad_fraction", "must be in [0, 1]", s.max_bad_fraction)
+    _check(
+        0.0 <= s.max_bad_fraction <= 1.0, "shard.max_bad_fraction", "must be in [0, 1]", s.max_bad_fraction
+    )
     r = cfg.reshard
     _check(r.num_shards >= 1, "reshard.num_shards", "must be >= 1", r.num_shards)
     _check(1 <= r.zstd_level <= 22, "reshard.zstd_level", "must be in 1..22", r.zstd_level)
     _check(r.split_bytes >= 1, "reshard.split_bytes", "must be >= 1", r.split_bytes)
     sl = cfg.executor.slurm
     _check(sl.time_min >= 1, "executor.slurm.time_min", "must be >= 1", sl.time_min)
-    _check(sl.array_parallelism >= 1, "executor.slurm.array_parallelism", "must be >= 1", sl.array_parallelism)
+    _check(
+        sl.array_parallelism >= 1, "executor.slurm.array_parallelism", "must be >= 1", sl.array_parallelism
+    )
 
 
 def to_yaml(cfg: DictConfig | Any) -> str:

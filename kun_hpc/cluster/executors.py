@@ -31,7 +31,9 @@ class Outcome:
 class Executor:
     kind = "base"
 
-    def map(self, fn: Callable[[Any], Any], units: Sequence[Any], *, name: str, log_dir: Path) -> list[Outcome]:
+    def map(
+        self, fn: Callable[[Any], Any], units: Sequence[Any], *, name: str, log_dir: Path
+    ) -> list[Outcome]:
         raise NotImplementedError
 
 
@@ -78,7 +80,9 @@ class LocalExecutor(Executor):
                 try:
                     out[i] = Outcome(units[i], True, job.result(), log=str(job.paths.stderr))
                 except Exception as e:
-                    out[i] = Outcome(units[i], False, error=f"{type(e).__name__}: {e}", log=str(job.paths.stderr))
+                    out[i] = Outcome(
+                        units[i], False, error=f"{type(e).__name__}: {e}", log=str(job.paths.stderr)
+                    )
             if len(still) == len(running) and running:
                 time.sleep(self.poll_s)
             running = still

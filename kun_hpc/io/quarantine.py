@@ -33,8 +33,13 @@ class Bad:
         return f"{self.source}:{self.position}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "position": self.position, "reason": self.reason,
-                "detail": self.detail, "preview": self.preview}
+        return {
+            "source": self.source,
+            "position": self.position,
+            "reason": self.reason,
+            "detail": self.detail,
+            "preview": self.preview,
+        }
 
 
 class Quarantine:
@@ -54,7 +59,9 @@ class Quarantine:
         self.counts[bad.reason] += 1
         if self._writer is None:
             self._file = atomic_open(self.path)
-            self._writer = zstandard.ZstdCompressor(level=3).stream_writer(self._file.__enter__(), closefd=False)
+            self._writer = zstandard.ZstdCompressor(level=3).stream_writer(
+                self._file.__enter__(), closefd=False
+            )
         self._writer.write(orjson.dumps(bad.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
         if self._echo_left > 0:
             self._echo_left -= 1

@@ -61,8 +61,9 @@ NATIVE_FIELDS = {
 }
 
 
-def fields_for(fmt: str, text_field: str = "text", id_field: str | None = None,
-               meta_fields: tuple[str, ...] = ()) -> Fields:
+def fields_for(
+    fmt: str, text_field: str = "text", id_field: str | None = None, meta_fields: tuple[str, ...] = ()
+) -> Fields:
     return NATIVE_FIELDS.get(fmt) or Fields(text_field, id_field, tuple(meta_fields))
 
 
@@ -86,7 +87,10 @@ def expand_paths(patterns: list[str] | tuple[str, ...], fmt: str) -> list[Path]:
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            found.update(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES[fmt]))
+            matches = [f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES[fmt])]
+            if not matches:
+                raise FileNotFoundError(f"no {fmt} files ({', '.join(SUFFIXES[fmt])}) under {p}")
+            found.update(matches)
         elif p.is_file():
             found.add(p)
         else:
@@ -120,13 +124,16 @@ class RecordMaker:
     def __call__(self, obj: Any, position: str, raw: bytes) -> Item:
         f = self.fields
         if type(obj) is not dict:
-            return Bad(self.source, position, "wrong_type", f"expected a JSON object, got {type(obj).__name__}", raw)
+            return Bad(
+                self.source, position, "wrong_type", f"expected a JSON object, got {type(obj).__name__}", raw
+            )
         text = obj.get(f.text)
         if type(text) is not str:
             if text is None:
                 return Bad(self.source, position, "missing_text", f"no '{f.text}' field", raw)
-            return Bad(self.source, position, "wrong_type", f"'{f.text}' is {type(text).__name__}, not a string",
-                       raw)
+            return Bad(
+                self.source, position, "wrong_type", f"'{f.text}' is {type(text).__name__}, not a string", raw
+            )
         if not text.strip():
             return Bad(self.source, position, "empty_text", f"'{f.text}' is empty or blank", raw)
         native = obj.get(f.id) if f.id else None
@@ -157,7 +164,9 @@ def parse_json(raw: bytes, make: RecordMaker, position: str) -> Item:
 
 
 def too_long_bad(source: str, position: str, item: LineTooLong, limit: int) -> Bad:
-    return Bad(source, position, "record_too_large", f"{item.length} bytes > max_record_bytes {limit}", item.head)
+    return Bad(
+        source, position, "record_too_large", f"{item.length} bytes > max_record_bytes {limit}", item.head
+    )
 
 
 def too_long(make: RecordMaker, position: str, item: LineTooLong, limit: int) -> Bad:
@@ -188,7 +197,12 @@ def piece_lines(piece: InputPiece, max_bytes: int) -> Iterator[tuple[str, bytes 
                 if line:
                     yield where, line
     except STREAM_ERRORS as e:
-        yield Bad(piece.label, f"after {where}", "corrupt_stream", f"{type(e).__name__}: {e}; the rest is unreadable")
+        yield Bad(
+            piece.label,
+            f"after {where}",
+            "corrupt_stream",
+            f"{type(e).__name__}: {e}; the rest is unreadable",
+        )
 
 
 def _read_lines(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
@@ -205,14 +219,14 @@ def _read_lines(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterato
 
 
 # ----------------------------------------------------------------------------------------- WuDao
-# Objects of a WuDao array are separated by "}, {" before an "id" key. The lookahead keeps the split
-# out of texts that merely contain "},{"; an object that still fails to parse is retried joined to
-# its successor before it is quarantined.
+# Objects of a WuDao array are separated by "}, {" before an "id" key. A quote inside a valid JSON
+# string is always escaped, so this separator cannot match inside a text; a damaged object stays
+# between two separators and is quarantined alone.
 _WUDAO_SEP = re.compile(rb'\}\s*,\s*(?=\{\s*"id"\s*:)')
 
 
-def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong, bytes]]:
-    """Yield (offset, object bytes, separator after it) from a JSON array stream, bounded by max_bytes."""
+def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
+    """Yield (offset, object bytes) from a JSON array stream, bounded by max_bytes."""
     buf = b""
     while True:
         data = f.read(CHUNK)
@@ -229,12 +243,11 @@ def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong
     while True:
         last = 0
         for m in _WUDAO_SEP.finditer(buf):
-            sep = buf[m.start() + 1 : m.end()]
             if skip_head is not None:
-                yield skip_start, LineTooLong(skip_head, pos + m.start() + 1 - skip_start), sep
+                yield skip_start, LineTooLong(skip_head, pos + m.start() + 1 - skip_start)
                 skip_head = None
             else:
-                yield pos + last, buf[last : m.start() + 1], sep
+                yield pos + last, buf[last : m.start() + 1]
             last = m.end()
         buf = buf[last:]
         pos += last
@@ -253,44 +266,30 @@ def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong
     if closed:
         tail = tail[:-1].rstrip()
     if skip_head is not None:
-        yield skip_start, LineTooLong(skip_head, pos + len(tail) - skip_start), b""
+        yield skip_start, LineTooLong(skip_head, pos + len(tail) - skip_start)
     elif tail:
-        yield pos, tail, b""
+        yield pos, tail
     if not closed:
         raise EOFError("the array is not closed: the file is truncated")
 
 
 def _read_wudao(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
     where = "byte 0"
-    pending: tuple[int, bytes, bytes] | None = None  # an object that failed to parse, kept for one retry
     try:
         with open_stream(piece.path) as f:
-            for off, obj, sep in _wudao_objects(f, max_bytes):
+            for off, obj in _wudao_objects(f, max_bytes):
                 where = f"byte {off}"
-                if type(obj) is not bytes:
-                    if pending:
-                        yield parse_json(pending[1], make, f"byte {pending[0]}")
-                        pending = None
-                    yield too_long(make, where, obj, max_bytes)
-                    continue
-                if pending is not None:
-                    joined = pending[1] + pending[2] + obj
-                    item = parse_json(joined, make, f"byte {pending[0]}")
-                    if type(item) is dict:
-                        pending = None
-                        yield item
-                        continue
-                    yield parse_json(pending[1], make, f"byte {pending[0]}")
-                    pending = None
-                item = parse_json(obj, make, where)
-                if type(item) is Bad and item.reason == "invalid_json" and sep and len(obj) < max_bytes:
-                    pending = (off, obj, sep)
+                if type(obj) is bytes:
+                    yield parse_json(obj, make, where)
                 else:
-                    yield item
-            if pending is not None:
-                yield parse_json(pending[1], make, f"byte {pending[0]}")
+                    yield too_long(make, where, obj, max_bytes)
     except (*STREAM_ERRORS, ValueError) as e:
-        yield Bad(make.source, f"after {where}", "corrupt_stream", f"{type(e).__name__}: {e}; the rest is unreadable")
+        yield Bad(
+            make.source,
+            f"after {where}",
+            "corrupt_stream",
+            f"{type(e).__name__}: {e}; the rest is unreadable",
+        )
 
 
 # ----------------------------------------------------------------------------------------- WanJuan
@@ -306,7 +305,8 @@ def _read_wanjuan(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Itera
                     yield Bad(make.source, where, "unexpected_member", "not a .jsonl member; skipped")
                     continue
                 stream = tar.extractfile(member)
-                for lineno, (_, line) in enumerate(iter_lines(stream, max_bytes), 1):
+                # small reads: a truncated archive loses only the lines of the last read
+                for lineno, (_, line) in enumerate(iter_lines(stream, max_bytes, chunk=64 * 1024), 1):
                     where = f"{member.name}:line {lineno}"
                     if type(line) is bytes:
                         if line.strip():
@@ -314,7 +314,12 @@ def _read_wanjuan(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Itera
                     else:
                         yield too_long(make, where, line, max_bytes)
     except STREAM_ERRORS as e:
-        yield Bad(make.source, f"after {where}", "corrupt_stream", f"{type(e).__name__}: {e}; the rest is unreadable")
+        yield Bad(
+            make.source,
+            f"after {where}",
+            "corrupt_stream",
+            f"{type(e).__name__}: {e}; the rest is unreadable",
+        )
 
 
 READERS: dict[str, Callable[[InputPiece, RecordMaker, int], Iterator[Item]]] = {
@@ -325,7 +330,9 @@ READERS: dict[str, Callable[[InputPiece, RecordMaker, int], Iterator[Item]]] = {
 }
 
 
-def read_piece(piece: InputPiece, corpus: str, fmt: str, fields: Fields, max_record_bytes: int) -> Iterator[Item]:
+def read_piece(
+    piece: InputPiece, corpus: str, fmt: str, fields: Fields, max_record_bytes: int
+) -> Iterator[Item]:
     """Stream the records and bad items of one input piece."""
     make = RecordMaker(corpus, fields, piece.label)
     if not os.path.exists(piece.path):

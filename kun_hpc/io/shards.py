@@ -66,8 +66,14 @@ class ZstdJsonlWriter:
 class RollingShardWriter:
     """Writes records into consecutive shards, starting a new one at a record or byte limit."""
 
-    def __init__(self, folder: str | Path, records_per_shard: int, bytes_per_shard: int | None = None,
-                 level: int = 3, name=shard_name):
+    def __init__(
+        self,
+        folder: str | Path,
+        records_per_shard: int,
+        bytes_per_shard: int | None = None,
+        level: int = 3,
+        name=shard_name,
+    ):
         self.folder = Path(folder)
         self.records_per_shard = records_per_shard
         self.bytes_per_shard = bytes_per_shard
@@ -116,8 +122,16 @@ def list_shards(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob(SHARD_GLOB) if p.is_file())
 
 
-def write_manifest(folder: str | Path, *, shards: list[ShardInfo], inputs: list[dict], config_hash: str,
-                   read: int, quarantined: dict[str, int], extra: dict | None = None) -> dict:
+def write_manifest(
+    folder: str | Path,
+    *,
+    shards: list[ShardInfo],
+    inputs: list[dict],
+    config_hash: str,
+    read: int,
+    quarantined: dict[str, int],
+    extra: dict | None = None,
+) -> dict:
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -55,7 +55,7 @@ class LineTooLong:
 
 
 def iter_lines(
-    stream: BinaryIO, max_bytes: int, *, start: int = 0, end: int | None = None
+    stream: BinaryIO, max_bytes: int, *, start: int = 0, end: int | None = None, chunk: int = CHUNK
 ) -> Iterator[tuple[int, bytes | LineTooLong]]:
     """Yield ``(byte offset, line)`` for each line of ``stream`` without its newline.
 
@@ -69,7 +69,7 @@ def iter_lines(
     long_head: bytes | None = None  # set while skipping through an over-long line
     long_start = 0
     while True:
-        data = stream.read(CHUNK)
+        data = stream.read(chunk)
         if not data:
             break
         if long_head is not None:

@@ -29,7 +29,15 @@ from kun_hpc.config import config_hash
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
 from kun_hpc.io.readers import InputPiece, piece_lines, plan_pieces, too_long_bad
-from kun_hpc.io.shards import MANIFEST, ShardInfo, input_info, list_shards, read_manifest, shard_name, write_manifest
+from kun_hpc.io.shards import (
+    MANIFEST,
+    ShardInfo,
+    input_info,
+    list_shards,
+    read_manifest,
+    shard_name,
+    write_manifest,
+)
 from kun_hpc.io.streams import HashingWriter, LineTooLong
 from kun_hpc.stages.shard import QUARANTINE, WORK, load_marker
 from kun_hpc.stages.summary import StepReport, failed_units_message
@@ -115,8 +123,15 @@ def split_unit(u: SplitUnit) -> dict:
     quarantine.close()
     if read != written + quarantine.total:
         raise RuntimeError(f"{u.unit}: accounting broken: read {read} != {written} + {quarantine.total}")
-    marker = {"unit": u.unit, "input": source, "config_hash": u.config_hash, "read": read, "records": written,
-              "quarantined": dict(quarantine.counts), "index": index}
+    marker = {
+        "unit": u.unit,
+        "input": source,
+        "config_hash": u.config_hash,
+        "read": read,
+        "records": written,
+        "quarantined": dict(quarantine.counts),
+        "index": index,
+    }
     atomic_write_bytes(work / f"{u.unit}.done.json", orjson.dumps(marker))
     return marker
 
@@ -161,20 +176,45 @@ def run_reshard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[Step
     files = [p for p in list_shards(src) if out not in p.parents]
     if not files:
         raise FileNotFoundError(f"reshard.input: no part-*.jsonl.zst shards under {src}")
-    cfg_hash = config_hash({"inputs": [str(p) for p in files], "num_shards": r.num_shards,
-                            "zstd_level": r.zstd_level, "split_bytes": r.split_bytes})
+    cfg_hash = config_hash(
+        {
+            "inputs": [str(p) for p in files],
+            "num_shards": r.num_shards,
+            "zstd_level": r.zstd_level,
+            "split_bytes": r.split_bytes,
+        }
+    )
     name = f"reshard {src.name} -> {r.num_shards}"
     if (out / MANIFEST).exists() and read_manifest(out).get("config_hash") == cfg_hash:
         return [StepReport.from_manifest(name, read_manifest(out), skipped=True)]
     work = out / WORK
     pieces = plan_pieces(files, "jsonl", r.split_bytes)
     file_index = {str(p): i for i, p in enumerate(files)}
-    splits = [SplitUnit(f"s{file_index[p.path]:05d}-{p.index:04d}", p, str(work), cfg_hash, r.num_shards,
-                        r.zstd_level, cfg.shard.max_record_bytes) for p in pieces]
+    splits = [
+        SplitUnit(
+            f"s{file_index[p.path]:05d}-{p.index:04d}",
+            p,
+            str(work),
+            cfg_hash,
+            r.num_shards,
+            r.zstd_level,
+            cfg.shard.max_record_bytes,
+        )
+        for p in pieces
+    ]
     _run(executor, split_unit, splits, work, cfg_hash, name + " (split)", log_dir)
     split_ids = tuple(s.unit for s in splits)
-    merges = [MergeUnit(f"m{d:05d}", (d, min(d + MERGE_DESTS_PER_UNIT, r.num_shards)), split_ids, str(work),
-                        str(out), cfg_hash) for d in range(0, r.num_shards, MERGE_DESTS_PER_UNIT)]
+    merges = [
+        MergeUnit(
+            f"m{d:05d}",
+            (d, min(d + MERGE_DESTS_PER_UNIT, r.num_shards)),
+            split_ids,
+            str(work),
+            str(out),
+            cfg_hash,
+        )
+        for d in range(0, r.num_shards, MERGE_DESTS_PER_UNIT)
+    ]
     for old in out.glob("part-*.jsonl.zst"):
         if int(old.name[5:10]) >= r.num_shards:
             old.unlink()
@@ -190,8 +230,12 @@ def run_reshard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[Step
             q.replace(out / QUARANTINE / q.name)
     counts = Counter(p.path for p in pieces)
     manifest = write_manifest(
-        out, shards=shards, inputs=[input_info(f, counts[str(f)]) for f in files], config_hash=cfg_hash,
-        read=sum(m["read"] for m in split_markers), quarantined=dict(quarantined),
+        out,
+        shards=shards,
+        inputs=[input_info(f, counts[str(f)]) for f in files],
+        config_hash=cfg_hash,
+        read=sum(m["read"] for m in split_markers),
+        quarantined=dict(quarantined),
         extra={"num_shards": r.num_shards, "routing": "xxh3_64(id) % num_shards"},
     )
     shutil.rmtree(work)

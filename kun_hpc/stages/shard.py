@@ -93,8 +93,13 @@ def shard_unit(u: ShardUnit) -> dict:
     if read != written + quarantine.total:  # would be a bug in a reader or writer, never bad input
         raise RuntimeError(f"{u.unit}: accounting broken: read {read} != {written} + {quarantine.total}")
     marker = {
-        "unit": u.unit, "input": u.piece.label, "config_hash": u.config_hash, "read": read,
-        "records": written, "quarantined": dict(quarantine.counts), "shards": [asdict(s) for s in shards],
+        "unit": u.unit,
+        "input": u.piece.label,
+        "config_hash": u.config_hash,
+        "read": read,
+        "records": written,
+        "quarantined": dict(quarantine.counts),
+        "shards": [asdict(s) for s in shards],
     }
     atomic_write_bytes(_marker(work, u.unit), orjson.dumps(marker))
     return marker
@@ -110,9 +115,17 @@ def plan_corpus(cfg: DictConfig, corpus: DictConfig) -> tuple[list[ShardUnit], l
     file_index = {p: i for i, p in enumerate(files)}
     units = [
         ShardUnit(
-            unit=f"u{file_index[Path(p.path)]:05d}-{p.index:04d}", corpus=corpus.name, fmt=corpus.format,
-            fields=fields, piece=p, work=str(work), config_hash=cfg_hash, records_per_shard=s.records_per_shard,
-            bytes_per_shard=s.bytes_per_shard, zstd_level=s.zstd_level, max_record_bytes=s.max_record_bytes,
+            unit=f"u{file_index[Path(p.path)]:05d}-{p.index:04d}",
+            corpus=corpus.name,
+            fmt=corpus.format,
+            fields=fields,
+            piece=p,
+            work=str(work),
+            config_hash=cfg_hash,
+            records_per_shard=s.records_per_shard,
+            bytes_per_shard=s.bytes_per_shard,
+            zstd_level=s.zstd_level,
+            max_record_bytes=s.max_record_bytes,
         )
         for p in pieces
     ]
@@ -125,13 +138,23 @@ def shard_config_hash(cfg: DictConfig, corpus: DictConfig) -> str:
     """What decides the bytes of a corpus's shards (not where they go, nor how failures are judged)."""
     s = cfg.shard
     keep = ("name", "format", "paths", "text_field", "id_field", "meta_fields")
-    return config_hash({
-        "corpus": {k: OmegaConf.to_container(corpus)[k] for k in keep},
-        "shard": [s.records_per_shard, s.bytes_per_shard, s.zstd_level, s.split_bytes, s.max_record_bytes],
-    })
+    return config_hash(
+        {
+            "corpus": {k: OmegaConf.to_container(corpus)[k] for k in keep},
+            "shard": [
+                s.records_per_shard,
+                s.bytes_per_shard,
+                s.zstd_level,
+                s.split_bytes,
+                s.max_record_bytes,
+            ],
+        }
+    )
 
 
-def finalize(out: Path, units: list[ShardUnit], markers: list[dict], inputs: list[dict], cfg_hash: str) -> dict:
+def finalize(
+    out: Path, units: list[ShardUnit], markers: list[dict], inputs: list[dict], cfg_hash: str
+) -> dict:
     """Give the units' parts one numbering in unit order, gather quarantine, write the manifest."""
     work = out / WORK
     shards: list[ShardInfo] = []
@@ -150,8 +173,13 @@ def finalize(out: Path, units: list[ShardUnit], markers: list[dict], inputs: lis
         if q.exists():
             q.replace(out / QUARANTINE / q.name)
     manifest = write_manifest(
-        out, shards=shards, inputs=inputs, config_hash=cfg_hash, read=sum(m["read"] for m in markers),
-        quarantined=dict(quarantined), extra={"corpus": units[0].corpus if units else out.name},
+        out,
+        shards=shards,
+        inputs=inputs,
+        config_hash=cfg_hash,
+        read=sum(m["read"] for m in markers),
+        quarantined=dict(quarantined),
+        extra={"corpus": units[0].corpus if units else out.name},
     )
     shutil.rmtree(work)
     return manifest

@@ -23,8 +23,14 @@ class StepReport:
 
     @classmethod
     def from_manifest(cls, name: str, manifest: dict, skipped: bool = False) -> StepReport:
-        return cls(name, manifest["read"], manifest["records"], len(manifest["shards"]),
-                   dict(manifest["quarantined"]), skipped)
+        return cls(
+            name,
+            manifest["read"],
+            manifest["records"],
+            len(manifest["shards"]),
+            dict(manifest["quarantined"]),
+            skipped,
+        )
 
     @property
     def bad(self) -> int:
@@ -34,12 +40,21 @@ class StepReport:
 def print_reports(reports: list[StepReport], console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     table = Table(title="kun-hpc", show_lines=False)
-    for col in ("step", "read", "written", "shards", "quarantined", "by reason"):
-        table.add_column(col, justify="right" if col in ("read", "written", "shards", "quarantined") else "left")
+    for col in ("step", "status", "read", "written", "shards", "quarantined", "by reason"):
+        table.add_column(
+            col, justify="right" if col in ("read", "written", "shards", "quarantined") else "left"
+        )
     for r in reports:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r.quarantined.items())) or "-"
-        table.add_row(r.name + (" (done before)" if r.skipped else ""), f"{r.read:,}", f"{r.written:,}",
-                      str(r.shards), f"{r.bad:,}", reasons)
+        table.add_row(
+            r.name,
+            "done before" if r.skipped else "ran",
+            f"{r.read:,}",
+            f"{r.written:,}",
+            str(r.shards),
+            f"{r.bad:,}",
+            reasons,
+        )
     console.print(table)
 
 

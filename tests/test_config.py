@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kun_hpc import cli, config
+
+
+def test_defaults_come_from_the_embedded_preset():
+    cfg = config.load()
+    assert [c.name for c in cfg.corpora] == ["wudao", "wanjuan", "skypile"]
+    assert cfg.executor.kind == "local"
+    assert cfg.shard.output == "runs/default/shards"  # interpolations are resolved
+
+
+def test_overrides_reach_list_items_and_nested_keys(tmp_path):
+    cfg = config.load(None, [f"run.dir={tmp_path}", "corpora.1.paths=[a,b]", "executor.slurm.mem_gb=8"])
+    assert list(cfg.corpora[1].paths) == ["a", "b"]
+    assert cfg.executor.slurm.mem_gb == 8.0
+    assert cfg.shard.output == f"{tmp_path}/shards"
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("shard.records_per_shard=0", "shard.records_per_shard"),
+        ("shard.records_per_shard=many", "shard.records_per_shard"),
+        ("shard.no_such_key=1", "no_such_key"),
+        ("executor.kind=kubernetes", "executor.kind"),
+        ("corpora.0.format=parquet", "corpora.0.format"),
+        ("shard.max_bad_fraction=2", "shard.max_bad_fraction"),
+    ],
+)
+def test_bad_values_are_reported_with_their_key(override, names):
+    with pytest.raises(config.ConfigError, match=re.escape(names)):
+        config.load(None, [override])
+
+
+def test_cli_exits_2_naming_the_bad_key(capsys):
+    assert cli.main(["shard", "shard.zstd_level=99"]) == 2
+    assert "shard.zstd_level" in capsys.readouterr().err
+
+
+def test_missing_preset_file_is_named():
+    with pytest.raises(config.ConfigError, match=r"nope\.yaml"):
+        config.load("configs/nope.yaml")
+
+
+def test_resolved_config_and_hash_are_saved(tmp_path):
+    cfg = config.load(None, [f"run.dir={tmp_path}"])
+    digest = config.save_resolved(cfg, tmp_path)
+    assert (tmp_path / "config.sha256").read_text().strip() == digest
+    again = config.load(None, [f"run.dir={tmp_path}"])
+    assert config.config_hash(again) == digest
+    assert config.load(str(tmp_path / "config.yaml")).shard == cfg.shard
+    changed = config.load(None, [f"run.dir={tmp_path}", "shard.records_per_shard=7"])
+    assert config.config_hash(changed) != digest

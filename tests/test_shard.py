@@ -1,0 +1,296 @@
+"""shard and reshard end to end through the CLI, on the bundled sample and on damaged copies of it."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from kun_hpc import cli
+from kun_hpc.io.quarantine import read_quarantine
+from kun_hpc.io.shards import file_sha256, list_shards, read_manifest, read_shard
+from kun_hpc.stages.reshard import destination
+from tests.conftest import sample_overrides
+
+
+def records_under(folder: Path) -> list[dict]:
+    return [r for p in list_shards(folder) for r in read_shard(p)]
+
+
+def multiset(records: list[dict]) -> Counter:
+    return Counter(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    assert (
+        cli.main(["shard", *sample_overrides(run, "executor.kind=inline", "shard.records_per_shard=300")])
+        == 0
+    )
+    return run
+
+
+def test_shard_writes_manifested_shards_that_hold_every_record(sharded):
+    expected = {"wudao": 1300, "wanjuan": 1200, "skypile": 1004}
+    for corpus, n in expected.items():
+        out = sharded / "shards" / corpus
+        m = read_manifest(out)
+        assert m["records"] == m["read"] == n and m["quarantined"] == {}
+        assert [s["name"] for s in m["shards"]] == [p.name for p in list_shards(out)]
+        for s in m["shards"]:
+            path = out / s["name"]
+            assert file_sha256(path) == s["sha256"] and path.stat().st_size == s["bytes"]
+            assert sum(1 for _ in read_shard(path)) == s["records"] <= 300
+        recs = records_under(out)
+        assert len({r["id"] for r in recs}) == n and all(r["corpus"] == corpus for r in recs)
+        assert not (out / "_work").exists()
+    assert (sharded / "config.yaml").exists() and (sharded / "config.sha256").exists()
+
+
+def test_local_executor_gives_the_same_shards_as_inline(sharded, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        cli.main(["shard", *sample_overrides(run, "executor.kind=local", "shard.records_per_shard=300")]) == 0
+    )
+    for corpus in ("wudao", "wanjuan", "skypile"):
+        a, b = read_manifest(sharded / "shards" / corpus), read_manifest(run / "shards" / corpus)
+        assert a["shards"] == b["shards"]  # names, counts and sha256
+
+
+def test_rerun_with_same_config_is_a_no_op_and_a_changed_config_redoes(sharded, capsys):
+    before = {p: p.stat().st_mtime_ns for p in list_shards(sharded / "shards")}
+    assert (
+        cli.main(["shard", *sample_overrides(sharded, "executor.kind=inline", "shard.records_per_shard=300")])
+        == 0
+    )
+    assert capsys.readouterr().err.count("done before") == 3
+    assert {p: p.stat().st_mtime_ns for p in list_shards(sharded / "shards")} == before
+
+
+def test_resume_runs_only_units_without_a_marker(tmp_path):
+    from kun_hpc import config
+    from kun_hpc.cluster.executors import InlineExecutor
+    from kun_hpc.stages import shard
+
+    cfg = config.load(None, sample_overrides(tmp_path, "shard.records_per_shard=100"))
+    corpus = cfg.corpora[0]
+    units, _ = shard.plan_corpus(cfg, corpus)
+    first = shard.shard_unit(units[0])  # as if the run was killed after one unit
+    marker = Path(units[0].work) / f"{units[0].unit}.done.json"
+    stamp = marker.stat().st_mtime_ns
+    ran = []
+
+    class Recording(InlineExecutor):
+        def map(self, fn, units, **kw):
+            ran.extend(u.unit for u in units if u.corpus == "wudao")
+            return super().map(fn, units, **kw)
+
+    reports = shard.run_shard(cfg, Recording(), tmp_path / "logs")
+    assert ran == [u.unit for u in units[1:]]
+    assert marker.exists() is False  # the work folder is cleaned once the corpus is finalized
+    assert reports[0].written == 1300 and first["records"] == 650
+    assert stamp > 0
+
+
+BAD_LINES = [
+    b'{"text": "unterminated',
+    b'{"text": "\xff\xfe"}',
+    b'{"title": "x"}',
+    b'{"text": ""}',
+    b'{"text": ["not", "a", "string"]}',
+]
+
+
+def damaged_corpus(tmp_path: Path, sample: Path) -> Path:
+    """A skypile folder: the real file with bad lines mixed in, plus a corrupt .zst copy."""
+    import zstandard
+
+    src = (sample / "skypile" / "2020-40_zh_head_0000.jsonl").read_bytes().splitlines()
+    folder = tmp_path / "skypile-bad"
+    folder.mkdir()
+    mixed = []
+    for i, line in enumerate(src):
+        mixed.append(line)
+        if i % 200 == 0:
+            mixed.append(BAD_LINES[(i // 200) % len(BAD_LINES)])
+    (folder / "2020-40_zh_head_0000.jsonl").write_bytes(b"\n".join(mixed) + b"\n")
+    blob = bytearray(zstandard.ZstdCompressor().compress(b"\n".join(src[:300]) + b"\n"))
+    blob[40:80] = b"\x00" * 40
+    (folder / "2020-40_zh_head_0001.jsonl.zst").write_bytes(bytes(blob))
+    return folder
+
+
+def test_bad_input_is_quarantined_counted_and_accounted(tmp_path, sample, capsys):
+    folder = damaged_corpus(tmp_path, sample)
+    run = tmp_path / "run"
+    code = cli.main(["shard", *sample_overrides(run, "executor.kind=inline", f"corpora.2.paths=[{folder}]")])
+    assert code == 0  # max_bad_fraction defaults to 1.0: bad input is not fatal
+    err = capsys.readouterr().err
+    assert "quarantined: 2020-40_zh_head_0000.jsonl:line 2: invalid_json" in err
+    m = read_manifest(run / "shards" / "skypile")
+    q = [
+        item
+        for p in sorted((run / "shards" / "skypile" / "quarantine").glob("*.zst"))
+        for item in read_quarantine(p)
+    ]
+    assert m["read"] == m["records"] + sum(m["quarantined"].values())
+    assert Counter(i["reason"] for i in q) == Counter(m["quarantined"])
+    assert set(m["quarantined"]) >= {
+        "invalid_json",
+        "invalid_utf8",
+        "missing_text",
+        "empty_text",
+        "wrong_type",
+        "corrupt_stream",
+    }
+    assert all(i["source"] and i["position"] and i["reason"] for i in q)
+    assert m["records"] >= 1004  # every good line of the plain file, plus what the zst gave before the damage
+
+
+def test_max_bad_fraction_makes_the_command_fail(tmp_path, sample, capsys):
+    folder = damaged_corpus(tmp_path, sample)
+    run = tmp_path / "run"
+    args = sample_overrides(
+        run, "executor.kind=inline", f"corpora.2.paths=[{folder}]", "shard.max_bad_fraction=0.001"
+    )
+    assert cli.main(["shard", *args]) == 3
+    assert "max_bad_fraction" in capsys.readouterr().err
+    assert read_manifest(run / "shards" / "skypile")["records"] > 0  # the good records are still written
+
+
+def test_a_failing_unit_fails_the_command_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
+    from kun_hpc.stages import shard
+
+    real = shard.read_piece
+
+    def flaky(piece, *args):
+        if piece.path.endswith("part-000001-a894b46f.jsonl.tar.gz"):
+            raise OSError("Input/output error (simulated disk fault)")
+        return real(piece, *args)
+
+    monkeypatch.setattr(shard, "read_piece", flaky)
+    args = sample_overrides(tmp_path, "executor.kind=inline")
+    assert cli.main(["shard", *args]) == 1
+    err = capsys.readouterr().err
+    assert "shard wanjuan: 1 of 2 units failed" in err and "re-run" in err and "simulated disk fault" in err
+    assert not (tmp_path / "shards" / "wanjuan" / "manifest.json").exists()
+    monkeypatch.setattr(shard, "read_piece", real)
+    assert cli.main(["shard", *args]) == 0
+    assert read_manifest(tmp_path / "shards" / "wanjuan")["records"] == 1200
+
+
+# ------------------------------------------------------------------------------------------ reshard
+@pytest.mark.parametrize("num_shards", [1, 7])
+def test_reshard_keeps_the_multiset_and_routes_by_id(sharded, tmp_path, num_shards):
+    out = tmp_path / "re"
+    args = sample_overrides(
+        sharded, "executor.kind=inline", f"reshard.num_shards={num_shards}", f"reshard.output={out}"
+    )
+    assert cli.main(["reshard", *args]) == 0
+    assert multiset(records_under(out)) == multiset(records_under(sharded / "shards"))
+    shards = list_shards(out)
+    assert len(shards) == num_shards
+    for i, p in enumerate(shards):
+        assert all(destination(r["id"], num_shards) == i for r in read_shard(p))
+    m = read_manifest(out)
+    assert m["read"] == m["records"] == 3504
+
+
+def test_reshard_is_identical_whatever_the_task_count(sharded, tmp_path):
+    digests = []
+    for i, extra in enumerate(
+        [
+            "executor.kind=inline",
+            "executor.kind=local executor.max_parallel=1",
+            "executor.kind=local executor.max_parallel=2",
+        ]
+    ):
+        out = tmp_path / f"re{i}"
+        args = sample_overrides(
+            sharded,
+            *extra.split(),
+            "reshard.num_shards=5",
+            f"reshard.output={out}",
+            "reshard.split_bytes=100000",
+        )  # several pieces per input shard
+        assert cli.main(["reshard", *args]) == 0
+        digests.append([(p.name, file_sha256(p)) for p in list_shards(out)])
+    assert digests[0] == digests[1] == digests[2]
+
+
+def test_reshard_round_trip_back_to_another_count(sharded, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (
+        cli.main(
+            [
+                "reshard",
+                *sample_overrides(
+                    sharded, "executor.kind=inline", "reshard.num_shards=3", f"reshard.output={a}"
+                ),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "reshard",
+                *sample_overrides(
+                    sharded,
+                    "executor.kind=inline",
+                    "reshard.num_shards=11",
+                    f"reshard.input={a}",
+                    f"reshard.output={b}",
+                ),
+            ]
+        )
+        == 0
+    )
+    assert multiset(records_under(b)) == multiset(records_under(sharded / "shards"))
+    # same destination for the same record whichever layout it came from
+    direct = tmp_path / "direct"
+    assert (
+        cli.main(
+            [
+                "reshard",
+                *sample_overrides(
+                    sharded, "executor.kind=inline", "reshard.num_shards=11", f"reshard.output={direct}"
+                ),
+            ]
+        )
+        == 0
+    )
+    for p, q in zip(list_shards(b), list_shards(direct), strict=True):
+        assert {r["id"] for r in read_shard(p)} == {r["id"] for r in read_shard(q)}
+
+
+def test_reshard_quarantines_a_corrupt_input_shard(sharded, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(sharded / "shards" / "skypile", src)
+    victim = list_shards(src)[0]
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2 :] = b"\x00" * (len(blob) - len(blob) // 2)
+    victim.write_bytes(bytes(blob))
+    out = tmp_path / "out"
+    assert (
+        cli.main(
+            [
+                "reshard",
+                *sample_overrides(
+                    sharded,
+                    "executor.kind=inline",
+                    f"reshard.input={src}",
+                    f"reshard.output={out}",
+                    "reshard.num_shards=2",
+                ),
+            ]
+        )
+        == 0
+    )
+    m = read_manifest(out)
+    assert m["quarantined"].get("corrupt_stream") == 1
+    assert m["read"] == m["records"] + 1 and m["records"] < 1004
