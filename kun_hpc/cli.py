@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 from kun_hpc import config as config_mod
 from kun_hpc.cluster.executors import make_executor
@@ -17,6 +20,11 @@ from kun_hpc.stages.summary import BadInputError, check_bad_fraction, print_repo
 COMMANDS = {
     "shard": "native corpus files -> zstd JSONL shards with a manifest",
     "reshard": "N shards -> M shards, routed by record id (deterministic)",
+    "run": "shard if needed, then submit the pipeline grid (only units without a valid marker)",
+    "status": "per-stage done/running/pending/failed from markers and one squeue/sacct query",
+    "logs": "the tail of each failed unit's log",
+    "cancel": "scancel this run's jobs",
+    "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
 }
 
 
@@ -31,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
             metavar="[CONFIG.yaml] key=value",
             help="a config preset, then overrides such as executor.kind=inline",
         )
+        if name == "run":
+            c.add_argument("--wait", action="store_true", help="slurm: wait with a progress bar until done")
+        if name == "status":
+            c.add_argument("--watch", action="store_true", help="refresh every executor.poll_interval_s")
+        if name == "logs":
+            c.add_argument("--failed", action="store_true", default=True, help="failed units (the default)")
+            c.add_argument("-n", "--lines", type=int, default=20)
     return p
 
 
@@ -46,33 +61,158 @@ def main(argv: list[str] | None = None) -> int:
     preset, overrides = split_args(ns.args)
     try:
         cfg = config_mod.load(preset, overrides)
+        cfg.run.dir = str(Path(cfg.run.dir).resolve())
     except config_mod.ConfigError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.run.dir)
-    digest = config_mod.save_resolved(cfg, run_dir)
-    print(f"kun-hpc {ns.command}: run dir {run_dir} (config {digest})", file=sys.stderr)
-    executor = make_executor(cfg)
-    log_dir = run_dir / "logs" / ns.command
     try:
-        if ns.command == "shard":
-            from kun_hpc.stages.shard import run_shard
-
-            reports = run_shard(cfg, executor, log_dir)
-        else:
-            from kun_hpc.stages.reshard import run_reshard
-
-            reports = run_reshard(cfg, executor, log_dir)
-    except (FileNotFoundError, RuntimeError) as e:
-        print(f"kun-hpc: {e}", file=sys.stderr)
-        return 1
-    print_reports(reports)
-    try:
-        check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+        return COMMAND_FUNCS[ns.command](cfg, ns)
     except BadInputError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 3
+    except (FileNotFoundError, RuntimeError, config_mod.ConfigError) as e:
+        print(f"kun-hpc: {e}", file=sys.stderr)
+        return 1
+
+
+def _start(cfg: DictConfig, command: str) -> Path:
+    run_dir = Path(cfg.run.dir)
+    digest = config_mod.save_resolved(cfg, run_dir)
+    print(f"kun-hpc {command}: run dir {run_dir} (config {digest})", file=sys.stderr)
+    return run_dir
+
+
+def cmd_shard(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.stages.shard import run_shard
+
+    run_dir = _start(cfg, "shard")
+    reports = run_shard(cfg, make_executor(cfg), run_dir / "logs" / "shard")
+    print_reports(reports)
+    check_bad_fraction(reports, cfg.shard.max_bad_fraction)
     return 0
+
+
+def cmd_reshard(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.stages.reshard import run_reshard
+
+    run_dir = _start(cfg, "reshard")
+    reports = run_reshard(cfg, make_executor(cfg), run_dir / "logs" / "reshard")
+    print_reports(reports)
+    check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+    return 0
+
+
+def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.cluster.dag import run_grid
+    from kun_hpc.cluster.grid import plan_grid
+    from kun_hpc.cluster.status import print_status, unit_statuses
+    from kun_hpc.stages.shard import run_shard
+
+    run_dir = _start(cfg, "run")
+    executor = make_executor(cfg)
+    reports = run_shard(cfg, executor, run_dir / "logs" / "shard")
+    print_reports(reports)
+    check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+    grid = plan_grid(cfg)
+    if not grid.stages:
+        print(
+            f"kun-hpc run: no stages in pipeline.stages; shards are ready under {cfg.shard.output}",
+            file=sys.stderr,
+        )
+        return 0
+    submitted = run_grid(cfg, grid, executor)
+    pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())
+    print(f"kun-hpc run: pending units: {pending}", file=sys.stderr)
+    if cfg.executor.kind == "slurm":
+        jobs = " ".join(e["job"] for e in submitted.entries)
+        print(f"kun-hpc run: {submitted.sbatch_calls} sbatch calls, jobs {jobs or '-'}", file=sys.stderr)
+        if not ns.wait:
+            return 0
+        return _watch(cfg, until_settled=True)
+    print_status(unit_statuses(cfg))
+    failed = [f for fs in submitted.failed.values() for f in fs]
+    for f in failed:
+        print(f"failed: {f}", file=sys.stderr)
+    for stage, names in submitted.skipped.items():
+        if names:
+            print(f"not run ({stage}): {', '.join(names)}: an upstream unit failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _watch(cfg: DictConfig, until_settled: bool) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from kun_hpc.cluster.status import SchedulerView, print_status, summarize, unit_statuses
+
+    view = SchedulerView(cfg.executor.poll_interval_s)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        bars: dict[str, int] = {}
+        while True:
+            rows = unit_statuses(cfg, view)
+            for stage, counts in summarize(rows).items():
+                total = sum(counts.values())
+                extra = " ".join(f"{k}={v}" for k, v in counts.items() if k != "done" and v)
+                if stage not in bars:
+                    bars[stage] = progress.add_task(stage, total=total, extra=extra)
+                progress.update(bars[stage], completed=counts.get("done", 0), extra=extra)
+            active = [r for r in rows if r.state in ("running", "pending")]
+            if until_settled and not active:
+                break
+            time.sleep(cfg.executor.poll_interval_s)
+    print_status(rows, console)
+    return 0 if all(r.state == "done" for r in rows) else 1
+
+
+def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.cluster.status import print_status, unit_statuses
+
+    if ns.watch:
+        return _watch(cfg, until_settled=True)
+    rows = unit_statuses(cfg)
+    print_status(rows)
+    return 0
+
+
+def cmd_logs(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.cluster.status import failed_logs, unit_statuses
+
+    print(failed_logs(unit_statuses(cfg), ns.lines))
+    return 0
+
+
+def cmd_cancel(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.cluster.status import cancel
+
+    arrays = cancel(cfg)
+    print(f"kun-hpc cancel: scancel {' '.join(arrays) or '(nothing submitted)'}", file=sys.stderr)
+    return 0
+
+
+def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    from kun_hpc.cluster.plan import plan, print_plan
+
+    print_plan(plan(cfg))
+    return 0
+
+
+COMMAND_FUNCS = {
+    "shard": cmd_shard,
+    "reshard": cmd_reshard,
+    "run": cmd_run,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "plan": cmd_plan,
+}
 
 
 if __name__ == "__main__":

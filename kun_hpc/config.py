@@ -78,7 +78,21 @@ class SlurmConfig:
 class ExecutorConfig:
     kind: str = "local"  # one of EXECUTORS
     max_parallel: int = 2  # local: tasks at once
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # default resources of every Slurm job
+    # per-stage overrides of the fields above, e.g. {label: {gpus_per_task: 2, time_min: 600}}
+    stage_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    poll_interval_s: float = 10.0  # at most one squeue + one sacct call per interval while waiting
+
+
+@dataclass
+class PipelineConfig:
+    # stage names in order (see kun_hpc/pipeline.py), or "package.module:Class" for your own stages
+    stages: list[str] = field(default_factory=list)
+    shards_per_task: int = 1  # a unit is (stage, group of this many shards); amortises model loading
+    chunk_records: int = 1000  # a unit commits its output every this many input records
+    options: dict[str, Any] = field(default_factory=dict)  # per-stage options of stages without a section
+    # measured or expected input records per second per task, for `kun-hpc plan` estimates
+    throughput: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +108,7 @@ class Config:
     corpora: list[CorpusConfig] = field(default_factory=list)
     shard: ShardConfig = field(default_factory=ShardConfig)
     reshard: ReshardConfig = field(default_factory=ReshardConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

@@ -98,5 +98,5 @@ def make_executor(cfg: DictConfig) -> Executor:
     if kind == "slurm":
         from kun_hpc.cluster.slurm import SlurmExecutor
 
-        return SlurmExecutor(cfg.executor.slurm)
+        return SlurmExecutor(cfg)
     raise ValueError(f"unknown executor.kind {kind!r}")

@@ -109,8 +109,11 @@ def plan_pieces(files: list[Path], fmt: str, split_bytes: int) -> list[InputPiec
     return pieces
 
 
+_xxh3_128_hex = xxhash.xxh3_128_hexdigest
+
+
 def content_id(corpus: str, text: str) -> str:
-    return f"{corpus}/{xxhash.xxh3_128_hexdigest(text.encode('utf-8', 'surrogatepass'))}"
+    return f"{corpus}/{_xxh3_128_hex(text.encode('utf-8', 'surrogatepass'))}"
 
 
 class RecordMaker:
@@ -120,32 +123,42 @@ class RecordMaker:
         self.corpus = corpus
         self.fields = fields
         self.source = source
+        # the per-record path reads these instead of going through self.fields each time
+        self._text, self._id, self._meta = fields.text, fields.id, fields.meta
+        self._id_prefix = f"{corpus}/"
+        self._src_prefix = f"{source}:"
 
     def __call__(self, obj: Any, position: str, raw: bytes) -> Item:
-        f = self.fields
         if type(obj) is not dict:
             return Bad(
                 self.source, position, "wrong_type", f"expected a JSON object, got {type(obj).__name__}", raw
             )
-        text = obj.get(f.text)
+        text_field = self._text
+        text = obj.get(text_field)
         if type(text) is not str:
             if text is None:
-                return Bad(self.source, position, "missing_text", f"no '{f.text}' field", raw)
+                return Bad(self.source, position, "missing_text", f"no '{text_field}' field", raw)
             return Bad(
-                self.source, position, "wrong_type", f"'{f.text}' is {type(text).__name__}, not a string", raw
+                self.source,
+                position,
+                "wrong_type",
+                f"'{text_field}' is {type(text).__name__}, not a string",
+                raw,
             )
-        if not text.strip():
-            return Bad(self.source, position, "empty_text", f"'{f.text}' is empty or blank", raw)
-        native = obj.get(f.id) if f.id else None
+        if not text or text.isspace():  # the same test as `not text.strip()`, without copying the text
+            return Bad(self.source, position, "empty_text", f"'{text_field}' is empty or blank", raw)
+        id_field = self._id
+        native = obj.get(id_field) if id_field else None
         if native is None or native == "":
-            rid = content_id(self.corpus, text)
+            rid = self._id_prefix + _xxh3_128_hex(text.encode("utf-8", "surrogatepass"))
         elif type(native) is str or type(native) is int:
-            rid = f"{self.corpus}/{native}"
+            rid = f"{self._id_prefix}{native}"
         else:
-            return Bad(self.source, position, "wrong_type", f"'{f.id}' is {type(native).__name__}", raw)
-        rec = {"id": rid, "corpus": self.corpus, "text": text, "src": f"{self.source}:{position}"}
-        if f.meta:
-            meta = {k: obj[k] for k in f.meta if obj.get(k) not in (None, "")}
+            return Bad(self.source, position, "wrong_type", f"'{id_field}' is {type(native).__name__}", raw)
+        rec = {"id": rid, "corpus": self.corpus, "text": text, "src": self._src_prefix + position}
+        keys = self._meta
+        if keys:
+            meta = {k: v for k in keys if (v := obj.get(k)) is not None and v != ""}
             if meta:
                 rec["meta"] = meta
         return rec
@@ -206,14 +219,20 @@ def piece_lines(piece: InputPiece, max_bytes: int) -> Iterator[tuple[str, bytes 
 
 
 def _read_lines(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for item in piece_lines(piece, max_bytes):
         if type(item) is Bad:
             yield item
             continue
         where, line = item
         if type(line) is bytes:
-            if line.strip():
-                yield parse_json(line, make, where)
+            if not line.isspace():  # lines are never empty here; isspace() is `not strip()` without a copy
+                try:
+                    obj = loads(line)
+                except decode_error:
+                    yield parse_json(line, make, where)  # parses again, to say why
+                    continue
+                yield make(obj, where, line)
         else:
             yield too_long(make, where, line, max_bytes)
 

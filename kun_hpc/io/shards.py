@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +33,18 @@ class ShardInfo:
     sha256: str
 
 
+BATCH_BYTES = 1 << 20  # lines are handed to the compressing thread in batches of about this size
+MAX_PENDING = 4  # batches queued for that thread at most (bounds the memory it can hold)
+
+
 class ZstdJsonlWriter:
-    """One zstd JSONL file, written to a temp name and renamed into place by :meth:`close`."""
+    """One zstd JSONL file, written to a temp name and renamed into place by :meth:`close`.
+
+    Lines are gathered into batches of about ``BATCH_BYTES`` that a helper thread compresses, hashes and
+    writes (zstandard and hashlib release the GIL), so compression overlaps the caller's parsing. zstd's
+    streaming output does not depend on how its input is cut into writes, so the bytes are the same as
+    writing line by line on one thread.
+    """
 
     def __init__(self, path: str | Path, level: int = 3):
         self.path = Path(path)
@@ -41,24 +53,60 @@ class ZstdJsonlWriter:
         self._z = zstandard.ZstdCompressor(level=level).stream_writer(self._hasher, closefd=False)
         self.records = 0
         self.raw_bytes = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
 
     def write_line(self, line: bytes) -> None:
         """Write one JSON document that already ends with a newline."""
-        self._z.write(line)
+        self._batch.append(line)
+        n = len(line)
         self.records += 1
-        self.raw_bytes += len(line)
+        self.raw_bytes += n
+        self._batch_bytes += n
+        if self._batch_bytes >= BATCH_BYTES:
+            self._submit()
 
     def write(self, record: dict) -> None:
         self.write_line(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
+    def _submit(self) -> None:
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batch_bytes = 0
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="zstd-writer")
+        pending = self._pending
+        pending.append(self._pool.submit(self._z.write, data))  # one thread: batches keep their order
+        while len(pending) > MAX_PENDING or (pending and pending[0].done()):
+            pending.popleft().result()  # re-raises what the thread raised (a full disk, ...)
+
+    def _drain(self) -> None:
+        """Wait for the thread to finish every batch; re-raise its first error."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pending.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
     def close(self) -> ShardInfo:
+        if self._batch:
+            self._submit()
+        self._drain()
         self._z.close()
         self._ctx.__exit__(None, None, None)
         return ShardInfo(self.path.name, self.records, self._hasher.nbytes, self._hasher.sha256.hexdigest())
 
     def abort(self) -> None:
         try:
-            self._z.close()
+            try:
+                self._drain()
+            finally:
+                self._z.close()
         finally:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 

@@ -1,0 +1,231 @@
+"""What is done, running, pending or failed: completion markers first, then the scheduler.
+
+The scheduler is asked at most once per ``poll_interval_s``, with one ``squeue`` call for all of the
+user's jobs and one ``sacct`` call for every job that left the queue without a marker, whatever the
+number of units. ``SchedulerView.calls`` counts them (the status benchmark reports calls per minute).
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from kun_hpc.cluster.grid import is_done, plan_grid
+from kun_hpc.cluster.slurm import read_registry
+
+TERMINAL_BAD = {
+    "FAILED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "CANCELLED",
+    "PREEMPTED",
+}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
+
+
+@dataclass
+class SchedulerView:
+    """Batched, rate-limited view of job states: ``{"123_4": ("RUNNING", reason)}``."""
+
+    min_interval_s: float = 10.0
+    calls: Counter = field(default_factory=Counter)
+    _last: float = 0.0
+    _states: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def states(self, jobs: set[str], force: bool = False) -> dict[str, tuple[str, str]]:
+        now = time.monotonic()
+        if force or not self._states or now - self._last >= self.min_interval_s:
+            self._refresh(jobs)
+            self._last = time.monotonic()
+        return {j: self._states[j] for j in jobs if j in self._states}
+
+    def _refresh(self, jobs: set[str]) -> None:
+        queued = self._squeue()
+        gone = {j for j in jobs if j not in queued}
+        finished = self._sacct(gone) if gone else {}
+        self._states = {**finished, **queued}
+
+    def _squeue(self) -> dict[str, tuple[str, str]]:
+        self.calls["squeue"] += 1
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"], capture_output=True, text=True
+        )
+        states = {}
+        for line in out.stdout.splitlines():
+            job, state, reason = (line.split("|") + ["", ""])[:3]
+            states[job.strip()] = (state.strip(), reason.strip())
+        return states
+
+    def _sacct(self, jobs: set[str]) -> dict[str, tuple[str, str]]:
+        arrays = sorted({j.split("_")[0] for j in jobs})
+        self.calls["sacct"] += 1
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode"],
+            capture_output=True,
+            text=True,
+        )
+        states = {}
+        for line in out.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 3:
+                states[parts[0]] = (parts[1].split()[0] if parts[1] else "", f"exit {parts[2]}")
+        return states
+
+
+def wait_for_jobs(view: SchedulerView, entries: list[dict], timeout_s: float | None = None) -> dict[str, str]:
+    """Block until every array task of ``entries`` has left the queue; return their final states."""
+    jobs = {f"{e['job']}_{k}" for e in entries for k in range(len(e["units"]))}
+    start = time.monotonic()
+    while True:
+        states = view.states(jobs, force=True)
+        settled = {j: s for j, (s, _) in states.items() if s and s not in ACTIVE}
+        if len(settled) == len(jobs):
+            return settled
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(
+                f"jobs still running after {timeout_s}s: {sorted(set(jobs) - set(settled))[:10]}"
+            )
+        time.sleep(view.min_interval_s)
+
+
+@dataclass
+class UnitStatus:
+    stage: str
+    unit: str
+    state: str  # done | running | pending | failed | cancelled | not submitted
+    job: str = ""
+    why: str = ""
+    log: str = ""
+
+
+def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[UnitStatus]:
+    grid = plan_grid(cfg)
+    run_dir = Path(cfg.run.dir)
+    latest: dict[tuple[str, str], tuple[str, str]] = {}  # (stage, unit) -> (job, log_dir)
+    for e in read_registry(run_dir):
+        for k, name in enumerate(e["units"]):
+            latest[(e["stage"], name)] = (f"{e['job']}_{k}", e["log_dir"])
+    todo = {
+        latest[(s, u.name)][0]
+        for s in grid.stages
+        for u in grid.units[s]
+        if (s, u.name) in latest and not is_done(u)
+    }
+    states = (view or SchedulerView(0)).states(todo) if todo else {}
+    rows: list[UnitStatus] = []
+    failed_groups: dict[int, str] = {}
+    for stage in grid.stages:
+        for u in grid.units[stage]:
+            if is_done(u):
+                rows.append(UnitStatus(stage, u.name, "done"))
+                continue
+            if (stage, u.name) not in latest:
+                rows.append(UnitStatus(stage, u.name, "not submitted"))
+                continue
+            job, log_dir = latest[(stage, u.name)]
+            state, reason = states.get(job, ("UNKNOWN", ""))
+            log = _log_path(log_dir, job)
+            if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                rows.append(UnitStatus(stage, u.name, "running", job, "", log))
+            elif state in ACTIVE:
+                why = reason
+                if reason == "DependencyNeverSatisfied" and u.index in failed_groups:
+                    why = f"waits on {failed_groups[u.index]}, which failed: will be cancelled"
+                rows.append(UnitStatus(stage, u.name, "pending", job, why, log))
+            elif state == "CANCELLED" and u.index in failed_groups:
+                rows.append(
+                    UnitStatus(
+                        stage, u.name, "cancelled", job, f"upstream {failed_groups[u.index]} failed", log
+                    )
+                )
+            elif state == "COMPLETED":
+                rows.append(UnitStatus(stage, u.name, "failed", job, "job completed but left no marker", log))
+            else:
+                failed_groups.setdefault(u.index, u.name)
+                rows.append(
+                    UnitStatus(
+                        stage,
+                        u.name,
+                        "failed" if state != "CANCELLED" else "cancelled",
+                        job,
+                        f"{state} {reason}".strip(),
+                        log,
+                    )
+                )
+    return rows
+
+
+def _log_path(log_dir: str, job: str) -> str:
+    import submitit
+
+    return str(submitit.SlurmJob(folder=log_dir, job_id=job).paths.stderr)
+
+
+def summarize(rows: list[UnitStatus]) -> dict[str, Counter]:
+    out: dict[str, Counter] = {}
+    for r in rows:
+        out.setdefault(r.stage, Counter())[r.state] += 1
+    return out
+
+
+def print_status(rows: list[UnitStatus], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="kun-hpc status")
+    states = ["done", "running", "pending", "failed", "cancelled", "not submitted"]
+    table.add_column("stage")
+    for s in states:
+        table.add_column(s, justify="right")
+    for stage, counts in summarize(rows).items():
+        table.add_row(stage, *[str(counts.get(s, 0)) for s in states])
+    console.print(table)
+    for r in rows:
+        if r.state in ("failed", "cancelled") or (r.state == "pending" and r.why.startswith("waits on")):
+            console.print(f"  {r.unit}: {r.state} (job {r.job}) {r.why}")
+
+
+def tail(path: str | Path, n: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def failed_logs(rows: list[UnitStatus], n: int = 20) -> str:
+    parts = []
+    for r in rows:
+        if r.state == "failed":
+            parts.append(f"==> {r.unit} (job {r.job}, {r.why}) {r.log}\n{tail(r.log, n)}")
+    return "\n\n".join(parts) if parts else "no failed units"
+
+
+def cancel(cfg: DictConfig) -> list[str]:
+    """scancel every array of this run that still has tasks in the queue."""
+    arrays = sorted({e["job"] for e in read_registry(Path(cfg.run.dir))})
+    if arrays:
+        subprocess.run(["scancel", *arrays], check=False)
+    return arrays

@@ -1,0 +1,278 @@
+"""What a pipeline stage is, and how one unit of it runs with chunked commits.
+
+A stage is a small class: ``setup()`` once per unit (load a model), ``process(batch)`` returning, for
+each input record, the record to keep (with the fields the stage adds) or a :class:`Rejected` with a
+reason code, and ``close()``. Stages never know which executor runs them.
+
+:func:`run_unit` streams each input shard of a unit through the stage in chunks of ``chunk_records``
+input lines. Each chunk commits atomically (kept records, rejected records, quarantined lines, and a
+small JSON with its counts written last); a unit restarted after preemption, ``scontrol requeue`` or
+``kill -9`` skips the lines of committed chunks and goes on, so the final shard equals a fault-free
+run's, with no record lost or duplicated. The last step concatenates the chunks (zstd frames) into
+the stage's shard and writes the unit's completion marker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+from omegaconf import DictConfig
+
+from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
+from kun_hpc.io.quarantine import Bad
+from kun_hpc.io.readers import InputPiece, piece_lines, too_long_bad
+from kun_hpc.io.streams import HashingWriter, LineTooLong
+
+
+@dataclass
+class Rejected:
+    """A record a stage drops, and why (a short reason code such as ``too_long``)."""
+
+    record: dict
+    reason: str
+    detail: str = ""
+
+
+class Stage:
+    """Base class of pipeline stages; subclasses set ``name`` and implement :meth:`process`."""
+
+    name = "stage"
+
+    def __init__(self, cfg: DictConfig, options: dict[str, Any] | None = None):
+        self.cfg = cfg
+        self.options = options or {}
+
+    def setup(self) -> None:
+        """Once per unit, before the first batch (load models here)."""
+
+    def process(self, batch: list[dict]) -> list[dict | Rejected]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Once per unit, after the last batch."""
+
+    def provenance(self) -> dict:
+        """What goes into each kept record's ``prov[stage]`` (model path, sampling, config hash)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One input shard of a unit and where its outputs go."""
+
+    input: str
+    output: str
+    rejected: str
+    quarantine: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work: one stage over a group of shards (picklable; executors ship it to workers)."""
+
+    stage: str
+    index: int
+    shards: tuple[ShardTask, ...]
+    run_dir: str
+    config_hash: str
+    ref: str = ""  # how pipeline.stages names the stage ("filter" or "package.module:Class")
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}-{self.index:05d}"
+
+    @property
+    def unit(self) -> str:
+        return self.name
+
+
+def marker_path(run_dir: str | Path, stage: str, unit_name: str) -> Path:
+    return Path(run_dir) / "done" / stage / f"{unit_name}.json"
+
+
+def read_marker(run_dir: str | Path, stage: str, unit_name: str) -> dict | None:
+    path = marker_path(run_dir, stage, unit_name)
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- chunks
+def _chunk_dir(output: str) -> Path:
+    return Path(output + ".chunks")
+
+
+def committed_chunks(output: str) -> list[dict]:
+    """Counts of the chunks already committed for an output shard, in order."""
+    folder = _chunk_dir(output)
+    chunks = []
+    while True:
+        path = folder / f"chunk-{len(chunks):05d}.json"
+        if not path.exists():
+            return chunks
+        chunks.append(orjson.loads(path.read_bytes()))
+
+
+def _write_zst(path: Path, lines: list[bytes]) -> None:
+    with atomic_open(path) as f:
+        f.write(zstandard.ZstdCompressor(level=3).compress(b"".join(lines)))
+
+
+def _commit_chunk(
+    folder: Path, index: int, kept: list[bytes], rejected: list[bytes], bad: list[bytes], counts: dict
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, lines in (("out", kept), ("rejected", rejected), ("quarantine", bad)):
+        _write_zst(folder / f"chunk-{index:05d}.{kind}.zst", lines)
+    atomic_write_bytes(folder / f"chunk-{index:05d}.json", orjson.dumps(counts))  # the commit point
+
+
+def _concat(parts: list[Path], dest: str) -> tuple[int, str]:
+    """Concatenate zstd files (frames) into dest atomically; return (bytes, sha256)."""
+    with atomic_open(dest) as raw:
+        out = HashingWriter(raw)
+        for p in parts:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out)
+    return out.nbytes, out.sha256.hexdigest()
+
+
+def _input_items(path: str) -> Iterator[tuple[str, bytes] | Bad]:
+    piece = InputPiece(path)
+    for item in piece_lines(piece, 1 << 30):
+        if type(item) is Bad:
+            yield item
+            continue
+        where, line = item
+        if type(line) is LineTooLong:
+            yield too_long_bad(piece.label, where, line, 1 << 30)
+        else:
+            yield where, line
+
+
+def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov: dict) -> dict:
+    """Run one input shard through the stage, resuming after the last committed chunk."""
+    folder = _chunk_dir(task.output)
+    done = committed_chunks(task.output)
+    skip = sum(c["in"] for c in done)
+    items = _input_items(task.input)
+    for _ in range(skip):
+        next(items)
+    index = len(done)
+    exhausted = False
+    while not exhausted:
+        batch: list[dict] = []
+        bad: list[bytes] = []
+        bad_counts: Counter[str] = Counter()
+        n_in = 0
+        for item in items:
+            n_in += 1
+            if type(item) is Bad:
+                bad.append(orjson.dumps(item.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                bad_counts[item.reason] += 1
+            else:
+                where, line = item
+                try:
+                    batch.append(orjson.loads(line))
+                except orjson.JSONDecodeError as e:
+                    b = Bad(Path(task.input).name, where, "invalid_json", str(e), line)
+                    bad.append(orjson.dumps(b.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                    bad_counts[b.reason] += 1
+            if n_in >= chunk_records:
+                break
+        else:
+            exhausted = True
+        if n_in == 0 and index > 0:
+            break
+        results = stage.process(batch) if batch else []
+        if len(results) != len(batch):
+            raise RuntimeError(
+                f"stage {stage.name}: process() returned {len(results)} results for {len(batch)}"
+            )
+        kept, rejected = [], []
+        reasons: Counter[str] = Counter()
+        for res in results:
+            if type(res) is Rejected:
+                reasons[res.reason] += 1
+                row = {
+                    **res.record,
+                    "reject": {"stage": stage.name, "reason": res.reason, "detail": res.detail},
+                }
+                rejected.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            else:
+                if stage_prov:
+                    res.setdefault("prov", {})[stage.name] = stage_prov
+                kept.append(orjson.dumps(res, option=orjson.OPT_APPEND_NEWLINE))
+        counts = {"in": n_in, "out": len(kept), "rejected": dict(reasons), "quarantined": dict(bad_counts)}
+        _commit_chunk(folder, index, kept, rejected, bad, counts)
+        index += 1
+    chunks = committed_chunks(task.output)
+    parts = sorted(folder.glob("chunk-*.out.zst"))
+    nbytes, sha = _concat(parts, task.output)
+    _concat(sorted(folder.glob("chunk-*.rejected.zst")), task.rejected)
+    _concat(sorted(folder.glob("chunk-*.quarantine.zst")), task.quarantine)
+    shutil.rmtree(folder)
+    total: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
+    for c in chunks:
+        total["in"] += c["in"]
+        total["out"] += c["out"]
+        total["rejected"].update(c["rejected"])
+        total["quarantined"].update(c["quarantined"])
+    if total["in"] != total["out"] + sum(total["rejected"].values()) + sum(total["quarantined"].values()):
+        raise RuntimeError(f"{task.output}: accounting broken: {total}")
+    return {
+        "input": task.input,
+        "output": task.output,
+        "bytes": nbytes,
+        "sha256": sha,
+        "chunks": len(chunks),
+        **{k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()},
+    }
+
+
+def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
+    """Run every shard of a unit through its stage and commit the unit's completion marker."""
+    from kun_hpc.pipeline import load_run_config, make_stage
+
+    marker = read_marker(unit.run_dir, unit.stage, unit.name)
+    if marker is not None and marker.get("config_hash") == unit.config_hash:
+        return marker
+    cfg = load_run_config(unit.run_dir)
+    stage = stage or make_stage(unit.ref or unit.stage, cfg)
+    started = time.time()
+    stage.setup()
+    try:
+        prov = {**stage.provenance(), "config_hash": unit.config_hash}
+        shards = [run_shard_task(stage, t, cfg.pipeline.chunk_records, prov) for t in unit.shards]
+    finally:
+        stage.close()
+    marker = {
+        "unit": unit.name,
+        "stage": unit.stage,
+        "config_hash": unit.config_hash,
+        "in": sum(s["in"] for s in shards),
+        "out": sum(s["out"] for s in shards),
+        "rejected": dict(sum((Counter(s["rejected"]) for s in shards), Counter())),
+        "quarantined": dict(sum((Counter(s["quarantined"]) for s in shards), Counter())),
+        "shards": shards,
+        "timings": {"start": started, "end": time.time(), "seconds": round(time.time() - started, 3)},
+        "host": socket.gethostname(),
+        "job": os.environ.get("SLURM_JOB_ID", ""),
+        "array_task": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+        "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+    }
+    atomic_write_bytes(
+        marker_path(unit.run_dir, unit.stage, unit.name), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
+    )
+    return marker

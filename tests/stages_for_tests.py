@@ -1,0 +1,40 @@
+"""Small real stages for exercising the grid and executors (importable by Slurm jobs from the repo root)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from kun_hpc.stages.base import Rejected, Stage
+
+
+class Tag(Stage):
+    """Keeps records with an even text length and adds the text length; rejects the others."""
+
+    name = "tag"
+
+    def process(self, batch):
+        out = []
+        for r in batch:
+            n = len(r["text"])
+            out.append({**r, "chars": n} if n % 2 == 0 else Rejected(r, "odd_length", f"{n} chars"))
+        return out
+
+
+class Upper(Stage):
+    """Adds a field. Options: ``sleep_s`` per batch; ``fail_on_corpus``: raise on that corpus's records
+    unless the file ``heal_file`` exists (so a test can make a re-run succeed)."""
+
+    name = "upper"
+
+    def process(self, batch):
+        time.sleep(float(self.options.get("sleep_s", 0)))
+        fail_on = self.options.get("fail_on_corpus")
+        healed = Path(self.options.get("heal_file", "")).is_file()
+        out = []
+        for r in batch:
+            if r["corpus"] == fail_on and not healed:
+                raise RuntimeError(f"planned failure on {r['id']}")
+            out.append({**r, "seen_by": os.environ.get("SLURM_ARRAY_TASK_ID", "local")})
+        return out
