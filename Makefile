@@ -24,7 +24,9 @@ demo: setup
 	$(BIN)/kun-hpc shard run.name=demo
 	$(BIN)/kun-hpc reshard run.name=demo reshard.num_shards=4
 
-test: setup sandbox
+# The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply.
+test: setup
+	SLURM_MAX_ARRAY_SIZE=4 slurm/sandbox/start.sh
 	$(BIN)/ruff check kun_hpc tests tools
 	. slurm/sandbox/env.sh && $(BIN)/python -m pytest -q -ra
 

@@ -55,7 +55,7 @@ def make_stage(name: str, cfg: DictConfig) -> Stage:
     cls = stage_class(name)
     options = cfg.pipeline.options.get(stage_key(name), {})
     section = cfg.get(stage_key(name)) if stage_key(name) in cfg else None
-    return cls(cfg, dict(options) if not section else section)
+    return cls(cfg, section if section else dict(options))
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -36,5 +35,5 @@ class Upper(Stage):
         for r in batch:
             if r["corpus"] == fail_on and not healed:
                 raise RuntimeError(f"planned failure on {r['id']}")
-            out.append({**r, "seen_by": os.environ.get("SLURM_ARRAY_TASK_ID", "local")})
+            out.append({**r, "first_char": r["text"][:1]})
         return out

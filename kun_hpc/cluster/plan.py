@@ -89,8 +89,9 @@ def plan(cfg: DictConfig) -> list[StagePlan]:
 
 
 def print_plan(plans: list[StagePlan]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from kun_hpc.stages.summary import console
 
     table = Table(title="kun-hpc plan (hours are estimates)")
     for col in (
@@ -118,5 +119,5 @@ def print_plan(plans: list[StagePlan]) -> None:
             f"{rh[1]:.2f} {rh[0]}" if rh else "?",
             p.source,
         )
-    Console().print(table)
+    console().print(table)
     print(f"total sbatch calls: {sum(p.arrays for p in plans)}")

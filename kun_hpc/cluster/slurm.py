@@ -82,7 +82,8 @@ def _safe(key: str, value: Any) -> Any:
 
 def resources_for(cfg: DictConfig, stage: str) -> dict[str, Any]:
     res = OmegaConf.to_container(cfg.executor.slurm)
-    res.update(OmegaConf.to_container(cfg.executor.stage_resources.get(stage, {})) or {})
+    if stage in cfg.executor.stage_resources:
+        res.update(OmegaConf.to_container(cfg.executor.stage_resources[stage]))
     return res
 
 
@@ -149,10 +150,12 @@ class SlurmExecutor(Executor):
             jobs = ex.map_array(UnitTask(fn), chunk)
             self.sbatch_calls += 1
             array_id = jobs[0].job_id.split("_")[0]
+            # a one-unit chunk is a plain job ("60"), the others are array tasks ("56_0", ...)
             entry = {
                 "stage": stage,
                 "job": array_id,
-                "units": [getattr(u, "name", str(i)) for i, u in zip(idx, chunk, strict=True)],
+                "tasks": [j.job_id for j in jobs],
+                "units": [getattr(u, "unit", str(i)) for i, u in zip(idx, chunk, strict=True)],
                 "dependency": dep,
                 "log_dir": str(log_dir),
                 "submitted": time.time(),
@@ -176,7 +179,7 @@ class SlurmExecutor(Executor):
             for k, _ in enumerate(e["units"]):
                 unit = units[i]
                 i += 1
-                job = f"{e['job']}_{k}"
+                job = e["tasks"][k]
                 state = states.get(job, "UNKNOWN")
                 job_obj = submitit.SlurmJob(folder=e["log_dir"], job_id=job)
                 if state == "COMPLETED":

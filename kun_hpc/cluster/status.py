@@ -74,7 +74,7 @@ class SchedulerView:
         )
         states = {}
         for line in out.stdout.splitlines():
-            job, state, reason = (line.split("|") + ["", ""])[:3]
+            job, state, reason = [*line.split("|"), "", ""][:3]
             states[job.strip()] = (state.strip(), reason.strip())
         return states
 
@@ -96,7 +96,7 @@ class SchedulerView:
 
 def wait_for_jobs(view: SchedulerView, entries: list[dict], timeout_s: float | None = None) -> dict[str, str]:
     """Block until every array task of ``entries`` has left the queue; return their final states."""
-    jobs = {f"{e['job']}_{k}" for e in entries for k in range(len(e["units"]))}
+    jobs = {t for e in entries for t in e["tasks"]}
     start = time.monotonic()
     while True:
         states = view.states(jobs, force=True)
@@ -126,7 +126,7 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
     latest: dict[tuple[str, str], tuple[str, str]] = {}  # (stage, unit) -> (job, log_dir)
     for e in read_registry(run_dir):
         for k, name in enumerate(e["units"]):
-            latest[(e["stage"], name)] = (f"{e['job']}_{k}", e["log_dir"])
+            latest[(e["stage"], name)] = (e["tasks"][k], e["log_dir"])
     todo = {
         latest[(s, u.name)][0]
         for s in grid.stages
@@ -191,10 +191,11 @@ def summarize(rows: list[UnitStatus]) -> dict[str, Counter]:
 
 
 def print_status(rows: list[UnitStatus], console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from kun_hpc.stages.summary import console as make_console
+
+    console = console or make_console()
     table = Table(title="kun-hpc status")
     states = ["done", "running", "pending", "failed", "cancelled", "not submitted"]
     table.add_column("stage")

@@ -91,13 +91,16 @@ def split_unit(u: SplitUnit) -> dict:
             nonlocal offset, buffered
             for dest in sorted(buffers):
                 lines = buffers[dest]
-                frame = comp.compress(b"".join(lines))
+                frame = comp.compress(b"\n".join(lines) + b"\n")  # lines are kept without their newline
                 f.write(frame)
                 index.append((dest, offset, len(frame), len(lines)))
                 offset += len(frame)
             buffers.clear()
             buffered = 0
 
+        # the per-record loop: names bound locally; destination() inlined
+        loads, decode_error, h64 = orjson.loads, orjson.JSONDecodeError, xxhash.xxh3_64_intdigest
+        num_shards, flush_bytes = u.num_shards, u.flush_bytes
         for item in piece_lines(u.piece, u.max_record_bytes):
             read += 1
             if type(item) is Bad:
@@ -108,16 +111,20 @@ def split_unit(u: SplitUnit) -> dict:
                 quarantine.add(too_long_bad(source, where, line, u.max_record_bytes))
                 continue
             try:
-                rid = orjson.loads(line)["id"]
+                rid = loads(line)["id"]
                 if type(rid) is not str:
                     raise TypeError("'id' is not a string")
-            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            except (decode_error, KeyError, TypeError) as e:
                 quarantine.add(Bad(source, where, "invalid_record", f"{type(e).__name__}: {e}", line))
                 continue
-            buffers.setdefault(destination(rid, u.num_shards), []).append(line + b"\n")
+            dest = h64(rid.encode()) % num_shards  # == destination(rid, num_shards)
+            lines = buffers.get(dest)
+            if lines is None:
+                lines = buffers[dest] = []
+            lines.append(line)
             written += 1
             buffered += len(line) + 1
-            if buffered >= u.flush_bytes:
+            if buffered >= flush_bytes:
                 flush()
         flush()
     quarantine.close()

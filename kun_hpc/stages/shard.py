@@ -77,13 +77,14 @@ def shard_unit(u: ShardUnit) -> dict:
     writer = RollingShardWriter(out, u.records_per_shard, u.bytes_per_shard, u.zstd_level)
     quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.jsonl.zst")
     read = 0
+    write, add = writer.write, quarantine.add
     try:
         for item in read_piece(u.piece, u.corpus, u.fmt, u.fields, u.max_record_bytes):
             read += 1
             if type(item) is dict:
-                writer.write(item)
+                write(item)
             else:
-                quarantine.add(item)
+                add(item)
     except BaseException:
         writer.abort()
         raise

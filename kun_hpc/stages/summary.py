@@ -37,8 +37,14 @@ class StepReport:
         return sum(self.quarantined.values())
 
 
-def print_reports(reports: list[StepReport], console: Console | None = None) -> None:
-    console = console or Console(stderr=True)
+def console(stderr: bool = False) -> Console:
+    """A rich console; 160 columns when the output is a file or pipe, so tables are not truncated."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=160)
+
+
+def print_reports(reports: list[StepReport], out: Console | None = None) -> None:
+    out = out or console(stderr=True)
     table = Table(title="kun-hpc", show_lines=False)
     for col in ("step", "status", "read", "written", "shards", "quarantined", "by reason"):
         table.add_column(
@@ -55,7 +61,7 @@ def print_reports(reports: list[StepReport], console: Console | None = None) -> 
             f"{r.bad:,}",
             reasons,
         )
-    console.print(table)
+    out.print(table)
 
 
 def check_bad_fraction(reports: list[StepReport], max_bad_fraction: float) -> None:

