@@ -39,8 +39,12 @@ sandbox:
 sandbox-stop:
 	slurm/sandbox/stop.sh
 
+# make bench BENCH_INPUT=path/to/chinese_poetry_poems.jsonl.zst
+BENCH_INPUT ?=
 bench: setup
-	$(BIN)/python tools/bench_shard.py
+	@test -n "$(BENCH_INPUT)" || { echo "usage: make bench BENCH_INPUT=path/to/corpus.jsonl[.zst]"; exit 2; }
+	$(BIN)/python tools/bench_shard.py --input $(BENCH_INPUT) --repeat 3 --json bench-out/bench_shard.json
+	. slurm/sandbox/env.sh && $(BIN)/python tools/bench_slurm_submit.py --json bench-out/slurm_submit.json
 
 clean:
 	rm -rf runs bench-out .pytest_cache

@@ -25,6 +25,7 @@ COMMANDS = {
     "logs": "the tail of each failed unit's log",
     "cancel": "scancel this run's jobs",
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
+    "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
 }
 
 
@@ -82,23 +83,24 @@ def _start(cfg: DictConfig, command: str) -> Path:
     return run_dir
 
 
-def cmd_shard(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.stages.shard import run_shard
-
-    run_dir = _start(cfg, "shard")
-    reports = run_shard(cfg, make_executor(cfg), run_dir / "logs" / "shard")
+def _shard_step(cfg: DictConfig, executor, run_dir: Path, command: str = "shard") -> None:
+    """Shard (or reshard) on the executor, print the table, fail above shard.max_bad_fraction."""
+    if command == "shard":
+        from kun_hpc.stages.shard import run_shard as step
+    else:
+        from kun_hpc.stages.reshard import run_reshard as step
+    reports = step(cfg, executor, run_dir / "logs" / command)
     print_reports(reports)
     check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+
+
+def cmd_shard(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    _shard_step(cfg, make_executor(cfg), _start(cfg, "shard"))
     return 0
 
 
 def cmd_reshard(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.stages.reshard import run_reshard
-
-    run_dir = _start(cfg, "reshard")
-    reports = run_reshard(cfg, make_executor(cfg), run_dir / "logs" / "reshard")
-    print_reports(reports)
-    check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+    _shard_step(cfg, make_executor(cfg), _start(cfg, "reshard"), "reshard")
     return 0
 
 
@@ -106,13 +108,13 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
     from kun_hpc.cluster.dag import run_grid
     from kun_hpc.cluster.grid import plan_grid
     from kun_hpc.cluster.status import print_status, unit_statuses
-    from kun_hpc.stages.shard import run_shard
+    from kun_hpc.pipeline import stage_class
 
     run_dir = _start(cfg, "run")
     executor = make_executor(cfg)
-    reports = run_shard(cfg, executor, run_dir / "logs" / "shard")
-    print_reports(reports)
-    check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+    _shard_step(cfg, executor, run_dir)
+    for name in cfg.pipeline.stages:  # cluster-wide preparation (e.g. the filter's calibration)
+        stage_class(name).before_run(cfg, executor, run_dir / "logs")
     grid = plan_grid(cfg)
     if not grid.stages:
         print(
@@ -120,6 +122,13 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
+    if cfg.executor.kind == "slurm":
+        active = [r for r in unit_statuses(cfg) if r.state in ("running", "pending")]
+        if active:  # submitting again would run these units twice
+            jobs = " ".join(sorted({r.job.split("_")[0] for r in active}))
+            print(f"kun-hpc run: {len(active)} units of this run are still queued or running (jobs {jobs}); "
+                  "wait for them (kun-hpc status --watch) or kun-hpc cancel, then run again", file=sys.stderr)
+            return 1
     submitted = run_grid(cfg, grid, executor)
     pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())
     print(f"kun-hpc run: pending units: {pending}", file=sys.stderr)
@@ -204,6 +213,27 @@ def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter_calibrate(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    import orjson
+
+    from kun_hpc.stages.filter import calibration_path, ensure_calibration, needs_calibration
+
+    if not needs_calibration(cfg):
+        print(
+            "kun-hpc filter-calibrate: nothing to do: filter.perplexity needs a scorer and "
+            "thresholds=percentile",
+            file=sys.stderr,
+        )
+        return 0
+    run_dir = _start(cfg, "filter-calibrate")
+    executor = make_executor(cfg)
+    _shard_step(cfg, executor, run_dir)
+    data = ensure_calibration(cfg, executor, run_dir / "logs", force=True)
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    print(f"kun-hpc filter-calibrate: wrote {calibration_path(run_dir)}", file=sys.stderr)
+    return 0
+
+
 COMMAND_FUNCS = {
     "shard": cmd_shard,
     "reshard": cmd_reshard,
@@ -212,6 +242,7 @@ COMMAND_FUNCS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "plan": cmd_plan,
+    "filter-calibrate": cmd_filter_calibrate,
 }
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+import orjson
+from omegaconf import II, MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kun_hpc.inference.engine import BACKENDS, DTYPES, EngineSpec, SamplingSpec
 from kun_hpc.io.atomic import atomic_write_bytes
 
-DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PRESET = REPO_ROOT / "configs" / "default.yaml"
 CORPUS_FORMATS = ("wudao", "wanjuan", "skypile", "jsonl")
 EXECUTORS = ("local", "slurm", "inline")
 
@@ -81,7 +84,7 @@ class ExecutorConfig:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # default resources of every Slurm job
     # per-stage overrides of the fields above, e.g. {label: {gpus_per_task: 2, time_min: 600}}
     stage_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
-    poll_interval_s: float = 10.0  # at most one squeue + one sacct call per interval while waiting
+    poll_interval_s: float = 30.0  # at most one squeue + one sacct call per interval while waiting
 
 
 @dataclass
@@ -102,6 +105,146 @@ class RunConfig:
 
 
 @dataclass
+class FilterCleanConfig:
+    fix_unicode: bool = True  # ftfy (curly quotes and full-width punctuation are kept)
+    t2s: bool = False  # OpenCC Traditional -> Simplified
+    opencc_config: str = "t2s"  # OpenCC config name: t2s, tw2s, hk2s, tw2sp, ...
+
+
+@dataclass
+class FilterRulesConfig:
+    # the cheap rules, in this order after too_short (filter.min_tokens); 0 (ratio) or 1 (fraction) disables
+    min_cjk_ratio: float = 0.3  # low_cjk: Han characters / non-space characters
+    max_dup_line_frac: float = 0.3  # dup_lines: characters in repeated lines / characters
+    dup_ngram_n: int = 10
+    max_dup_ngram_frac: float = 0.3  # dup_ngrams: characters in repeated character n-grams / characters
+
+
+@dataclass
+class PerplexityConfig:
+    scorer: str = "none"  # none | lm (vLLM / transformers engine) | kenlm
+    engine: dict[str, Any] = field(default_factory=dict)  # lm: EngineSpec fields (model, backend, ...)
+    prefix: str = ""  # lm: prepended to each unit (e.g. "<|endoftext|>" so the first token is scored too)
+    kenlm_model: str | None = None  # kenlm: an ARPA/binary model (python -m kun_hpc.filtering.ngram)
+    batch_size: int = 1024  # units per scorer call
+    thresholds: str = "percentile"  # absolute (cutoffs) | percentile (percentiles of a calibration sample)
+    cutoffs: list[float] = field(default_factory=lambda: [100.0, 1000.0])  # absolute: [head_max, middle_max]
+    percentiles: list[float] = field(default_factory=lambda: [33.3, 66.7])  # percentile: [head, tail] bounds
+    drop: list[str] = field(default_factory=lambda: ["tail"])  # buckets rejected as ppl_<bucket>
+    sample_docs_per_shard: int = 200  # calibration sample (kun-hpc filter-calibrate)
+    sample_max_shards: int = 64
+
+
+@dataclass
+class FilterConfig:
+    # the Label model's tokenizer: a model folder (its tokenizer.json) or a tokenizer.json; None: the folder
+    # of label.engine.model
+    tokenizer: str | None = None
+    max_tokens: int = 512
+    min_tokens: int = 16  # too_short below this
+    clean: FilterCleanConfig = field(default_factory=FilterCleanConfig)
+    rules: FilterRulesConfig = field(default_factory=FilterRulesConfig)
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+
+
+# ------------------------------------------------------------------------- Label / Point / Answer / rules
+LLM_STAGES = ("label", "point", "answer")
+POINT_MODES = ("reference", "calibrated")
+KUN_STOP = ["<|endoftext|>", "<|im_end|>", "<|im_start|>"]
+
+
+def _engine() -> EngineSpec:
+    return EngineSpec(model=MISSING)  # a local model folder: required when the stage runs
+
+
+def _kun_sampling() -> SamplingSpec:
+    """Kun's reference sampling (its vLLM inference script)."""
+    return SamplingSpec(
+        temperature=0.5, top_p=0.95, repetition_penalty=1.2, max_new_tokens=1024, stop=list(KUN_STOP)
+    )
+
+
+@dataclass
+class RulesConfig:
+    """Kun's post-rules (kun_hpc/stages/rules.py): rule names in the order they run, and their settings."""
+
+    instruction_rules: list[str] = field(
+        default_factory=lambda: [
+            "strip_whitespace", "cut_whitespace_run", "repeated_lines", "not_empty", "instruction_keywords"
+        ]
+    )
+    answer_rules: list[str] = field(
+        default_factory=lambda: [
+            "strip_whitespace", "not_empty", "answer_keywords", "min_chars", "repeated_opening"
+        ]
+    )
+    instruction_keywords: list[str] = field(
+        default_factory=lambda: [
+            "新闻", "材料", "图片", "链接", "网址", "根据", "简历",
+            "简介", "文章", "摘要", "文本", "提取", "关键词", "网站",
+        ]
+    )
+    answer_keywords: list[str] = field(default_factory=lambda: ["作为", "根据", "知识库", "2023", "抱歉"])
+    whitespace_run: int = 5  # an instruction is cut at its first run of this many whitespace characters
+    min_answer_chars: int = 20  # a shorter answer is dropped
+    max_opening_repeats: int = 5  # an answer opening with one unit repeated more often than this is dropped
+    max_unit_chars: int = 20  # ... a unit being 1 to this many characters
+
+
+@dataclass
+class LLMStageConfig:
+    engine: EngineSpec = field(default_factory=_engine)
+    sampling: SamplingSpec = field(default_factory=_kun_sampling)
+    # the prompt: a file with {text} / {instruction} placeholders; a relative path is looked up in the
+    # working dir, then in the repo
+    template: str = MISSING
+    template_sha256: str = ""  # filled from the file at load: editing a template re-runs its stage
+    max_prompt_tokens: int | None = None  # a longer prompt is rejected (prompt_too_long); None: the engine's
+    reject_truncated: bool = True  # a generation cut at max_new_tokens is rejected (output_too_long)
+
+
+@dataclass
+class LabelConfig(LLMStageConfig):
+    template: str = "configs/prompts/label.txt"
+    apply_rules: bool = True  # run rules.instruction_rules on each new instruction (before Point pays for it)
+    # the rules it applies: an alias of the rules section, there so that the Label stage's config hash covers
+    # them (a key=value override of label.rules.* writes through to rules.*)
+    rules: RulesConfig = II("rules")  # noqa: RUF009
+
+
+@dataclass
+class PointConfig(LLMStageConfig):
+    template: str = "configs/prompts/point.txt"
+    # reference: keep a judgement holding the good tag (【好】) and not the bad one (【差】);
+    # calibrated: score = P(good) / (P(good) + P(bad)) of the token after verdict_open, kept if >= threshold
+    mode: str = "reference"
+    threshold: float = 0.5
+    good: str = "好"
+    bad: str = "差"
+    verdict_open: str = "【"
+    verdict_close: str = "】"
+    reject_truncated: bool = False  # a long judgement still carries its verdict
+
+
+@dataclass
+class AnswerConfig(LLMStageConfig):
+    template: str = "configs/prompts/answer.txt"
+    max_prompt_tokens: int | None = 512  # the instruction is cut (by tokens) so that the prompt fits
+
+
+def find_file(path: str | Path) -> Path:
+    """A config's relative path: under the working dir if it is there, else under the repo."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
+        return p
+    return REPO_ROOT / p
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
@@ -109,6 +252,11 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     reshard: ReshardConfig = field(default_factory=ReshardConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    point: PointConfig = field(default_factory=PointConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -133,10 +281,22 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
                 key, _, value = item.partition("=")
                 OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
         OmegaConf.resolve(cfg)
+        _fill_template_hashes(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e)) from None
     validate(cfg)
     return cfg
+
+
+def _fill_template_hashes(cfg: DictConfig) -> None:
+    """Record each prompt template's sha256 in its section (kept when already set: a run's saved config
+    holds the hash the run was submitted with, and the stage refuses a template changed since)."""
+    for key in LLM_STAGES:
+        section = cfg[key]
+        if not section.template_sha256 and not OmegaConf.is_missing(section, "template"):
+            path = find_file(section.template)
+            if path.is_file():
+                section.template_sha256 = file_sha256(path)
 
 
 def _describe(e: OmegaConfBaseException) -> str:
@@ -190,6 +350,107 @@ def validate(cfg: DictConfig) -> None:
     _check(
         sl.array_parallelism >= 1, "executor.slurm.array_parallelism", "must be >= 1", sl.array_parallelism
     )
+    validate_filter(cfg)
+    validate_kun(cfg)
+
+
+def validate_kun(cfg: DictConfig) -> None:
+    """The label / point / answer / rules sections; model and template only for stages in the pipeline."""
+    active = {s.rsplit(":", 1)[-1].lower() for s in cfg.pipeline.stages}
+    for key in LLM_STAGES:
+        sec = cfg[key]
+        e, sp = sec.engine, sec.sampling
+        _check(e.backend in BACKENDS, f"{key}.engine.backend", f"must be one of {BACKENDS}", e.backend)
+        _check(e.dtype in DTYPES, f"{key}.engine.dtype", f"must be one of {DTYPES}", e.dtype)
+        for k in ("tensor_parallel_size", "max_num_seqs", "batch_size"):
+            _check(e[k] >= 1, f"{key}.engine.{k}", "must be >= 1", e[k])
+        _check(
+            0 < e.gpu_memory_utilization <= 1,
+            f"{key}.engine.gpu_memory_utilization",
+            "must be in (0, 1]",
+            e.gpu_memory_utilization,
+        )
+        _check(
+            e.max_model_len is None or e.max_model_len >= 2, f"{key}.engine.max_model_len", "must be >= 2",
+            e.max_model_len,
+        )
+        _check(sp.temperature >= 0, f"{key}.sampling.temperature", "must be >= 0", sp.temperature)
+        _check(0 < sp.top_p <= 1, f"{key}.sampling.top_p", "must be in (0, 1]", sp.top_p)
+        rp = sp.repetition_penalty
+        _check(rp > 0, f"{key}.sampling.repetition_penalty", "must be > 0", rp)
+        _check(sp.max_new_tokens >= 1, f"{key}.sampling.max_new_tokens", "must be >= 1", sp.max_new_tokens)
+        _check(all(sp.stop), f"{key}.sampling.stop", "stop strings must be non-empty", list(sp.stop))
+        _check(
+            sec.max_prompt_tokens is None or sec.max_prompt_tokens >= 1,
+            f"{key}.max_prompt_tokens",
+            "must be >= 1 or null",
+            sec.max_prompt_tokens,
+        )
+        if key in active:
+            _check(
+                not OmegaConf.is_missing(e, "model") and bool(e.model),
+                f"{key}.engine.model",
+                "the stage needs a local model folder (tools/make_tiny_model.py builds a tiny one)",
+                None,
+            )
+            _check(
+                not OmegaConf.is_missing(sec, "template") and find_file(sec.template).is_file(),
+                f"{key}.template",
+                "prompt template file not found",
+                OmegaConf.select(sec, "template", default=None, throw_on_missing=False),
+            )
+    p = cfg.point
+    _check(p.mode in POINT_MODES, "point.mode", f"must be one of {POINT_MODES}", p.mode)
+    _check(0 <= p.threshold <= 1, "point.threshold", "must be in [0, 1]", p.threshold)
+    for k in ("good", "bad", "verdict_open", "verdict_close"):
+        _check(bool(p[k]), f"point.{k}", "must be non-empty", p[k])
+    _check(p.good != p.bad, "point.bad", "must differ from point.good", p.bad)
+    from kun_hpc.stages.rules import ANSWER_RULES, INSTRUCTION_RULES
+
+    for where, rules in (("rules", cfg.rules), ("label.rules", cfg.label.rules)):
+        for field_, known in (("instruction_rules", INSTRUCTION_RULES), ("answer_rules", ANSWER_RULES)):
+            unknown = [r for r in rules[field_] if r not in known]
+            _check(not unknown, f"{where}.{field_}", f"unknown rules; known: {sorted(known)}", unknown)
+        for k in ("whitespace_run", "max_opening_repeats", "max_unit_chars"):
+            _check(rules[k] >= 1, f"{where}.{k}", "must be >= 1", rules[k])
+        n = rules.min_answer_chars
+        _check(n >= 0, f"{where}.min_answer_chars", "must be >= 0", n)
+
+
+def validate_filter(cfg: DictConfig) -> None:
+    f = cfg.filter
+    _check(f.max_tokens >= 1, "filter.max_tokens", "must be >= 1", f.max_tokens)
+    _check(1 <= f.min_tokens <= f.max_tokens, "filter.min_tokens", "must be in 1..max_tokens", f.min_tokens)
+    r = f.rules
+    for key in ("min_cjk_ratio", "max_dup_line_frac", "max_dup_ngram_frac"):
+        _check(0 <= r[key] <= 1, f"filter.rules.{key}", "must be in [0, 1]", r[key])
+    _check(r.dup_ngram_n >= 1, "filter.rules.dup_ngram_n", "must be >= 1", r.dup_ngram_n)
+    p = f.perplexity
+    for key, allowed in (("scorer", ("none", "lm", "kenlm")), ("thresholds", ("absolute", "percentile"))):
+        _check(p[key] in allowed, f"filter.perplexity.{key}", f"must be one of {allowed}", p[key])
+    for key in ("batch_size", "sample_docs_per_shard", "sample_max_shards"):
+        _check(p[key] >= 1, f"filter.perplexity.{key}", "must be >= 1", p[key])
+    buckets = ("head", "middle", "tail")
+    drop = list(p.drop)
+    _check(set(drop) <= set(buckets) and len(set(drop)) < 3, "filter.perplexity.drop",
+           f"must list some of {buckets}, not all", drop)  # fmt: skip
+    cut = list(p.cutoffs)
+    _check(len(cut) == 2 and 0 < cut[0] <= cut[1], "filter.perplexity.cutoffs",
+           "must be [head_max, middle_max] with 0 < head_max <= middle_max", cut)  # fmt: skip
+    pct = list(p.percentiles)
+    _check(len(pct) == 2 and 0 <= pct[0] <= pct[1] <= 100, "filter.perplexity.percentiles",
+           "must be [head, tail] with 0 <= head <= tail <= 100", pct)  # fmt: skip
+    if p.scorer == "lm":
+        engine = OmegaConf.to_container(p.engine, resolve=True)
+        _check(bool(engine.get("model")), "filter.perplexity.engine.model", "the lm scorer needs one", None)
+        from kun_hpc.inference.engine import EngineSpec
+
+        try:
+            EngineSpec.from_dict(engine)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'filter.perplexity.engine': {e}") from None
+    if p.scorer == "kenlm":
+        _check(bool(p.kenlm_model), "filter.perplexity.kenlm_model", "the kenlm scorer needs one", None)
 
 
 def to_yaml(cfg: DictConfig | Any) -> str:
@@ -198,7 +459,9 @@ def to_yaml(cfg: DictConfig | Any) -> str:
 
 def config_hash(section: DictConfig | Any) -> str:
     """Stable short hash of a (sub)config: same values, same hash, whatever the key order."""
-    text = to_yaml(section) if isinstance(section, DictConfig) else repr(section)
+    if isinstance(section, (DictConfig, ListConfig)):
+        section = OmegaConf.to_container(section, resolve=True)
+    text = orjson.dumps(section, option=orjson.OPT_SORT_KEYS, default=repr).decode()
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,13 @@ from kun_hpc import config as config_mod
 from kun_hpc.stages.base import Stage
 
 # name -> "module:Class"; imported lazily so a CPU stage never imports vLLM.
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {
+    "filter": "kun_hpc.stages.filter:FilterStage",
+    "label": "kun_hpc.stages.label:Label",
+    "point": "kun_hpc.stages.point:Point",
+    "answer": "kun_hpc.stages.answer:Answer",
+    "rules": "kun_hpc.stages.rules:Rules",
+}
 
 
 def stage_class(name: str) -> type[Stage]:

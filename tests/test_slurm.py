@@ -248,3 +248,21 @@ def test_plan_counts_sbatch_calls_under_max_array_size(tmp_path, capsys):
     assert units == 37  # 3504 records in shards of 100, per input file
     assert f"total sbatch calls: {2 * -(-units // MAX_ARRAY)}" in out
     assert "unknown: set pipeline.throughput.tag" in out
+
+
+def test_cancel_stops_every_job_of_the_run_and_status_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = slurm_args(run, STAGES, "executor.slurm.extra_flags.hold=true")  # held: nothing starts
+    assert cli.main(["run", *args]) == 0
+    assert cli.main(["run", *args]) == 1  # a second submission while queued would run units twice
+    assert "still queued or running" in capsys.readouterr().err
+    assert cli.main(["cancel", *args]) == 0
+    jobs = {e["job"] for e in read_registry(run) if e["stage"] in ("upper", "tag")}
+    assert f"scancel {' '.join(sorted(jobs))}" in capsys.readouterr().err
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        states = {r.state for r in unit_statuses(config.load(None, args))}
+        if states == {"cancelled"}:
+            break
+        time.sleep(1)
+    assert states == {"cancelled"}

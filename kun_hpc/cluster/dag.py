@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from kun_hpc.cluster.executors import Executor
 from kun_hpc.cluster.grid import Grid, pending_units
@@ -30,7 +31,14 @@ def run_grid(cfg: DictConfig, grid: Grid, executor: Executor) -> Submitted:
     result = Submitted({s: len(u) for s, u in pending.items()})
     log_root = Path(cfg.run.dir) / "logs"
     if isinstance(executor, SlurmExecutor):
-        _submit_chains(grid, pending, executor, log_root, result)
+        try:
+            _submit_chains(grid, pending, executor, log_root, result)
+        except (FailedJobError, FailedSubmissionError) as e:
+            jobs = " ".join(e["job"] for e in result.entries) or "none"
+            raise RuntimeError(
+                f"sbatch failed after {len(result.entries)} arrays were submitted (jobs {jobs}): they stay "
+                f"queued; let them run or kun-hpc cancel, then run again to submit the rest.\n{e}"
+            ) from None
     else:
         _run_stagewise(grid, pending, executor, log_root, result)
     return result
@@ -52,23 +60,20 @@ def _submit_chains(
             chunk = [units[i] for i in idxs]  # pending(k+1) contains pending(k), group by group
             chained.update(idxs)
             # the previous chunk has at most MaxArraySize tasks, so this submits exactly one array
-            entries += ex.submit(
-                run_unit,
-                chunk,
-                stage=stage,
-                log_dir=log_root / stage,
-                dependencies=[f"aftercorr:{entry['job']}"],
-            )
+            new = ex.submit(run_unit, chunk, stage=stage, log_dir=log_root / stage,
+                            dependencies=[f"aftercorr:{entry['job']}"])
+            entries += new
+            result.entries += new
             groups.append(idxs)
         free = [u for i, u in sorted(units.items()) if i not in chained]
         if free:
             new = ex.submit(run_unit, free, stage=stage, log_dir=log_root / stage)
             entries += new
+            result.entries += new
             start = 0
             for e in new:
                 groups.append([u.index for u in free[start : start + len(e["units"])]])
                 start += len(e["units"])
-        result.entries += entries
         previous, prev_groups = entries, groups
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.config import config_hash
 from kun_hpc.io.shards import list_shards
-from kun_hpc.pipeline import shard_root, stage_dir, stage_key
+from kun_hpc.pipeline import shard_root, stage_class, stage_dir, stage_key
 from kun_hpc.stages.base import ShardTask, Unit, read_marker
 
 
@@ -44,7 +44,8 @@ def stage_hashes(cfg: DictConfig) -> dict[str, str]:
         key = stage_key(name)
         own = cfg.get(key) if key in cfg else cfg.pipeline.options.get(key, {})
         own = OmegaConf.to_container(own) if isinstance(own, DictConfig) else own
-        upstream = config_hash({"stage": name, "own": own, "upstream": upstream})
+        extra = stage_class(name).hash_inputs(cfg)
+        upstream = config_hash({"stage": name, "own": own, "extra": extra, "upstream": upstream})
         hashes[name] = upstream
     return hashes
 

@@ -40,9 +40,11 @@ class PromptTooLong(ValueError):
 class SamplingSpec:
     """How to sample. ``temperature == 0`` is greedy decoding (top_p and seed are then irrelevant).
 
-    Stop strings end a generation; the returned text excludes the stop string (as vLLM does). The seed makes
-    sampled outputs reproducible: vLLM seeds each request, so a prompt's output does not depend on its batch;
-    transformers seeds each batch.
+    Stop strings end a generation; the returned text excludes the stop string (as vLLM does). A stop string
+    that is a special token (``<|im_end|>``) never shows in the text, which is decoded without special tokens:
+    both engines stop on it as a token instead. The seed makes sampled outputs reproducible: both engines draw
+    each prompt's tokens from a generator of its own, seeded with ``seed`` or with the prompt's entry of
+    ``generate(..., seeds=)``, so a prompt's output does not depend on the other prompts of its batch.
     """
 
     temperature: float = 0.0
@@ -220,9 +222,20 @@ class Engine(ABC):
         """Most tokens (prompt + generated) a sequence may hold."""
 
     @abstractmethod
-    def generate(self, prompts: Sequence[str], sampling: SamplingSpec) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
         """One :class:`Generation` per prompt, in order. A prompt of ``max_model_len`` tokens or more gets
-        finish_reason ``prompt_too_long`` and no text instead of failing the batch."""
+        finish_reason ``prompt_too_long`` and no text instead of failing the batch. ``seeds``: one sampling
+        seed per prompt (default: ``sampling.seed`` for every prompt); ignored by greedy decoding."""
+
+    @abstractmethod
+    def next_token_logprobs(
+        self, prompts: Sequence[str], token_ids: Sequence[int]
+    ) -> list[list[float] | None]:
+        """For each prompt, the natural-log probabilities (softmax over the whole vocabulary of the raw
+        logits) of each of ``token_ids`` being the next token, in the order given: what a judge's verdict
+        token costs to read without generating. ``None`` for a prompt that leaves no room for a token."""
 
     @abstractmethod
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
@@ -241,6 +254,21 @@ class Engine(ABC):
     def info(self) -> dict[str, Any]:
         """What produced the outputs, for a record's ``prov``."""
         return {"backend": self.spec.backend, "model": str(self.model_path), "dtype": self.spec.dtype}
+
+    def stop_token_ids(self, stops: Sequence[str]) -> list[int]:
+        """The stop strings that are special tokens, as token ids (generations are decoded without special
+        tokens, so such a stop string could never match the text)."""
+        tok = self.tokenizer
+        special = set(getattr(tok, "all_special_tokens", []) or [])
+        decoder = getattr(tok, "added_tokens_decoder", {}) or {}
+        special.update(t.content for t in decoder.values() if getattr(t, "special", False))
+        ids = []
+        for s in stops:
+            if s in special:
+                tid = tok.convert_tokens_to_ids(s)
+                if isinstance(tid, int) and tid >= 0 and tid not in ids:
+                    ids.append(tid)
+        return ids
 
     def _check_fits(self, ids: list[list[int]], room: int) -> None:
         too_long = [i for i, x in enumerate(ids) if len(x) + room > self.max_model_len]
@@ -269,6 +297,18 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
         if not isinstance(p, str):
             raise TypeError(f"prompt #{i} is {type(p).__name__}, not str")
     return prompts
+
+
+def check_seeds(seeds: Sequence[int] | None, n: int, sampling: SamplingSpec) -> list[int]:
+    """One seed per prompt: ``seeds`` as given, or ``sampling.seed`` for every prompt."""
+    if seeds is None:
+        return [sampling.seed] * n
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise ValueError("seeds must be in [0, 2**63)")
+    return seeds
 
 
 def load_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:

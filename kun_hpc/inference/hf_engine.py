@@ -31,6 +31,7 @@ from kun_hpc.inference.engine import (
     Generation,
     SamplingSpec,
     check_prompts,
+    check_seeds,
     resolved_dtype,
     too_long_generation,
 )
@@ -94,8 +95,11 @@ class HFEngine(Engine):
             torch.cuda.empty_cache()
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], sampling: SamplingSpec) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
         prompts = check_prompts(prompts)
+        seeds = check_seeds(seeds, len(prompts), sampling)
         ids = self.encode(prompts)
         if any(not x for x in ids):
             raise ValueError("empty prompt: nothing to generate from")
@@ -106,11 +110,34 @@ class HFEngine(Engine):
                 out[i] = too_long_generation(len(x))
             else:
                 todo.append(i)
-        for batch_no, batch in enumerate(self._batches(todo, ids)):
+        stop_ids = self.stop_token_ids(sampling.stop)
+        for batch in self._batches(todo, ids):
             rows = [ids[i] for i in batch]
-            for i, g in zip(batch, self._generate_batch(rows, sampling, batch_no), strict=True):
+            gens = self._generate_batch(rows, sampling, [seeds[i] for i in batch], stop_ids)
+            for i, g in zip(batch, gens, strict=True):
                 out[i] = g
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def next_token_logprobs(
+        self, prompts: Sequence[str], token_ids: Sequence[int]
+    ) -> list[list[float] | None]:
+        prompts = check_prompts(prompts)
+        ids = self.encode(prompts)
+        if any(not x for x in ids):
+            raise ValueError("empty prompt: nothing to score")
+        wanted = torch.tensor([int(t) for t in token_ids], dtype=torch.long)
+        out: list[list[float] | None] = [None] * len(ids)
+        for batch in self._batches([i for i, x in enumerate(ids) if len(x) < self._max_len], ids):
+            input_ids, mask = self._left_pad([ids[i] for i in batch])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).logits[:, -1].float()
+            lp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()[:, wanted]
+            for i, row in zip(batch, lp.tolist(), strict=True):
+                out[i] = row
+        return out
 
     @torch.inference_mode()
     def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
@@ -151,37 +178,28 @@ class HFEngine(Engine):
         return input_ids.to(self.device), mask.to(self.device)
 
     def _generate_batch(
-        self, rows: list[list[int]], sampling: SamplingSpec, batch_no: int
+        self, rows: list[list[int]], sampling: SamplingSpec, seeds: list[int], stop_ids: list[int]
     ) -> list[Generation]:
         input_ids, mask = self._left_pad(rows)
         width = input_ids.shape[1]
         room = self._max_len - min(len(r) for r in rows)
-        knobs: dict[str, Any] = {}
-        if not sampling.greedy:
-            # every knob explicit: unset ones would be filled with transformers' defaults (top_k 50)
-            knobs = {
-                "temperature": sampling.temperature,
-                "top_p": sampling.top_p,
-                "top_k": 0,
-                "typical_p": 1.0,
-            }
+        eos = sorted(set(self.eos_ids) | set(stop_ids))
         cfg = GenerationConfig(
             max_new_tokens=min(sampling.max_new_tokens, room),
-            do_sample=not sampling.greedy,
+            do_sample=False,  # sampling, if any, is RowSampler's: greedy then takes the token it drew
             num_beams=1,
             repetition_penalty=1.0,  # applied by RepetitionPenalty below
-            eos_token_id=self.eos_ids or None,
+            eos_token_id=eos or None,
             pad_token_id=self.pad_id,
-            **knobs,
         )
         processors = LogitsProcessorList()
         if sampling.repetition_penalty != 1.0:
             processors.append(RepetitionPenalty(sampling.repetition_penalty, mask))
+        if not sampling.greedy:
+            processors.append(RowSampler(seeds, sampling.temperature, sampling.top_p))
         criteria = StoppingCriteriaList()
         if sampling.stop:
             criteria.append(StopStrings(self._tokenizer, sampling.stop, width))
-        if not sampling.greedy:
-            torch.manual_seed(sampling.seed + batch_no)
         seqs = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -190,14 +208,16 @@ class HFEngine(Engine):
             stopping_criteria=criteria,
         )
         new = seqs[:, width:].cpu().tolist()
-        return [self._finish(r, toks, sampling) for r, toks in zip(rows, new, strict=True)]
+        return [self._finish(r, toks, sampling, eos) for r, toks in zip(rows, new, strict=True)]
 
-    def _finish(self, prompt: list[int], toks: list[int], sampling: SamplingSpec) -> Generation:
+    def _finish(
+        self, prompt: list[int], toks: list[int], sampling: SamplingSpec, eos_ids: list[int]
+    ) -> Generation:
         """Cut one row's new tokens where vLLM stops and detokenize them as vLLM does (an incremental
         ``DecodeStream`` primed with the prompt: an incomplete trailing character is held back), so text,
         token ids and finish reason match vLLM's."""
         toks = toks[: self._max_len - len(prompt)]
-        eos = set(self.eos_ids)
+        eos = set(eos_ids)
         backend = getattr(self._tokenizer, "backend_tokenizer", None)
         # a slow tokenizer has no backend: decode whole prefixes instead
         stream = None if backend is None else DecodeStream(ids=prompt, skip_special_tokens=True)
@@ -245,6 +265,32 @@ class RepetitionPenalty(LogitsProcessor):
         seen = torch.zeros_like(scores, dtype=torch.long).scatter_add_(1, input_ids, real) > 0
         penalised = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
         return torch.where(seen, penalised, scores)
+
+
+class RowSampler(LogitsProcessor):
+    """Temperature + top-p sampling with one ``torch.Generator`` per row, seeded per prompt: a row's draws
+    never depend on the other rows of its batch (vLLM seeds each request the same way). It returns logits
+    where only the drawn token is finite, so greedy decoding takes it."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = (scores.float() / self.temperature).softmax(-1).cpu()
+        if self.top_p < 1.0:
+            # keep the smallest set of most likely tokens whose mass reaches top_p (the first always)
+            sorted_p, order = probs.sort(-1, descending=True)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        picks = [
+            int(torch.multinomial(row, 1, generator=g)) for row, g in zip(probs, self.generators, strict=True)
+        ]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(picks), device=out.device), torch.tensor(picks, device=out.device)] = 0.0
+        return out
 
 
 class StopStrings(StoppingCriteria):

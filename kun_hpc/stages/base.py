@@ -4,6 +4,24 @@ A stage is a small class: ``setup()`` once per unit (load a model), ``process(ba
 each input record, the record to keep (with the fields the stage adds) or a :class:`Rejected` with a
 reason code, and ``close()``. Stages never know which executor runs them.
 
+Fan-out: a stage may instead return, for an input record, a *list* of outputs (each a record to keep or a
+:class:`Rejected`); the filter stage cuts one document into many units this way. Every element, bare or in
+a list, is one *unit* of output; a record must yield at least one (drop it with a reason, never silently).
+Accounting then holds at two levels, in every chunk and every marker:
+
+* records: ``in == out + sum(rejected) + sum(quarantined)``, where a record is ``out`` when at least one of
+  its units was kept, and ``rejected`` when none was -- under its units' reason, or ``a+b`` (sorted, joined
+  by ``+``) when they were rejected for different reasons;
+* units: ``units.made == units.out + sum(units.rejected)``; ``units.out`` is the number of lines written to
+  the output shard (the next stage's ``in``) and ``units.rejected`` counts the lines of the rejected file by
+  reason.
+
+For a one-result-per-record stage both levels coincide. Chunks still count *input* lines, and all the units
+of a record are committed in the chunk of that record, so resuming after a committed chunk is exact.
+
+``before_run`` (a classmethod) runs once in the submitting process before a ``run`` submits the grid, with
+the executor: for cluster-wide preparation such as the filter's percentile calibration.
+
 :func:`run_unit` streams each input shard of a unit through the stage in chunks of ``chunk_records``
 input lines. Each chunk commits atomically (kept records, rejected records, quarantined lines, and a
 small JSON with its counts written last); a unit restarted after preemption, ``scontrol requeue`` or
@@ -55,7 +73,9 @@ class Stage:
     def setup(self) -> None:
         """Once per unit, before the first batch (load models here)."""
 
-    def process(self, batch: list[dict]) -> list[dict | Rejected]:
+    def process(self, batch: list[dict]) -> list[dict | Rejected | list[dict | Rejected]]:
+        """One entry per input record, in order: a record, a :class:`Rejected`, or a non-empty list of
+        them (fan-out)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -63,6 +83,15 @@ class Stage:
 
     def provenance(self) -> dict:
         """What goes into each kept record's ``prov[stage]`` (model path, sampling, config hash)."""
+        return {}
+
+    @classmethod
+    def before_run(cls, cfg: DictConfig, executor: Any, log_dir: Path) -> None:
+        """Once per ``kun-hpc run``, after sharding and before the grid is submitted (default: nothing)."""
+
+    @classmethod
+    def hash_inputs(cls, cfg: DictConfig) -> dict:
+        """What outside the stage's own section decides its output (goes into its config hash)."""
         return {}
 
 
@@ -165,6 +194,7 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
     """Run one input shard through the stage, resuming after the last committed chunk."""
     folder = _chunk_dir(task.output)
     done = committed_chunks(task.output)
+    resumed_at = len(done)  # > 0 when an interrupted attempt had committed chunks
     skip = sum(c["in"] for c in done)
     items = _input_items(task.input)
     for _ in range(skip):
@@ -201,20 +231,37 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
                 f"stage {stage.name}: process() returned {len(results)} results for {len(batch)}"
             )
         kept, rejected = [], []
-        reasons: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()  # records rejected whole
+        unit_reasons: Counter[str] = Counter()
+        records_out = units_made = 0
         for res in results:
-            if type(res) is Rejected:
-                reasons[res.reason] += 1
-                row = {
-                    **res.record,
-                    "reject": {"stage": stage.name, "reason": res.reason, "detail": res.detail},
-                }
-                rejected.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            outs = res if isinstance(res, list) else [res]
+            if not outs:
+                raise RuntimeError(f"stage {stage.name}: process() returned no output for a record")
+            why: set[str] = set()
+            for o in outs:
+                units_made += 1
+                if type(o) is Rejected:
+                    unit_reasons[o.reason] += 1
+                    why.add(o.reason)
+                    reject = {"stage": stage.name, "reason": o.reason, "detail": o.detail}
+                    row = {**o.record, "reject": reject}
+                    rejected.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+                else:
+                    if stage_prov:
+                        o.setdefault("prov", {})[stage.name] = stage_prov
+                    kept.append(orjson.dumps(o, option=orjson.OPT_APPEND_NEWLINE))
+            if any(type(o) is not Rejected for o in outs):
+                records_out += 1
             else:
-                if stage_prov:
-                    res.setdefault("prov", {})[stage.name] = stage_prov
-                kept.append(orjson.dumps(res, option=orjson.OPT_APPEND_NEWLINE))
-        counts = {"in": n_in, "out": len(kept), "rejected": dict(reasons), "quarantined": dict(bad_counts)}
+                reasons["+".join(sorted(why))] += 1
+        counts = {
+            "in": n_in,
+            "out": records_out,
+            "rejected": dict(reasons),
+            "quarantined": dict(bad_counts),
+            "units": {"made": units_made, "out": len(kept), "rejected": dict(unit_reasons)},
+        }
         _commit_chunk(folder, index, kept, rejected, bad, counts)
         index += 1
     chunks = committed_chunks(task.output)
@@ -224,21 +271,46 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
     _concat(sorted(folder.glob("chunk-*.quarantine.zst")), task.quarantine)
     shutil.rmtree(folder)
     total: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
+    units = {"made": 0, "out": 0, "rejected": Counter()}
     for c in chunks:
         total["in"] += c["in"]
         total["out"] += c["out"]
         total["rejected"].update(c["rejected"])
         total["quarantined"].update(c["quarantined"])
-    if total["in"] != total["out"] + sum(total["rejected"].values()) + sum(total["quarantined"].values()):
-        raise RuntimeError(f"{task.output}: accounting broken: {total}")
+        u = chunk_units(c)
+        units["made"] += u["made"]
+        units["out"] += u["out"]
+        units["rejected"].update(u["rejected"])
+    check_accounting(f"{task.output}", {**total, "units": units})
     return {
         "input": task.input,
         "output": task.output,
         "bytes": nbytes,
         "sha256": sha,
         "chunks": len(chunks),
+        "resumed_at_chunk": resumed_at,
         **{k: dict(v) if isinstance(v, Counter) else v for k, v in total.items()},
+        "units": {**units, "rejected": dict(units["rejected"])},
     }
+
+
+def chunk_units(counts: dict) -> dict:
+    """The unit counts of a chunk or marker (derived from the record counts when absent: written before
+    fan-out existed, one unit per record)."""
+    if "units" in counts:
+        return counts["units"]
+    made = counts["out"] + sum(counts["rejected"].values())
+    return {"made": made, "out": counts["out"], "rejected": dict(counts["rejected"])}
+
+
+def check_accounting(what: str, counts: dict) -> None:
+    """Both invariants (see the module docstring); RuntimeError naming ``what`` when one is broken."""
+    rejected, quarantined = sum(counts["rejected"].values()), sum(counts["quarantined"].values())
+    if counts["in"] != counts["out"] + rejected + quarantined:
+        raise RuntimeError(f"{what}: record accounting broken: {counts}")
+    u = chunk_units(counts)
+    if u["made"] != u["out"] + sum(u["rejected"].values()) or u["made"] < counts["out"] + rejected:
+        raise RuntimeError(f"{what}: unit accounting broken: {counts}")
 
 
 def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
@@ -265,6 +337,11 @@ def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
         "out": sum(s["out"] for s in shards),
         "rejected": dict(sum((Counter(s["rejected"]) for s in shards), Counter())),
         "quarantined": dict(sum((Counter(s["quarantined"]) for s in shards), Counter())),
+        "units": {
+            "made": sum(s["units"]["made"] for s in shards),
+            "out": sum(s["units"]["out"] for s in shards),
+            "rejected": dict(sum((Counter(s["units"]["rejected"]) for s in shards), Counter())),
+        },
         "shards": shards,
         "timings": {"start": started, "end": time.time(), "seconds": round(time.time() - started, 3)},
         "host": socket.gethostname(),

@@ -140,6 +140,7 @@ MailProg=/bin/true
 InactiveLimit=0
 KillWait=5
 MinJobAge=300
+MaxJobCount=200000
 SlurmctldTimeout=30
 SlurmdTimeout=60
 Waittime=0

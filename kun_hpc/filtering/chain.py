@@ -1,0 +1,134 @@
+"""The filter chain: raw documents in, units (kept, or rejected with a reason) out, cheapest steps first.
+
+Per document: clean -> (``empty`` if nothing is left) -> segment into units of <= ``max_tokens`` tokens
+(``too_long`` for a piece with no boundary left) -> cheap rules in order (``too_short``, ``low_cjk``,
+``dup_lines``, ``dup_ngrams``) -> perplexity, on the survivors only, batched over every document of the call
+-> bucket, and ``ppl_<bucket>`` for the dropped buckets.
+
+A unit record is its parent's record with ``id = <parent id>#<pos>``, ``parent``, ``pos`` (0-based, over
+every unit the document was cut into, kept or rejected), ``text``, ``span`` (``[start, end)`` in the cleaned
+parent text), ``tokens``, and with a scorer ``ppl`` and ``ppl_bucket``. Rejected units carry the same fields
+as far as they got.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from kun_hpc.filtering.buckets import Cutoffs
+from kun_hpc.filtering.clean import Cleaner
+from kun_hpc.filtering.perplexity import Scorer, make_scorer
+from kun_hpc.filtering.rules import build_rules, first_failure
+from kun_hpc.filtering.segment import segment_texts
+from kun_hpc.filtering.tokens import TokenCounter
+from kun_hpc.stages.base import Rejected
+
+Result = dict | Rejected
+
+
+class FilterChain:
+    """``fcfg`` is the ``filter`` config section (see :class:`kun_hpc.config.FilterConfig`); ``tokenizer``
+    overrides ``fcfg.tokenizer`` (the stage passes the Label model's folder when that is None)."""
+
+    def __init__(
+        self,
+        fcfg: Any,
+        cutoffs: Cutoffs | None = None,
+        scorer: Scorer | None = None,
+        tokenizer: str | None = None,
+    ):
+        self.fcfg = fcfg
+        c = fcfg.clean
+        self.cleaner = Cleaner(c.fix_unicode, c.t2s, c.opencc_config)
+        tokenizer = tokenizer or fcfg.tokenizer
+        if not tokenizer:
+            raise ValueError("filter: no tokenizer given (filter.tokenizer)")
+        self.counter = TokenCounter(tokenizer)
+        r = fcfg.rules
+        self.rules = build_rules(
+            fcfg.min_tokens, r.min_cjk_ratio, r.max_dup_line_frac, r.dup_ngram_n, r.max_dup_ngram_frac
+        )
+        self.scorer = scorer
+        self.cutoffs = cutoffs
+        self.drop = set(fcfg.perplexity.drop)
+        self.timings: Counter[str] = Counter()  # seconds per step, for benchmarks
+
+    def load_scorer(self) -> Scorer | None:
+        if self.scorer is None:
+            self.scorer = make_scorer(self.fcfg.perplexity)
+        return self.scorer
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = None
+
+    def info(self) -> dict:
+        return {
+            **self.counter.info(),
+            "max_tokens": self.fcfg.max_tokens,
+            "clean": self.cleaner.info(),
+            "rules": [{"name": r.name, **r.info()} for r in self.rules],
+            **({"perplexity": self.scorer.info()} if self.scorer is not None else {}),
+            **({"cutoffs": self.cutoffs.to_dict()} if self.cutoffs is not None else {}),
+        }
+
+    # ------------------------------------------------------------------------------------------ steps
+    def cheap(self, docs: list[dict]) -> list[list[Result]]:
+        """Clean, segment and apply the cheap rules: per document, its units (kept ones have no ``ppl``)."""
+        t0 = time.perf_counter()
+        cleaned = [self.cleaner(d["text"]) if isinstance(d.get("text"), str) else "" for d in docs]
+        t1 = time.perf_counter()
+        segments = segment_texts(cleaned, self.fcfg.max_tokens, self.counter.count)
+        t2 = time.perf_counter()
+        out: list[list[Result]] = []
+        for doc, text, segs in zip(docs, cleaned, segments, strict=True):
+            if not segs:
+                why = "no text left after cleaning" if isinstance(doc.get("text"), str) else "no text field"
+                out.append([Rejected(doc, "empty", why)])
+                continue
+            pid = doc.get("id")
+            rest = {k: v for k, v in doc.items() if k not in ("id", "text")}
+            units: list[Result] = []
+            for pos, seg in enumerate(segs):
+                unit = {
+                    "id": f"{pid}#{pos}",
+                    "parent": pid,
+                    "pos": pos,
+                    **rest,
+                    "text": text[seg.start : seg.end],
+                    "span": [seg.start, seg.end],
+                    "tokens": seg.tokens,
+                }
+                if seg.too_long:
+                    detail = f"{seg.tokens} tokens > {self.fcfg.max_tokens} and no boundary left to cut at"
+                    units.append(Rejected(unit, "too_long", detail))
+                    continue
+                failed = first_failure(self.rules, unit)
+                units.append(unit if failed is None else Rejected(unit, *failed))
+            out.append(units)
+        t3 = time.perf_counter()
+        self.timings.update({"clean": t1 - t0, "segment": t2 - t1, "rules": t3 - t2})
+        return out
+
+    def process(self, docs: list[dict]) -> list[list[Result]]:
+        """The whole chain: :meth:`cheap`, then perplexity and buckets on the surviving units."""
+        out = self.cheap(docs)
+        if self.scorer is None:
+            return out
+        t0 = time.perf_counter()
+        where = [(i, j) for i, units in enumerate(out) for j, u in enumerate(units) if type(u) is dict]
+        scores = self.scorer.score([out[i][j]["text"] for i, j in where])  # type: ignore[index]
+        for (i, j), ppl in zip(where, scores, strict=True):
+            unit: dict = out[i][j]  # type: ignore[assignment]
+            unit["ppl"] = ppl
+            if self.cutoffs is None:
+                continue
+            bucket = self.cutoffs.bucket(ppl)
+            unit["ppl_bucket"] = bucket
+            if bucket in self.drop:
+                out[i][j] = Rejected(unit, f"ppl_{bucket}", f"ppl {ppl:.3f} in the {bucket} bucket")
+        self.timings["perplexity"] += time.perf_counter() - t0
+        return out

@@ -1,0 +1,162 @@
+"""Cut cleaned documents into self-contained units of at most ``max_tokens`` tokens.
+
+A document that fits is one unit. A longer one is cut at the coarsest boundary that splits
+it -- paragraphs (lines), then sentences (after 。！？；…!?; and any closing quotes or brackets),
+then clauses (after ，、：,:), then spaces -- each piece going one level finer only while it is
+still over the budget. Consecutive pieces are then packed greedily back into units up to the budget, so
+units are as long as the budget allows and end at the coarsest boundary available. A piece with no
+boundary left that is still too long (a 600-token run-on sentence, a table without punctuation) becomes a
+``too_long`` segment: rejected with its text, never cut mid-sentence and never dropped silently.
+
+Every unit is a contiguous span of the cleaned text, trimmed of spaces and newlines; the spans of a
+document's segments cover all of its non-whitespace characters, in order. Token counts are computed on the
+unit's exact text (a packed unit is re-counted: BPE merges across a boundary, e.g. "。\\n", so counts are not
+additive), batched over all documents of a call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# level -> where to cut (after each match); level 0 is the whole document
+BOUNDARIES: dict[int, re.Pattern[str]] = {
+    1: re.compile(r"\n+"),
+    2: re.compile(r"(?:[。！？!?；;]|…+|\.{3,})+[”’\"'」』）)》】〕\]]*"),
+    3: re.compile(r"[，,、：:]+[”’\"'」』）)》】〕\]]*"),
+    4: re.compile(r" +"),
+}
+LEVEL_NAMES = ("document", "paragraph", "sentence", "clause", "space")
+_TRIM = " \n"
+
+Counter = Callable[[Sequence[str]], list[int]]
+
+
+@dataclass
+class Segment:
+    start: int  # span in the cleaned text
+    end: int
+    tokens: int
+    too_long: bool = False
+    level: int = 0  # finest boundary level cut to make it (0: the whole document)
+
+
+def trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start] in _TRIM:
+        start += 1
+    while end > start and text[end - 1] in _TRIM:
+        end -= 1
+    return start, end
+
+
+def split_span(text: str, start: int, end: int, level: int) -> list[tuple[int, int]]:
+    """The non-empty trimmed pieces of ``text[start:end]`` cut after each boundary of ``level``."""
+    spans = []
+    cut = start
+    for m in BOUNDARIES[level].finditer(text, start, end):
+        s, e = trim(text, cut, m.end())
+        if s < e:
+            spans.append((s, e))
+        cut = m.end()
+    s, e = trim(text, cut, end)
+    if s < e:
+        spans.append((s, e))
+    return spans
+
+
+def segment_texts(texts: Sequence[str], max_tokens: int, count: Counter) -> list[list[Segment]]:
+    """Segments of each text, in text order (an empty or all-whitespace text has none)."""
+    pieces: list[list[Segment]] = [[] for _ in texts]
+    pending: list[tuple[int, int, int, int]] = []  # (doc, start, end, level)
+    for d, t in enumerate(texts):
+        s, e = trim(t, 0, len(t))
+        if s < e:
+            pending.append((d, s, e, 0))
+    while pending:
+        counts = count([texts[d][s:e] for d, s, e, _ in pending])
+        finer: list[tuple[int, int, int, int]] = []
+        for (d, s, e, level), n in zip(pending, counts, strict=True):
+            if n <= max_tokens:
+                pieces[d].append(Segment(s, e, n, False, level))
+                continue
+            children: list[tuple[int, int]] = []
+            while level < max(BOUNDARIES) and len(children) < 2:
+                level += 1
+                children = split_span(texts[d], s, e, level)
+            if len(children) >= 2:
+                finer += [(d, cs, ce, level) for cs, ce in children]
+            else:
+                pieces[d].append(Segment(s, e, n, True, level))
+        pending = finer
+    for p in pieces:
+        p.sort(key=lambda seg: seg.start)
+    return _pack(texts, pieces, max_tokens, count)
+
+
+def _pack(
+    texts: Sequence[str], pieces: list[list[Segment]], max_tokens: int, count: Counter
+) -> list[list[Segment]]:
+    """Greedily merge consecutive fitting pieces up to the budget, then verify each merge's real count and
+    halve the merges that came out over it."""
+    groups: list[list[list[Segment]]] = []
+    for doc in pieces:
+        out: list[list[Segment]] = []
+        for seg in doc:
+            last = out[-1] if out else None
+            if (
+                last is not None
+                and not seg.too_long
+                and not last[-1].too_long
+                and sum(x.tokens for x in last) + seg.tokens <= max_tokens
+            ):
+                last.append(seg)
+            else:
+                out.append([seg])
+        groups.append(out)
+    result: list[list[Segment | None]] = [[None] * len(g) for g in groups]
+    todo: list[tuple[int, int, list[Segment]]] = []  # (doc, group index, pieces)
+    for d, doc_groups in enumerate(groups):
+        for k, g in enumerate(doc_groups):
+            if len(g) == 1:
+                result[d][k] = g[0]
+            else:
+                todo.append((d, k, g))
+    # a group that splits becomes several units: collect them under its index, then flatten
+    split_into: dict[tuple[int, int], list[list[Segment]]] = {}
+    while todo:
+        counts = count([texts[d][g[0].start : g[-1].end] for d, _, g in todo])
+        again = []
+        for (d, k, g), n in zip(todo, counts, strict=True):
+            if n <= max_tokens:
+                merged = Segment(g[0].start, g[-1].end, n, False, max(x.level for x in g))
+                split_into.setdefault((d, k), []).append([merged])
+                continue
+            half = _halve(g)
+            for part in (g[:half], g[half:]):
+                if len(part) == 1:
+                    split_into.setdefault((d, k), []).append(part)
+                else:
+                    again.append((d, k, part))
+        todo = again
+    final: list[list[Segment]] = []
+    for d, doc_groups in enumerate(groups):
+        segs: list[Segment] = []
+        for k in range(len(doc_groups)):
+            if result[d][k] is not None:
+                segs.append(result[d][k])  # type: ignore[arg-type]
+            else:
+                segs += sorted((p[0] for p in split_into[(d, k)]), key=lambda x: x.start)
+        final.append(segs)
+    return final
+
+
+def _halve(group: list[Segment]) -> int:
+    """Where to cut a group in two of about equal token counts (1 .. len - 1)."""
+    total = sum(x.tokens for x in group)
+    acc = 0
+    for i, x in enumerate(group[:-1], start=1):
+        acc += x.tokens
+        if acc * 2 >= total:
+            return i
+    return len(group) - 1

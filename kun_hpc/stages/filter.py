@@ -1,0 +1,217 @@
+"""The ``filter`` stage: raw documents -> self-contained units of <= ``filter.max_tokens`` tokens, filtered.
+
+Each input document fans out into units (see :mod:`kun_hpc.filtering.chain`): kept units go to the output
+shard, rejected ones to the rejected file with their reason, and the unit's marker counts documents and units
+(:mod:`kun_hpc.stages.base`). It runs on every executor, chunked and resumable like every stage.
+
+Percentile thresholds and the cluster
+-------------------------------------
+With ``filter.perplexity.thresholds: percentile`` the head/middle/tail cut-offs must be the same for every
+shard, so they are computed once per run, before any filter unit starts, by ``kun-hpc filter-calibrate``
+(``kun-hpc run`` calls it itself when the run has no valid calibration): one job on the configured executor
+(the ``filter`` stage's Slurm resources) takes a deterministic sample -- the first
+``perplexity.sample_docs_per_shard`` documents of up to ``perplexity.sample_max_shards`` shards spread evenly
+over the sorted list of all shards of all corpora -- runs it through the same cleaning, segmentation and cheap
+rules, scores the surviving units with the configured scorer, and writes the two percentiles of their
+perplexities to ``<run>/filter/calibration.json``, under a key hashing the ``filter``, ``shard`` and
+``corpora`` config. Filter units read that file and refuse to start when it is missing or was made under a
+different key, so the cut-offs of every unit of a run are the same numbers, computed from one sample.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from omegaconf import DictConfig, OmegaConf
+
+from kun_hpc.config import ConfigError, config_hash
+from kun_hpc.filtering.buckets import Cutoffs, percentile_cutoffs
+from kun_hpc.filtering.chain import FilterChain
+from kun_hpc.filtering.tokens import TokenizerNotFound, tokenizer_file
+from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.shards import list_shards, read_shard
+from kun_hpc.stages.base import Rejected, Stage
+
+CALIBRATION = Path("filter") / "calibration.json"
+
+
+class FilterStage(Stage):
+    name = "filter"
+
+    def setup(self) -> None:
+        self.chain = make_chain(self.cfg, stage_cutoffs(self.cfg))
+        self.chain.load_scorer()
+
+    def process(self, batch: list[dict]) -> list[list[dict | Rejected]]:
+        return self.chain.process(batch)
+
+    def close(self) -> None:
+        chain = getattr(self, "chain", None)
+        if chain is not None:
+            chain.close()
+
+    def provenance(self) -> dict:
+        info = self.chain.info()
+        return {k: info[k] for k in ("tokenizer", "max_tokens", "perplexity", "cutoffs") if k in info}
+
+    @classmethod
+    def hash_inputs(cls, cfg: DictConfig) -> dict:
+        return {"tokenizer": str(Path(tokenizer_path(cfg)).resolve())}
+
+    @classmethod
+    def before_run(cls, cfg: DictConfig, executor: Any, log_dir: Path) -> None:
+        ensure_calibration(cfg, executor, log_dir)
+
+
+def tokenizer_path(cfg: DictConfig) -> str:
+    """``filter.tokenizer``, or the Label model's folder (``label.engine.model``) when that is None."""
+    if cfg.filter.tokenizer:
+        path = str(cfg.filter.tokenizer)
+    elif "label" in cfg and not OmegaConf.is_missing(cfg.label.engine, "model") and cfg.label.engine.model:
+        path = str(cfg.label.engine.model)
+    else:
+        raise ConfigError(
+            "config key 'filter.tokenizer': not set, and neither is 'label.engine.model' to take it from "
+            "(units are counted with the Label model's tokenizer)"
+        )
+    try:
+        tokenizer_file(path)
+    except TokenizerNotFound as e:
+        raise ConfigError(f"config key 'filter.tokenizer': {e}") from None
+    return path
+
+
+def make_chain(cfg: DictConfig, cutoffs: Cutoffs | None = None) -> FilterChain:
+    return FilterChain(cfg.filter, cutoffs, tokenizer=tokenizer_path(cfg))
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def needs_calibration(cfg: DictConfig) -> bool:
+    p = cfg.filter.perplexity
+    return p.scorer != "none" and p.thresholds == "percentile"
+
+
+def calibration_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CALIBRATION
+
+
+def calibration_key(cfg: DictConfig) -> str:
+    """What the cut-offs depend on: the filter settings and the shards (their config and the corpora)."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("filter", "shard", "corpora")}
+    parts["tokenizer"] = str(Path(tokenizer_path(cfg)).resolve())
+    # sorted keys: the config a worker reloads from config.yaml has its dicts' keys sorted
+    return config_hash(OmegaConf.create(parts))
+
+
+def read_calibration(cfg: DictConfig) -> dict | None:
+    """The run's calibration if it exists and matches the current config, else None."""
+    try:
+        data = orjson.loads(calibration_path(cfg.run.dir).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return data if data.get("key") == calibration_key(cfg) else None
+
+
+def stage_cutoffs(cfg: DictConfig) -> Cutoffs | None:
+    """The cut-offs filter units use: None without a scorer, the config's when absolute, else the run's
+    calibration (which must exist)."""
+    p = cfg.filter.perplexity
+    if p.scorer == "none":
+        return None
+    if p.thresholds == "absolute":
+        return Cutoffs(float(p.cutoffs[0]), float(p.cutoffs[1]))
+    data = read_calibration(cfg)
+    if data is None:
+        raise ConfigError(
+            f"config key 'filter.perplexity.thresholds' is 'percentile' but {calibration_path(cfg.run.dir)} "
+            "is missing or was made under another config: run `kun-hpc filter-calibrate` with the same "
+            "config first (`kun-hpc run` does it itself)"
+        )
+    return Cutoffs(**data["cutoffs"])
+
+
+@dataclass(frozen=True)
+class CalibrationTask:
+    run_dir: str
+
+    @property
+    def unit(self) -> str:
+        return "filter-calibrate"
+
+
+def sample_shards(shards: list[Path], k: int) -> list[Path]:
+    """Up to ``k`` shards spread evenly over the sorted list (first and last included)."""
+    shards = sorted(shards)
+    if len(shards) <= k:
+        return shards
+    if k == 1:
+        return shards[:1]
+    return [shards[round(i * (len(shards) - 1) / (k - 1))] for i in range(k)]
+
+
+def calibrate(task: CalibrationTask) -> dict:
+    """Compute the percentile cut-offs from the run's sample and write them (runs as a job)."""
+    from kun_hpc.pipeline import load_run_config, shard_root
+
+    cfg = load_run_config(task.run_dir)
+    p = cfg.filter.perplexity
+    started = time.time()
+    shards = sample_shards(list_shards(shard_root(cfg)), p.sample_max_shards)
+    if not shards:
+        raise FileNotFoundError(f"filter calibration: no shards under {shard_root(cfg)}")
+    docs: list[dict] = []
+    for path in shards:
+        for n, rec in enumerate(read_shard(path)):
+            if n >= p.sample_docs_per_shard:
+                break
+            docs.append(rec)
+    chain = make_chain(cfg)
+    try:
+        texts = [u["text"] for units in chain.cheap(docs) for u in units if type(u) is dict]
+        scorer = chain.load_scorer()
+        assert scorer is not None
+        scores = scorer.score(texts)
+        info = scorer.info()
+    finally:
+        chain.close()
+    cutoffs = percentile_cutoffs(scores, list(p.percentiles))
+    data = {
+        "key": calibration_key(cfg),
+        "cutoffs": cutoffs.to_dict(),
+        "percentiles": list(p.percentiles),
+        "scorer": info,
+        "sample": {
+            "shards": [str(s) for s in shards],
+            "docs": len(docs),
+            "units": len(texts),
+            "docs_per_shard": p.sample_docs_per_shard,
+        },
+        "seconds": round(time.time() - started, 3),
+    }
+    atomic_write_bytes(calibration_path(task.run_dir), orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    return data
+
+
+def ensure_calibration(cfg: DictConfig, executor: Any, log_dir: Path, force: bool = False) -> dict | None:
+    """The run's calibration, computed on ``executor`` (one job) when missing, stale or ``force``d; None when
+    the filter needs none."""
+    if not needs_calibration(cfg):
+        return None
+    if not force:
+        data = read_calibration(cfg)
+        if data is not None:
+            return data
+    (outcome,) = executor.map(
+        calibrate,
+        [CalibrationTask(str(cfg.run.dir))],
+        name="filter calibrate",
+        log_dir=Path(log_dir) / "filter-calibrate",
+    )
+    if not outcome.ok:
+        where = f" (log: {outcome.log})" if outcome.log else ""
+        raise RuntimeError(f"filter calibration failed: {outcome.error.strip()}{where}")
+    return outcome.result

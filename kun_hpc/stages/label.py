@@ -1,0 +1,37 @@
+"""Label: instruction back-translation. The Label model reads a text and writes the instruction it would
+answer; the record gets ``instruction``. Kun's instruction post-rules run right away (``label.apply_rules``,
+with the rules of ``label.rules``, by default the ``rules`` section), so Point never pays for an instruction
+the rules would drop."""
+
+from __future__ import annotations
+
+from kun_hpc.inference import Generation
+from kun_hpc.stages.base import Rejected
+from kun_hpc.stages.llm import LLMStage, bad_generation
+from kun_hpc.stages.rules import Drop, RuleSet
+
+
+class Label(LLMStage):
+    name = "label"
+    needs = ("text",)
+
+    def __init__(self, cfg, options=None):
+        super().__init__(cfg, options)
+        use = bool(self.options.get("apply_rules", True)) and self.options.get("rules") is not None
+        self.rules = RuleSet(self.options["rules"]) if use else None
+
+    def accept(self, record: dict, g: Generation) -> dict | Rejected:
+        row = {**record, "instruction": g.text}
+        bad = bad_generation(g, self.reject_truncated)
+        if bad:
+            return Rejected(row, *bad)
+        if self.rules is not None:
+            cleaned = self.rules.instruction(g.text)
+            if isinstance(cleaned, Drop):
+                return Rejected(row, cleaned.reason, cleaned.detail)
+            row["instruction"] = cleaned
+        return row
+
+    def provenance(self) -> dict:
+        rules = self.rules.instruction_rules if self.rules is not None else []
+        return {**super().provenance(), "instruction_rules": rules}

@@ -1,0 +1,187 @@
+"""What the Label, Point and Answer stages share: one model per unit, one engine call per chunk.
+
+A unit loads its model once (``setup``); each chunk of records becomes prompts rendered from the stage's
+template file, sorted longest first and handed to the engine in a single call, so vLLM schedules the whole
+chunk at once (make ``pipeline.chunk_records`` several times ``engine.max_num_seqs``: the batch drains at
+each chunk's end). Sampled outputs do not depend on which records share a chunk or a batch: each record gets
+its own seed, derived from its id, so a unit resumed after a kill makes the same outputs as a fault-free run.
+
+Bad model output is a :class:`Rejected` with a reason, never a crash: ``prompt_too_long`` (over
+``max_prompt_tokens`` or the engine's ``max_model_len``), ``output_too_long`` (cut at ``max_new_tokens``
+without a stop, when ``reject_truncated``), ``empty_output``, ``invalid_utf8`` (byte-level tokens that do not
+form characters decode to U+FFFD), and ``missing_field`` for an input record without the fields the prompt
+needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from omegaconf import DictConfig, OmegaConf
+
+from kun_hpc.config import file_sha256, find_file
+from kun_hpc.inference import (
+    FINISH_LENGTH,
+    FINISH_PROMPT_TOO_LONG,
+    Engine,
+    EngineSpec,
+    Generation,
+    SamplingSpec,
+    load_engine,
+)
+from kun_hpc.stages.base import Rejected, Stage
+
+PLACEHOLDER = re.compile(r"\{(text|instruction)\}")
+
+
+class PromptTemplate:
+    """A prompt template file: its text with ``{text}`` / ``{instruction}`` placeholders, substituted in one
+    pass (a record's text holding ``{instruction}`` stays as it is)."""
+
+    def __init__(self, text: str, path: Path | None = None):
+        self.text = text
+        self.path = path
+        self.fields = set(PLACEHOLDER.findall(text))
+        self.sha256 = ""
+
+    @classmethod
+    def load(cls, path: Path, expected_sha256: str, needs: Sequence[str]) -> PromptTemplate:
+        path = Path(path)
+        template = cls(path.read_bytes().decode("utf-8"), path)
+        template.sha256 = file_sha256(path)
+        if expected_sha256 and template.sha256 != expected_sha256:
+            raise RuntimeError(
+                f"prompt template {path} changed after this run was configured (sha256 "
+                f"{template.sha256[:16]}, configured {expected_sha256[:16]}): run `kun-hpc run` again to "
+                "re-plan with the new template"
+            )
+        missing = [f"{{{f}}}" for f in needs if f not in template.fields]
+        extra = [f"{{{f}}}" for f in sorted(template.fields - set(needs))]
+        if missing or extra:
+            raise ValueError(
+                f"prompt template {path}: needs the placeholders {' '.join(f'{{{f}}}' for f in needs)}"
+                + (f"; missing {' '.join(missing)}" if missing else "")
+                + (f"; {' '.join(extra)} cannot be filled by this stage" if extra else "")
+            )
+        return template
+
+    def render(self, **values: str) -> str:
+        return PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
+
+
+def record_seed(stage: str, record: Mapping[str, Any], base: int) -> int:
+    """A record's sampling seed: from its id (its text when it has none), the stage and the base seed."""
+    key = str(record.get("id") or xxhash.xxh64_hexdigest(str(record.get("text", "")).encode()))
+    return xxhash.xxh64_intdigest(f"{stage}\0{key}".encode(), seed=base) & 0x7FFF_FFFF
+
+
+def bad_generation(g: Generation, reject_truncated: bool) -> tuple[str, str] | None:
+    """(reason, detail) when a generation is unusable, else None."""
+    if g.finish_reason == FINISH_PROMPT_TOO_LONG:
+        return "prompt_too_long", f"{g.num_prompt_tokens} prompt tokens leave no room to generate"
+    if reject_truncated and g.finish_reason == FINISH_LENGTH:
+        return "output_too_long", f"{len(g.token_ids)} tokens without a stop"
+    if not g.text.strip():
+        return "empty_output", ""
+    if "\ufffd" in g.text:
+        return "invalid_utf8", g.text[:200]
+    return None
+
+
+def plain(section: Any) -> dict:
+    return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+
+
+class LLMStage(Stage):
+    """Base of the LLM stages. Options: the stage's config section (``engine``, ``sampling``, ``template``,
+    ``template_sha256``, ``max_prompt_tokens``, ``reject_truncated``; see kun_hpc/config.py).
+
+    Subclasses set ``needs`` (record fields the prompt uses) and implement :meth:`prompt` and :meth:`accept`;
+    :meth:`infer` is the engine call (generation by default)."""
+
+    name = "llm"
+    needs: tuple[str, ...] = ("text",)
+    budget_in_prompt = False  # True: prompt() keeps within max_prompt_tokens itself
+
+    def __init__(self, cfg: DictConfig, options: Any = None):
+        super().__init__(cfg, options)
+        o = self.options
+        self.spec = EngineSpec.from_dict(plain(o["engine"]))
+        self.sampling = SamplingSpec.from_dict(plain(o["sampling"]))
+        self.max_prompt_tokens: int | None = o.get("max_prompt_tokens")
+        self.reject_truncated = bool(o.get("reject_truncated", True))
+        self.template_path = find_file(o["template"]).resolve()
+        self.template_sha256 = str(o.get("template_sha256") or "")
+        self.template: PromptTemplate | None = None
+        self.engine: Engine | None = None  # a test may set one before setup()
+        self._owns_engine = False
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+    def setup(self) -> None:
+        self.template = PromptTemplate.load(self.template_path, self.template_sha256, self.needs)
+        if self.engine is None:
+            self.engine = load_engine(dataclasses.replace(self.spec, model=str(find_file(self.spec.model))))
+            self._owns_engine = True
+
+    def close(self) -> None:
+        if self._owns_engine and self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            self._owns_engine = False
+
+    def provenance(self) -> dict:
+        info = self.engine.info() if self.engine is not None else {}
+        return {
+            "model": info.get("model", self.spec.model),
+            "backend": info.get("backend", self.spec.backend),
+            "dtype": info.get("dtype", self.spec.dtype),
+            "sampling": self.sampling.to_dict(),
+            "template": str(self.template_path),
+            "template_sha256": self.template.sha256[:16] if self.template else "",
+        }
+
+    # ------------------------------------------------------------------------------------------ a chunk
+    def process(self, batch: list[dict]) -> list[dict | Rejected]:
+        out: list[dict | Rejected | None] = [None] * len(batch)
+        todo: list[tuple[int, str, dict]] = []  # (index in batch, prompt, record as the prompt saw it)
+        for i, r in enumerate(batch):
+            missing = [f for f in self.needs if not isinstance(r.get(f), str)]
+            if missing:
+                out[i] = Rejected(r, "missing_field", ",".join(missing))
+                continue
+            made = self.prompt(r)
+            if isinstance(made, Rejected):
+                out[i] = made
+            else:
+                todo.append((i, made[0], {**r, **made[1]}))
+        if todo and self.max_prompt_tokens and not self.budget_in_prompt:
+            fits = []
+            for item, ids in zip(todo, self.engine.encode([p for _, p, _ in todo]), strict=True):
+                if len(ids) > self.max_prompt_tokens:
+                    detail = f"{len(ids)} > {self.max_prompt_tokens} tokens"
+                    out[item[0]] = Rejected(batch[item[0]], "prompt_too_long", detail)
+                else:
+                    fits.append(item)
+            todo = fits
+        if todo:
+            todo.sort(key=lambda t: -len(t[1]))  # longest first; ties keep their input order
+            seeds = [record_seed(self.name, r, self.sampling.seed) for _, _, r in todo]
+            results = self.infer([p for _, p, _ in todo], seeds)
+            for (i, _, r), res in zip(todo, results, strict=True):
+                out[i] = self.accept(r, res)
+        return out  # type: ignore[return-value]
+
+    def prompt(self, record: dict) -> tuple[str, dict] | Rejected:
+        """The prompt for a record and the fields to set on it before :meth:`accept` (or a rejection)."""
+        return self.template.render(**{f: record[f] for f in self.needs}), {}
+
+    def infer(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        return self.engine.generate(prompts, self.sampling, seeds)
+
+    def accept(self, record: dict, result: Any) -> dict | Rejected:
+        raise NotImplementedError

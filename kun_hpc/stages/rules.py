@@ -1,0 +1,201 @@
+"""Kun's post-rules: pure functions over one instruction or answer, and the ``rules`` stage that runs them.
+
+Each rule takes the text and the :class:`RuleParams` and returns the (possibly cleaned) text, or a
+:class:`Drop` with a reason code. Rules run in the order the config lists them
+(``rules.instruction_rules``, ``rules.answer_rules``); the first drop wins.
+
+What Kun's reference scripts meant (they have bugs: an undefined ``sys``, the answer script overwriting each
+instruction with its output, ``len // 128`` losing records when splitting into 128 files):
+
+* after Label: drop instructions containing any of the instruction keywords (新闻 材料 图片 ...), strip
+  trailing whitespace;
+* after Answer: drop outputs containing any of the answer keywords (作为 根据 知识库 2023 抱歉), outputs under
+  20 characters, outputs that open with one unit repeated more than 5 times;
+* an instruction with a run of >= 5 whitespace characters is cut there; an instruction of repeated lines
+  keeps its longest repeated line when that line is its prefix, else it is dropped.
+
+Both ends are stripped (not only the trailing one): leading whitespace would make a cut at a whitespace run
+empty the instruction, and an answer opening with blank lines would count as a repeated opening.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kun_hpc.stages.base import Rejected, Stage
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A rule's verdict that the record goes: a reason code and what triggered it."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    """The settings of the rules (the ``rules`` config section, as plain values)."""
+
+    instruction_keywords: tuple[str, ...]
+    answer_keywords: tuple[str, ...]
+    whitespace_run: int
+    min_answer_chars: int
+    max_opening_repeats: int
+    max_unit_chars: int
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> RuleParams:
+        return cls(
+            tuple(section["instruction_keywords"]),
+            tuple(section["answer_keywords"]),
+            int(section["whitespace_run"]),
+            int(section["min_answer_chars"]),
+            int(section["max_opening_repeats"]),
+            int(section["max_unit_chars"]),
+        )
+
+
+Rule = Callable[[str, RuleParams], "str | Drop"]
+
+
+# ------------------------------------------------------------------------------------------ shared rules
+def strip_whitespace(text: str, p: RuleParams) -> str:
+    return text.strip()
+
+
+def _not_empty(field: str) -> Rule:
+    def not_empty(text: str, p: RuleParams) -> str | Drop:
+        return text if text.strip() else Drop(f"{field}_empty")
+
+    return not_empty
+
+
+def _keywords(field: str, attr: str) -> Rule:
+    def keywords(text: str, p: RuleParams) -> str | Drop:
+        for word in getattr(p, attr):
+            if word in text:
+                return Drop(f"{field}_keyword", word)
+        return text
+
+    return keywords
+
+
+# ------------------------------------------------------------------------------------- instruction rules
+def cut_whitespace_run(text: str, p: RuleParams) -> str:
+    """Cut the instruction at its first run of ``whitespace_run`` or more whitespace characters."""
+    m = re.search(rf"\s{{{p.whitespace_run},}}", text)
+    return text[: m.start()] if m else text
+
+
+def repeated_lines(text: str, p: RuleParams) -> str | Drop:
+    """An instruction with a repeated line: its longest repeated line if the instruction starts with that
+    line (the model said the same thing again), else dropped (repetition inside a muddle)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    repeated = [ln for ln, n in Counter(lines).items() if n > 1]
+    if not repeated:
+        return text
+    longest = max(repeated, key=len)  # the first of the longest, in order of appearance
+    if text.lstrip().startswith(longest):
+        return longest
+    return Drop("instruction_repeated_lines", longest[:80])
+
+
+# ------------------------------------------------------------------------------------------ answer rules
+def min_chars(text: str, p: RuleParams) -> str | Drop:
+    if len(text) < p.min_answer_chars:
+        return Drop("answer_too_short", f"{len(text)} < {p.min_answer_chars} characters")
+    return text
+
+
+def repeated_opening(text: str, p: RuleParams) -> str | Drop:
+    """Drop an answer that opens with one unit (1..max_unit_chars characters) occurring more than
+    ``max_opening_repeats`` times in a row (6+ times by default), such as 哈哈哈哈哈哈 or "1. 1. 1. 1. 1. 1.".
+    """
+    pattern = rf"(.{{1,{p.max_unit_chars}}}?)\1{{{p.max_opening_repeats},}}"
+    m = re.match(pattern, text, re.DOTALL)
+    if m:
+        return Drop("answer_repeated_opening", f"{m.group(1)!r} x {len(m.group(0)) // len(m.group(1))}")
+    return text
+
+
+INSTRUCTION_RULES: dict[str, Rule] = {
+    "strip_whitespace": strip_whitespace,
+    "cut_whitespace_run": cut_whitespace_run,
+    "repeated_lines": repeated_lines,
+    "not_empty": _not_empty("instruction"),
+    "instruction_keywords": _keywords("instruction", "instruction_keywords"),
+}
+ANSWER_RULES: dict[str, Rule] = {
+    "strip_whitespace": strip_whitespace,
+    "not_empty": _not_empty("answer"),
+    "answer_keywords": _keywords("answer", "answer_keywords"),
+    "min_chars": min_chars,
+    "repeated_opening": repeated_opening,
+}
+
+
+def apply_rules(text: str, names: Sequence[str], rules: Mapping[str, Rule], p: RuleParams) -> str | Drop:
+    """Run the named rules in order: the cleaned text, or the first :class:`Drop`."""
+    for name in names:
+        out = rules[name](text, p)
+        if isinstance(out, Drop):
+            return out
+        text = out
+    return text
+
+
+class RuleSet:
+    """The instruction and answer rules a config section names, ready to apply."""
+
+    def __init__(self, section: Mapping[str, Any]):
+        self.params = RuleParams.from_config(section)
+        self.instruction_rules = list(section["instruction_rules"])
+        self.answer_rules = list(section["answer_rules"])
+        for names, known in ((self.instruction_rules, INSTRUCTION_RULES), (self.answer_rules, ANSWER_RULES)):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(f"unknown rules {unknown}; known: {sorted(known)}")
+
+    def instruction(self, text: str) -> str | Drop:
+        return apply_rules(text, self.instruction_rules, INSTRUCTION_RULES, self.params)
+
+    def answer(self, text: str) -> str | Drop:
+        return apply_rules(text, self.answer_rules, ANSWER_RULES, self.params)
+
+
+class Rules(Stage):
+    """The last per-shard stage: the instruction rules and the answer rules over each (instruction, answer)
+    pair. The instruction rules ran already after Label (``label.apply_rules``); running them again costs
+    nothing and covers instructions made elsewhere."""
+
+    name = "rules"
+
+    def __init__(self, cfg, options=None):
+        super().__init__(cfg, options)
+        self.rules = RuleSet(self.options)
+
+    def process(self, batch: list[dict]) -> list[dict | Rejected]:
+        out: list[dict | Rejected] = []
+        for r in batch:
+            missing = [k for k in ("instruction", "answer") if not isinstance(r.get(k), str)]
+            if missing:
+                out.append(Rejected(r, "missing_field", ",".join(missing)))
+                continue
+            instruction = self.rules.instruction(r["instruction"])
+            if isinstance(instruction, Drop):
+                out.append(Rejected(r, instruction.reason, instruction.detail))
+                continue
+            answer = self.rules.answer(r["answer"])
+            if isinstance(answer, Drop):
+                out.append(Rejected(r, answer.reason, answer.detail))
+                continue
+            out.append({**r, "instruction": instruction, "answer": answer})
+        return out
+
+    def provenance(self) -> dict:
+        return {"instruction_rules": self.rules.instruction_rules, "answer_rules": self.rules.answer_rules}
