@@ -43,7 +43,9 @@ def install_shims(folder: Path, log: Path) -> None:
     for name in ("squeue", "sacct", "sbatch"):
         real = shutil.which(name)
         if real is None:
-            raise SystemExit(f"{name} not found: start the sandbox (make sandbox) and source slurm/sandbox/env.sh")
+            raise SystemExit(
+                f"{name} not found: start the sandbox (make sandbox) and source slurm/sandbox/env.sh"
+            )
         path = folder / name
         path.write_text(SHIM.format(name=name, log=log, real=real))
         path.chmod(0o755)
@@ -64,15 +66,23 @@ def calls(log: Path, since: float, until: float) -> dict[str, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--units", type=int, default=10_000)
-    ap.add_argument("--max-array", type=int, default=1001, help="MaxArraySize the sandbox is (re)started with")
+    ap.add_argument(
+        "--max-array", type=int, default=1001, help="MaxArraySize the sandbox is (re)started with"
+    )
     ap.add_argument("--watch-s", type=float, default=60.0, help="seconds of polling measured for each side")
-    ap.add_argument("--poll-s", type=float, default=None, help="kun-hpc poll interval (default: the config's)")
+    ap.add_argument(
+        "--poll-s", type=float, default=None, help="kun-hpc poll interval (default: the config's)"
+    )
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    subprocess.run([str(REPO / "slurm/sandbox/start.sh")], check=True, capture_output=True,
-                   env={**os.environ, "SLURM_MAX_ARRAY_SIZE": str(args.max_array)})
+    subprocess.run(
+        [str(REPO / "slurm/sandbox/start.sh")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SLURM_MAX_ARRAY_SIZE": str(args.max_array)},
+    )
     os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox/etc/slurm.conf"))
     work = args.work or Path(tempfile.mkdtemp(prefix="kun-bench-slurm-"))
     log = work / "calls.log"
@@ -82,9 +92,14 @@ def main() -> int:
     shards.mkdir(parents=True, exist_ok=True)
     for i in range(args.units):  # empty shards: a no-op grid of N units
         (shards / f"part-{i:05d}.jsonl.zst").write_bytes(b"")
-    overrides = [f"run.dir={work / 'run'}", "executor.kind=slurm", "corpora=[]",
-                 "pipeline.stages=[tests.stages_for_tests:Tag]", "executor.slurm.extra_flags.hold=true",
-                 "executor.slurm.mem_gb=0.1"]
+    overrides = [
+        f"run.dir={work / 'run'}",
+        "executor.kind=slurm",
+        "corpora=[]",
+        "pipeline.stages=[tests.stages_for_tests:Tag]",
+        "executor.slurm.extra_flags.hold=true",
+        "executor.slurm.mem_gb=0.1",
+    ]
     if args.poll_s is not None:
         overrides.append(f"executor.poll_interval_s={args.poll_s}")
     cfg = config.load(None, overrides)
@@ -95,8 +110,10 @@ def main() -> int:
     entries = ex.submit(run_unit, units, stage="tag", log_dir=Path(cfg.run.dir) / "logs" / "tag")
     submit_s = time.time() - t0
     sbatch = calls(log, t0, time.time()).get("sbatch", 0)
-    print(f"submitted {len(units)} units in {submit_s:.1f} s with {sbatch} sbatch calls "
-          f"(MaxArraySize {ex.max_array_size}: expected {-(-len(units) // ex.max_array_size)})")
+    print(
+        f"submitted {len(units)} units in {submit_s:.1f} s with {sbatch} sbatch calls "
+        f"(MaxArraySize {ex.max_array_size}: expected {-(-len(units) // ex.max_array_size)})"
+    )
 
     try:
         # kun-hpc: what `kun-hpc status --watch` does each interval
@@ -124,16 +141,22 @@ def main() -> int:
 
     minute = args.watch_s / 60
     result = {
-        "units": len(units), "max_array_size": ex.max_array_size, "sbatch_calls": sbatch,
-        "submit_s": round(submit_s, 2), "watch_s": args.watch_s, "kun_poll_interval_s": cfg.executor.poll_interval_s,
-        "kun_status_rounds": rounds, "kun_pending_seen": pending,
+        "units": len(units),
+        "max_array_size": ex.max_array_size,
+        "sbatch_calls": sbatch,
+        "submit_s": round(submit_s, 2),
+        "watch_s": args.watch_s,
+        "kun_poll_interval_s": cfg.executor.poll_interval_s,
+        "kun_status_rounds": rounds,
+        "kun_pending_seen": pending,
         "kun_calls_per_min": {k: round(v / minute, 1) for k, v in kun_calls.items()},
         "submitit_calls_per_min": {k: round(v / minute, 1) for k, v in sub_calls.items()},
     }
     kun_total = sum(kun_calls.values()) / minute
     sub_total = sum(sub_calls.values()) / minute
     print(f"scheduler calls per minute while watching {len(units)} units for {args.watch_s:.0f} s:")
-    print(f"  kun-hpc status (interval {cfg.executor.poll_interval_s:g} s): {kun_total:.1f}  {result['kun_calls_per_min']}")
+    interval = cfg.executor.poll_interval_s
+    print(f"  kun-hpc status (interval {interval:g} s): {kun_total:.1f}  {result['kun_calls_per_min']}")
     print(f"  submitit job.done() loop (its defaults):   {sub_total:.1f}  {result['submitit_calls_per_min']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
