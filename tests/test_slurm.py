@@ -17,7 +17,7 @@ import pytest
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.cluster.slurm import parse_job_id, read_registry, submitit_parameters
-from kun_hpc.cluster.status import unit_statuses
+from kun_hpc.cluster.status import expand_array_ids, unit_statuses
 from kun_hpc.io.shards import file_sha256, list_shards, read_shard
 from tests.conftest import REPO, sample_overrides
 
@@ -80,6 +80,11 @@ def test_parse_job_id_survives_site_wrappers():
     assert parse_job_id("sbatch: info: routing to gpu\nSubmitted batch job 4242 on cluster x\n") == "4242"
     with pytest.raises(Exception, match="job id"):
         parse_job_id("sbatch: error: Batch job submission failed")
+
+
+def test_sacct_rows_of_never_started_array_tasks_are_expanded():
+    assert expand_array_ids("123_[0-2,7%2]") == ["123_0", "123_1", "123_2", "123_7"]
+    assert expand_array_ids("55_4") == ["55_4"] and expand_array_ids("60") == ["60"]
 
 
 def test_chains_chunk_arrays_cancel_dependents_of_a_failure_and_rerun_only_it(tmp_path, clean_run, capsys):
@@ -253,6 +258,7 @@ def test_plan_counts_sbatch_calls_under_max_array_size(tmp_path, capsys):
 def test_cancel_stops_every_job_of_the_run_and_status_says_so(tmp_path, capsys):
     run = tmp_path / "run"
     args = slurm_args(run, STAGES, "executor.slurm.extra_flags.hold=true")  # held: nothing starts
+    assert cli.main(["shard", *args[:-1], "executor.kind=inline"]) == 0  # held shard jobs would never end
     assert cli.main(["run", *args]) == 0
     assert cli.main(["run", *args]) == 1  # a second submission while queued would run units twice
     assert "still queued or running" in capsys.readouterr().err

@@ -8,6 +8,7 @@ number of units. ``SchedulerView.calls`` counts them (the status benchmark repor
 from __future__ import annotations
 
 import getpass
+import re
 import subprocess
 import time
 from collections import Counter
@@ -90,8 +91,21 @@ class SchedulerView:
         for line in out.stdout.splitlines():
             parts = line.split("|")
             if len(parts) >= 3:
-                states[parts[0]] = (parts[1].split()[0] if parts[1] else "", f"exit {parts[2]}")
+                for job in expand_array_ids(parts[0]):
+                    states[job] = (parts[1].split()[0] if parts[1] else "", f"exit {parts[2]}")
         return states
+
+
+def expand_array_ids(job: str) -> list[str]:
+    """``123_[0-3,7%2]`` (array tasks that never started share one row) -> ``123_0 .. 123_3, 123_7``."""
+    m = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job)
+    if not m:
+        return [job]
+    out = []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
 
 
 def wait_for_jobs(view: SchedulerView, entries: list[dict], timeout_s: float | None = None) -> dict[str, str]:
