@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/kun-hpc shard run.name=demo
-	$(BIN)/kun-hpc reshard run.name=demo reshard.num_shards=4
+	$(BIN)/python tools/make_tiny_model.py --out models/tiny-qwen2
+	$(BIN)/kun-hpc run configs/demo.yaml
+	@echo "demo: shards in runs/demo/shards, filtered units in runs/demo/stages/filter (rejected/ beside them)"
 
 # The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply.
 test: setup

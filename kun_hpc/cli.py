@@ -107,7 +107,7 @@ def cmd_reshard(cfg: DictConfig, ns: argparse.Namespace) -> int:
 def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
     from kun_hpc.cluster.dag import run_grid
     from kun_hpc.cluster.grid import plan_grid
-    from kun_hpc.cluster.status import print_status, unit_statuses
+    from kun_hpc.cluster.status import print_funnel, print_status, unit_statuses
     from kun_hpc.pipeline import stage_class
 
     run_dir = _start(cfg, "run")
@@ -139,6 +139,7 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
             return 0
         return _watch(cfg, until_settled=True)
     print_status(unit_statuses(cfg))
+    print_funnel(cfg)
     failed = [f for fs in submitted.failed.values() for f in fs]
     for f in failed:
         print(f"failed: {f}", file=sys.stderr)
@@ -182,12 +183,13 @@ def _watch(cfg: DictConfig, until_settled: bool) -> int:
 
 
 def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.status import print_status, unit_statuses
+    from kun_hpc.cluster.status import print_funnel, print_status, unit_statuses
 
     if ns.watch:
         return _watch(cfg, until_settled=True)
     rows = unit_statuses(cfg)
     print_status(rows)
+    print_funnel(cfg)
     return 0
 
 

@@ -244,3 +244,33 @@ def cancel(cfg: DictConfig) -> list[str]:
     if arrays:
         subprocess.run(["scancel", *arrays], check=False)
     return arrays
+
+
+def print_funnel(cfg: DictConfig, console=None) -> None:
+    """Records in, out, rejected and quarantined (by reason) per stage, summed over its done units."""
+    from rich.table import Table
+
+    from kun_hpc.stages.base import read_marker
+    from kun_hpc.stages.summary import console as make_console
+
+    grid = plan_grid(cfg)
+    table = Table(title="kun-hpc funnel (done units)")
+    for col in ("stage", "units done", "in", "out", "rejected", "quarantined", "by reason"):
+        table.add_column(col, justify="left" if col in ("stage", "by reason") else "right")
+    for stage in grid.stages:
+        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
+        reasons: Counter[str] = Counter()
+        bad: Counter[str] = Counter()
+        for m in markers:
+            reasons.update(m["rejected"])
+            bad.update(m["quarantined"])
+        table.add_row(
+            stage,
+            f"{len(markers)}/{len(grid.units[stage])}",
+            f"{sum(m['in'] for m in markers):,}",
+            f"{sum(m['out'] for m in markers):,}",
+            f"{sum(reasons.values()):,}",
+            f"{sum(bad.values()):,}",
+            ", ".join(f"{k}={v}" for k, v in sorted({**reasons, **bad}.items())) or "-",
+        )
+    (console or make_console()).print(table)
