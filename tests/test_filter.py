@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tools"))
 import make_tiny_model
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-POETRY = REPO.parent / "shared" / "corpora" / "poetry" / "chinese_poetry_poems.jsonl.zst"
+POETRY = REPO / "shards" / "sample" / "poetry" / "poems-2000.jsonl.zst"
 REASONS = {"empty", "too_long", "too_short", "low_cjk", "dup_lines", "dup_ngrams", "ppl_tail", "ppl_middle"}
 # where a unit may end: after a sentence or clause boundary, or before a space/newline (see segment.py)
 BOUNDARY_END = re.compile(r"(?:[。！？!?；;….，,、：:]|[。！？!?；;….，,、：:][”’\"'」』）)》】〕\]]+)$")
@@ -69,9 +69,7 @@ def wiki_docs() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def poetry_docs() -> list[dict]:
-    """The first 2,000 poems of the real poetry corpus (../shared/corpora), when it is there."""
-    if not POETRY.is_file():
-        return []
+    """The first 2,000 poems of the real poetry corpus (bundled in shards/sample/poetry)."""
     docs = []
     with zstandard.ZstdDecompressor().stream_reader(POETRY.open("rb")) as raw:
         for i, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8")):
