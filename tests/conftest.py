@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tools import make_tiny_model
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "shards" / "sample"
 
@@ -22,3 +24,12 @@ def sample_overrides(run_dir: Path, *extra: str) -> list[str]:
         f"corpora.2.paths=[{SAMPLE / 'skypile'}]",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny model: models/tiny-qwen2 when it was built by this builder version, else a fresh build."""
+    repo_model = REPO / "models" / "tiny-qwen2"
+    if (repo_model / make_tiny_model.FINGERPRINT_FILE).is_file():
+        return make_tiny_model.ensure_tiny_model(repo_model)
+    return make_tiny_model.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")

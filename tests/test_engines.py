@@ -40,15 +40,6 @@ def chatml(user: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """The tiny model: models/tiny-qwen2 when it was built by this builder version, else a fresh build."""
-    repo_model = REPO / "models" / "tiny-qwen2"
-    if (repo_model / make_tiny_model.FINGERPRINT_FILE).is_file():
-        return make_tiny_model.ensure_tiny_model(repo_model)
-    return make_tiny_model.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="session")
 def prompts() -> list[str]:
     texts = [t for t in make_tiny_model.sample_texts() if len(t) >= 800]
     step = len(texts) // len(LENGTHS)

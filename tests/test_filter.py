@@ -45,14 +45,6 @@ BOUNDARY_END = re.compile(r"(?:[。！？!?；;….，,、：:]|[。！？!?；;
 
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    repo_model = REPO / "models" / "tiny-qwen2"
-    if (repo_model / make_tiny_model.FINGERPRINT_FILE).is_file():
-        return make_tiny_model.ensure_tiny_model(repo_model)
-    return make_tiny_model.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="session")
 def hf_tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
