@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from omegaconf import II, MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kun_hpc.inference.engine import BACKENDS, DTYPES, EngineSpec, SamplingSpec
@@ -206,10 +206,9 @@ class LLMStageConfig:
 @dataclass
 class LabelConfig(LLMStageConfig):
     template: str = "configs/prompts/label.txt"
-    apply_rules: bool = True  # run rules.instruction_rules on each new instruction (before Point pays for it)
-    # the rules it applies: an alias of the rules section, there so that the Label stage's config hash covers
-    # them (a key=value override of label.rules.* writes through to rules.*)
-    rules: RulesConfig = II("rules")  # noqa: RUF009
+    # run rules.instruction_rules on each new instruction (before Point pays for it); the rules section is
+    # then part of the Label stage's config hash (Label.hash_inputs)
+    apply_rules: bool = True
 
 
 @dataclass
@@ -407,14 +406,13 @@ def validate_kun(cfg: DictConfig) -> None:
     _check(p.good != p.bad, "point.bad", "must differ from point.good", p.bad)
     from kun_hpc.stages.rules import ANSWER_RULES, INSTRUCTION_RULES
 
-    for where, rules in (("rules", cfg.rules), ("label.rules", cfg.label.rules)):
-        for field_, known in (("instruction_rules", INSTRUCTION_RULES), ("answer_rules", ANSWER_RULES)):
-            unknown = [r for r in rules[field_] if r not in known]
-            _check(not unknown, f"{where}.{field_}", f"unknown rules; known: {sorted(known)}", unknown)
-        for k in ("whitespace_run", "max_opening_repeats", "max_unit_chars"):
-            _check(rules[k] >= 1, f"{where}.{k}", "must be >= 1", rules[k])
-        n = rules.min_answer_chars
-        _check(n >= 0, f"{where}.min_answer_chars", "must be >= 0", n)
+    rules = cfg.rules
+    for field_, known in (("instruction_rules", INSTRUCTION_RULES), ("answer_rules", ANSWER_RULES)):
+        unknown = [r for r in rules[field_] if r not in known]
+        _check(not unknown, f"rules.{field_}", f"unknown rules; known: {sorted(known)}", unknown)
+    for k in ("whitespace_run", "max_opening_repeats", "max_unit_chars"):
+        _check(rules[k] >= 1, f"rules.{k}", "must be >= 1", rules[k])
+    _check(rules.min_answer_chars >= 0, "rules.min_answer_chars", "must be >= 0", rules.min_answer_chars)
 
 
 def validate_filter(cfg: DictConfig) -> None:

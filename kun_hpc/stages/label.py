@@ -1,9 +1,10 @@
 """Label: instruction back-translation. The Label model reads a text and writes the instruction it would
-answer; the record gets ``instruction``. Kun's instruction post-rules run right away (``label.apply_rules``,
-with the rules of ``label.rules``, by default the ``rules`` section), so Point never pays for an instruction
-the rules would drop."""
+answer; the record gets ``instruction``. Kun's instruction post-rules (the ``rules`` section) run right away
+when ``label.apply_rules``, so Point never pays for an instruction the rules would drop."""
 
 from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.inference import Generation
 from kun_hpc.stages.base import Rejected
@@ -17,8 +18,12 @@ class Label(LLMStage):
 
     def __init__(self, cfg, options=None):
         super().__init__(cfg, options)
-        use = bool(self.options.get("apply_rules", True)) and self.options.get("rules") is not None
-        self.rules = RuleSet(self.options["rules"]) if use else None
+        self.rules = RuleSet(cfg.rules) if self.options.get("apply_rules", True) else None
+
+    @classmethod
+    def hash_inputs(cls, cfg: DictConfig) -> dict:
+        """The rules it applies decide its output too."""
+        return {"rules": OmegaConf.to_container(cfg.rules)} if cfg.label.apply_rules else {}
 
     def accept(self, record: dict, g: Generation) -> dict | Rejected:
         row = {**record, "instruction": g.text}
