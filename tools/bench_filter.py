@@ -35,9 +35,7 @@ import argparse
 import io
 import json
 import os
-import resource
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -45,24 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
+from bench_shard import Clock  # noqa: E402  (wall and CPU seconds of a with block)
+
 VARIANTS = ("kun-cheap", "kun-kenlm", "kun-lm-hf", "kun-lm-vllm", "datatrove")
 
 
-class Clock:
-    wall_s = cpu_s = 0.0
-
-    @staticmethod
-    def _cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    def __enter__(self) -> Clock:
-        self._t, self._c = time.perf_counter(), self._cpu()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall_s = time.perf_counter() - self._t
-        self.cpu_s = self._cpu() - self._c
 
 
 # ---------------------------------------------------------------------------------------------- inputs
