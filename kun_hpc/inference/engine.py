@@ -278,6 +278,25 @@ class Engine(ABC):
                 f"(first: #{too_long[0]}, {len(ids[too_long[0]])} tokens)"
             )
 
+    def _prepare_generate(
+        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None
+    ) -> tuple[list[list[int]], list[int], list[Generation | None], list[int]]:
+        """Shared start of ``generate``: token ids, checked seeds, results pre-filled for prompts too long
+        to generate from, and the indices left to generate."""
+        prompts = check_prompts(prompts)
+        seeds = check_seeds(seeds, len(prompts), sampling)
+        ids = self.encode(prompts)
+        if any(not x for x in ids):
+            raise ValueError("empty prompt: nothing to generate from")
+        out: list[Generation | None] = [None] * len(ids)
+        todo = []
+        for i, x in enumerate(ids):
+            if len(x) >= self._max_len:
+                out[i] = too_long_generation(len(x))
+            else:
+                todo.append(i)
+        return ids, seeds, out, todo
+
     def __enter__(self) -> Engine:
         return self
 

@@ -31,9 +31,7 @@ from kun_hpc.inference.engine import (
     Generation,
     SamplingSpec,
     check_prompts,
-    check_seeds,
     resolved_dtype,
-    too_long_generation,
 )
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -98,18 +96,7 @@ class HFEngine(Engine):
     def generate(
         self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
-        prompts = check_prompts(prompts)
-        seeds = check_seeds(seeds, len(prompts), sampling)
-        ids = self.encode(prompts)
-        if any(not x for x in ids):
-            raise ValueError("empty prompt: nothing to generate from")
-        out: list[Generation | None] = [None] * len(ids)
-        todo = []
-        for i, x in enumerate(ids):
-            if len(x) >= self._max_len:
-                out[i] = too_long_generation(len(x))
-            else:
-                todo.append(i)
+        ids, seeds, out, todo = self._prepare_generate(prompts, sampling, seeds)
         stop_ids = self.stop_token_ids(sampling.stop)
         for batch in self._batches(todo, ids):
             rows = [ids[i] for i in batch]

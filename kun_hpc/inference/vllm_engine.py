@@ -30,9 +30,7 @@ from kun_hpc.inference.engine import (
     Generation,
     SamplingSpec,
     check_prompts,
-    check_seeds,
     resolved_dtype,
-    too_long_generation,
 )
 
 CPU_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -112,18 +110,7 @@ class VLLMEngine(Engine):
     ) -> list[Generation]:
         from vllm import SamplingParams
 
-        prompts = check_prompts(prompts)
-        seeds = check_seeds(seeds, len(prompts), sampling)
-        ids = self.encode(prompts)
-        if any(not x for x in ids):
-            raise ValueError("empty prompt: nothing to generate from")
-        out: list[Generation | None] = [None] * len(ids)
-        todo = []
-        for i, x in enumerate(ids):
-            if len(x) >= self._max_len:
-                out[i] = too_long_generation(len(x))
-            else:
-                todo.append(i)
+        ids, seeds, out, todo = self._prepare_generate(prompts, sampling, seeds)
         knobs = {
             "n": 1,
             "temperature": sampling.temperature,
