@@ -260,3 +260,39 @@ def pick_stop(text: str) -> str:
         if "\ufffd" not in s and text.index(s) == i and s.strip() == s and s:
             return s
     raise AssertionError(f"no usable stop string in {text!r}")
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_generate_stream_keeps_the_batch_full(tiny_model, prompts):
+    """Groups stream through one running engine: the next group is queued before the one before is done
+    (the batch does not drain at a chunk's end), read-ahead stays bounded, outputs equal ``generate``'s."""
+    max_seqs, size = 4, 2
+    spec = EngineSpec(
+        model=str(tiny_model), backend="vllm", dtype="float32", enforce_eager=True, max_num_seqs=max_seqs
+    )
+    sampled = SamplingSpec(temperature=0.5, top_p=0.95, repetition_penalty=1.2, max_new_tokens=16, seed=3)
+    seeds = list(range(len(prompts)))
+    events: list[tuple[str, int]] = []
+
+    def groups():
+        for k in range(0, len(prompts), size):
+            events.append(("read", k // size))
+            yield prompts[k : k + size], seeds[k : k + size]
+
+    with load_engine(spec) as engine:
+        want = engine.generate(prompts, sampled, seeds)
+        got = []
+        for n, out in enumerate(engine.generate_stream(groups(), sampled)):
+            events.append(("done", n))
+            assert len(out) == len(prompts[n * size : (n + 1) * size])
+            got += out
+        assert [g.token_ids for g in got] == [g.token_ids for g in want]
+        assert events.index(("read", 1)) < events.index(("done", 0))
+        for n in range(len(got) // size):
+            reads = sum(1 for e in events[: events.index(("done", n))] if e[0] == "read")
+            assert reads <= n + max(2, 2 * max_seqs // size)  # the read-ahead bound of generate_stream
+        stream = engine.generate_stream(groups(), sampled)
+        next(stream)
+        stream.close()  # a consumer that stops early leaves nothing running
+        assert engine.llm.llm_engine.get_num_unfinished_requests() == 0

@@ -15,6 +15,9 @@ texts of WuDao / WanJuan / SkyPile, instructions of the seed pairs) go through
 * ``bare``: ``llm.generate(prompts, SamplingParams(...))`` on the same ``LLM`` object, chunk by chunk, with
   the same sampling parameters and one ``SamplingParams`` for all (what a hand-written script does);
 * ``bare 1 call``: all prompts in one ``llm.generate`` call (no chunk boundaries at all), for reference;
+* ``stage drain``: the stage's ``process`` called chunk by chunk (no shard I/O, no commits), so vLLM's
+  batch drains at every chunk's end; ``overlap gain`` is ``stage`` docs/s over it: what queueing the next
+  chunk while the last sequences decode is worth (largest when ``--chunk`` is near ``--max-num-seqs``);
 * ``bare seeded``: the bare loop with one ``SamplingParams`` per prompt, seeded as the stage seeds them. A
   seeded request samples with a generator of its own (what makes a record's output independent of its batch,
   so that a resumed unit repeats a fault-free run); vLLM then samples row by row, which on the tiny CPU model,
@@ -185,10 +188,12 @@ def bench_stage(name: str, records: list[dict], args, tmp: Path) -> dict:
         shard = tmp / name / "input.jsonl.zst"
         write_shard(shard, records)
         prov = {**stage.provenance(), "config_hash": "bench"}
+        record_chunks = [records[k : k + args.chunk] for k in range(0, len(records), args.chunk)]
         times, cpu = best_of(
             args.repeat,
             {
                 "stage": lambda: run_stage_once(stage, shard, tmp / name / "work", args.chunk, prov),
+                "stage_drain": lambda: [stage.process(c) for c in record_chunks],
                 "bare": bare,
                 "bare_one_call": lambda: llm.generate(prompts, params, use_tqdm=False),
                 "bare_seeded": bare_seeded,
@@ -214,6 +219,9 @@ def bench_stage(name: str, records: list[dict], args, tmp: Path) -> dict:
         "ratio_stage_over_bare_seeded": times["bare_seeded"] / times["stage"],
         "ratio_cpu_stage_over_bare": cpu["bare"] / cpu["stage"],
         "ratio_cpu_stage_over_bare_seeded": cpu["bare_seeded"] / cpu["stage"],
+        "ratio_overlap": times["stage_drain"] / times["stage"],
+        "prompt_tokens_per_doc": prompt_tokens / n,
+        "new_tokens_per_doc": new_tokens / n,
         "prompt_tokens_per_s": prompt_tokens / times["stage"],
         "new_tokens_per_s": new_tokens / times["stage"],
     }
@@ -316,8 +324,8 @@ def print_report(report: dict) -> None:
     t = Table(title=f"Kun stages vs bare LLM.generate ({Path(report['model']).name}, vLLM)")
     for col in (
         "stage", "records", "new tok", "stage docs/s", "bare docs/s", "ratio", "bare 1-call docs/s",
-        "bare seeded docs/s", "ratio seeded", "ratio CPU s", "ratio seeded CPU s", "prompt tok/s",
-        "gen tok/s",
+        "bare seeded docs/s", "ratio seeded", "ratio CPU s", "ratio seeded CPU s", "drain docs/s",
+        "overlap gain", "prompt tok/s", "gen tok/s",
     ):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for s in report["stages"]:
@@ -334,6 +342,8 @@ def print_report(report: dict) -> None:
             f"{s['ratio_stage_over_bare_seeded']:.2f}",
             f"{s['ratio_cpu_stage_over_bare']:.2f}",
             f"{s['ratio_cpu_stage_over_bare_seeded']:.2f}",
+            f"{d['stage_drain']:.1f}",
+            f"{s['ratio_overlap']:.2f}x",
             f"{s['prompt_tokens_per_s']:.0f}",
             f"{s['new_tokens_per_s']:.0f}",
         )
@@ -351,6 +361,12 @@ def print_report(report: dict) -> None:
     console.print("for kun-hpc plan (docs/s per task, this machine and model):")
     for stage, v in report["plan_throughput"].items():
         console.print(f"  pipeline.throughput.{stage}={v}")
+    console.print("to size another engine from its tokens/s: docs/s ~ tokens/s / tokens per doc")
+    for s in report["stages"]:
+        console.print(
+            f"  {s['stage']}: {s['prompt_tokens_per_doc']:.0f} prompt + {s['new_tokens_per_doc']:.0f} new "
+            "tokens per doc"
+        )
 
 
 if __name__ == "__main__":

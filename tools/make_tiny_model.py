@@ -278,11 +278,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--sample-dir", default=str(SAMPLE), help="corpora the tokenizer is trained on")
+    # bigger shapes make a model whose prefill is compute-bound, like a real one (e.g. for the Point
+    # prefix-caching benchmark): --hidden-size 512 --num-layers 8 --num-heads 8 --intermediate-size 1408
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--num-heads", type=int, default=4)
+    p.add_argument("--num-kv-heads", type=int, default=2)
+    p.add_argument("--intermediate-size", type=int, default=256)
     p.add_argument("--force", action="store_true", help="rebuild even if the folder matches these arguments")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     build = build_tiny_model if args.force else ensure_tiny_model
-    out = build(args.out, args.seed, vocab_size=args.vocab_size, sample_dir=args.sample_dir)
+    shape = {
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+        "num_heads": args.num_heads,
+        "num_kv_heads": args.num_kv_heads,
+        "intermediate_size": args.intermediate_size,
+    }
+    out = build(args.out, args.seed, vocab_size=args.vocab_size, sample_dir=args.sample_dir, **shape)
     print(f"tiny Qwen2 ready in {out} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
     return 0
 

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,17 @@ class Engine(ABC):
         """One :class:`Generation` per prompt, in order. A prompt of ``max_model_len`` tokens or more gets
         finish_reason ``prompt_too_long`` and no text instead of failing the batch. ``seeds``: one sampling
         seed per prompt (default: ``sampling.seed`` for every prompt); ignored by greedy decoding."""
+
+    def generate_stream(
+        self, groups: Iterable[tuple[Sequence[str], Sequence[int] | None]], sampling: SamplingSpec
+    ) -> Iterator[list[Generation]]:
+        """:meth:`generate` over a stream of groups of (prompts, seeds): one list of generations per group,
+        in group order, each as soon as the whole group is done. ``groups`` is read lazily; an engine that
+        schedules continuously (vLLM) starts the next group while the last sequences of the one before
+        are still decoding, so its batch does not drain at group boundaries. Default: one ``generate`` per
+        group."""
+        for prompts, seeds in groups:
+            yield self.generate(prompts, sampling, seeds)
 
     @abstractmethod
     def next_token_logprobs(

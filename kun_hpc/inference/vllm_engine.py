@@ -20,7 +20,9 @@ import contextlib
 import gc
 import importlib.metadata
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,21 @@ from kun_hpc.inference.engine import (
     check_prompts,
     resolved_dtype,
 )
+
+
+@dataclass
+class _Group:
+    """One group of :meth:`VLLMEngine.generate_stream` in flight."""
+
+    ids: list[list[int]]
+    out: list[Generation | None]
+    todo: list[int]
+    results: list[Any]
+    left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = len(self.todo)
+
 
 CPU_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
@@ -108,6 +125,62 @@ class VLLMEngine(Engine):
     def generate(
         self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
+        ids, out, todo, params = self._requests(prompts, sampling, seeds)
+        return self._fill(out, ids, todo, self._run([ids[i] for i in todo], params))
+
+    def generate_stream(
+        self, groups: Iterable[tuple[Sequence[str], Sequence[int] | None]], sampling: SamplingSpec
+    ) -> Iterator[list[Generation]]:
+        """Groups are queued into one running engine: whenever fewer than ``max_num_seqs`` requests are
+        unfinished, the next group is read and queued, so the batch stays full across group boundaries.
+        A group is returned when all its requests are done, in order. Read-ahead is bounded: a further
+        group is read only while fewer than two groups, or fewer than ``2 * max_num_seqs`` requests, are
+        held (a long request at the head cannot make finished groups pile up behind it)."""
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        pending: deque[_Group] = deque()
+        where: dict[str, tuple[_Group, int]] = {}  # request id -> (its group, index in the group)
+        source = iter(groups)
+        more = True
+        try:
+            while more or pending:
+                while more and engine.get_num_unfinished_requests() < self.spec.max_num_seqs and (
+                    len(pending) < 2 or sum(len(g.todo) for g in pending) < 2 * self.spec.max_num_seqs
+                ):
+                    group = next(source, None)
+                    if group is None:
+                        more = False
+                        break
+                    ids, out, todo, params = self._requests(group[0], sampling, group[1])
+                    entry = _Group(ids, out, todo, [None] * len(todo))
+                    pending.append(entry)
+                    if todo:
+                        rows = [TokensPrompt(prompt_token_ids=ids[i]) for i in todo]
+                        for k, rid in enumerate(self.llm.enqueue(rows, params, use_tqdm=False)):
+                            # enqueue returns the engine's internal id, "<request id>-<8 random chars>";
+                            # outputs carry the request id (LLM numbers its requests 0, 1, 2, ...)
+                            where[rid.partition("-")[0]] = (entry, k)
+                while pending and pending[0].left == 0:
+                    g = pending.popleft()
+                    yield self._fill(g.out, g.ids, g.todo, g.results)
+                if not pending:
+                    continue
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError("vLLM has no unfinished requests but results are missing")
+                for res in engine.step():
+                    if res.finished:
+                        g, k = where.pop(res.request_id)
+                        g.results[k] = res
+                        g.left -= 1
+        finally:
+            if where:  # the consumer stopped early or something failed: leave the engine empty
+                engine.abort_request(list(where))  # by request id (internal=False)
+
+    def _requests(
+        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None
+    ) -> tuple[list[list[int]], list[Generation | None], list[int], Any]:
+        """Token ids, pre-filled results, indices to generate and their ``SamplingParams``."""
         from vllm import SamplingParams
 
         ids, seeds, out, todo = self._prepare_generate(prompts, sampling, seeds)
@@ -126,7 +199,12 @@ class VLLMEngine(Engine):
             params = SamplingParams(**knobs)
         else:  # a generator per request, seeded per prompt
             params = [SamplingParams(**knobs, seed=seeds[i]) for i in todo]
-        results = self._run([ids[i] for i in todo], params)
+        return ids, out, todo, params
+
+    @staticmethod
+    def _fill(
+        out: list[Generation | None], ids: list[list[int]], todo: list[int], results: Sequence[Any]
+    ) -> list[Generation]:
         for i, res in zip(todo, results, strict=True):
             o = res.outputs[0]
             out[i] = Generation(o.text, list(o.token_ids), str(o.finish_reason), len(ids[i]))

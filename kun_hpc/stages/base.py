@@ -36,7 +36,7 @@ import os
 import shutil
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +77,15 @@ class Stage:
         """One entry per input record, in order: a record, a :class:`Rejected`, or a non-empty list of
         them (fan-out)."""
         raise NotImplementedError
+
+    def process_stream(
+        self, batches: Iterator[list[dict]]
+    ) -> Iterator[list[dict | Rejected | list[dict | Rejected]]]:
+        """:meth:`process` over a stream of batches (the chunks of a shard), one result list per batch, in
+        order. ``batches`` is read lazily: a stage may read the next batch before returning the results of
+        the one before (the LLM stages keep the engine busy across chunk boundaries this way)."""
+        for batch in batches:
+            yield self.process(batch) if batch else []
 
     def close(self) -> None:
         """Once per unit, after the last batch."""
@@ -190,6 +199,47 @@ def _input_items(path: str) -> Iterator[tuple[str, bytes] | Bad]:
             yield where, line
 
 
+@dataclass
+class _Chunk:
+    """Input lines of one chunk: the parsed records and the bad lines (quarantined)."""
+
+    n_in: int
+    batch: list[dict]
+    bad: list[bytes]
+    bad_counts: Counter
+
+
+def _read_chunks(
+    items: Iterator[tuple[str, bytes] | Bad], source: str, size: int, first: bool
+) -> Iterator[_Chunk]:
+    """Chunks of ``size`` input lines (an empty one only when the whole input is empty and nothing was
+    committed before, so that an empty shard still gets its output)."""
+    exhausted = False
+    while not exhausted:
+        chunk = _Chunk(0, [], [], Counter())
+        for item in items:
+            chunk.n_in += 1
+            if type(item) is Bad:
+                chunk.bad.append(orjson.dumps(item.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                chunk.bad_counts[item.reason] += 1
+            else:
+                where, line = item
+                try:
+                    chunk.batch.append(orjson.loads(line))
+                except orjson.JSONDecodeError as e:
+                    b = Bad(source, where, "invalid_json", str(e), line)
+                    chunk.bad.append(orjson.dumps(b.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                    chunk.bad_counts[b.reason] += 1
+            if chunk.n_in >= size:
+                break
+        else:
+            exhausted = True
+        if chunk.n_in == 0 and not first:
+            return
+        first = False
+        yield chunk
+
+
 def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov: dict) -> dict:
     """Run one input shard through the stage, resuming after the last committed chunk."""
     folder = _chunk_dir(task.output)
@@ -200,32 +250,16 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
     for _ in range(skip):
         next(items)
     index = len(done)
-    exhausted = False
-    while not exhausted:
-        batch: list[dict] = []
-        bad: list[bytes] = []
-        bad_counts: Counter[str] = Counter()
-        n_in = 0
-        for item in items:
-            n_in += 1
-            if type(item) is Bad:
-                bad.append(orjson.dumps(item.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
-                bad_counts[item.reason] += 1
-            else:
-                where, line = item
-                try:
-                    batch.append(orjson.loads(line))
-                except orjson.JSONDecodeError as e:
-                    b = Bad(Path(task.input).name, where, "invalid_json", str(e), line)
-                    bad.append(orjson.dumps(b.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
-                    bad_counts[b.reason] += 1
-            if n_in >= chunk_records:
-                break
-        else:
-            exhausted = True
-        if n_in == 0 and index > 0:
-            break
-        results = stage.process(batch) if batch else []
+    read: deque[_Chunk] = deque()  # chunks handed to the stage whose results have not come back yet
+
+    def batches() -> Iterator[list[dict]]:
+        for chunk in _read_chunks(items, Path(task.input).name, chunk_records, first=index == 0):
+            read.append(chunk)
+            yield chunk.batch
+
+    for results in stage.process_stream(batches()):
+        chunk = read.popleft()
+        batch, bad, bad_counts, n_in = chunk.batch, chunk.bad, chunk.bad_counts, chunk.n_in
         if len(results) != len(batch):
             raise RuntimeError(
                 f"stage {stage.name}: process() returned {len(results)} results for {len(batch)}"

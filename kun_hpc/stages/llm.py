@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ class LLMStage(Stage):
     ``template_sha256``, ``max_prompt_tokens``, ``reject_truncated``; see kun_hpc/config.py).
 
     Subclasses set ``needs`` (record fields the prompt uses) and implement :meth:`prompt` and :meth:`accept`;
-    :meth:`infer` is the engine call (generation by default)."""
+    :meth:`infer_stream` is the engine call (generation by default)."""
 
     name = "llm"
     needs: tuple[str, ...] = ("text",)
@@ -147,8 +148,31 @@ class LLMStage(Stage):
 
     # ------------------------------------------------------------------------------------------ a chunk
     def process(self, batch: list[dict]) -> list[dict | Rejected]:
+        return next(self.process_stream(iter([batch])))
+
+    def process_stream(self, batches: Iterator[list[dict]]) -> Iterator[list[dict | Rejected]]:
+        """Each chunk's prompts, longest first, go to the engine as one group of :meth:`infer_stream`:
+        vLLM queues the next chunk while the last sequences of this one decode."""
+        prepared: deque[tuple[list, list[tuple[int, str, dict]]]] = deque()
+
+        def groups() -> Iterator[tuple[list[str], list[int]]]:
+            for batch in batches:
+                out, todo = self._prepare(batch)
+                prepared.append((out, todo))
+                seeds = [record_seed(self.name, r, self.sampling.seed) for *_, r in todo]
+                yield [p for _, p, _ in todo], seeds
+
+        for results in self.infer_stream(groups()):
+            out, todo = prepared.popleft()
+            for (i, _, r), res in zip(todo, results, strict=True):
+                out[i] = self.accept(r, res)
+            yield out
+
+    def _prepare(self, batch: list[dict]) -> tuple[list, list[tuple[int, str, dict]]]:
+        """Results known before inference (rejections) and what to infer: (index in batch, prompt, record
+        as the prompt saw it), longest prompt first."""
         out: list[dict | Rejected | None] = [None] * len(batch)
-        todo: list[tuple[int, str, dict]] = []  # (index in batch, prompt, record as the prompt saw it)
+        todo: list[tuple[int, str, dict]] = []
         for i, r in enumerate(batch):
             missing = [f for f in self.needs if not isinstance(r.get(f), str)]
             if missing:
@@ -168,20 +192,16 @@ class LLMStage(Stage):
                 else:
                     fits.append(item)
             todo = fits
-        if todo:
-            todo.sort(key=lambda t: -len(t[1]))  # longest first; ties keep their input order
-            seeds = [record_seed(self.name, r, self.sampling.seed) for _, _, r in todo]
-            results = self.infer([p for _, p, _ in todo], seeds)
-            for (i, _, r), res in zip(todo, results, strict=True):
-                out[i] = self.accept(r, res)
-        return out  # type: ignore[return-value]
+        todo.sort(key=lambda t: -len(t[1]))  # longest first; ties keep their input order
+        return out, todo
 
     def prompt(self, record: dict) -> tuple[str, dict] | Rejected:
         """The prompt for a record and the fields to set on it before :meth:`accept` (or a rejection)."""
         return self.template.render(**{f: record[f] for f in self.needs}), {}
 
-    def infer(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        return self.engine.generate(prompts, self.sampling, seeds)
+    def infer_stream(self, groups: Iterator[tuple[list[str], list[int]]]) -> Iterator[list[Any]]:
+        """The engine call, one result list per group of (prompts, seeds): generation by default."""
+        return self.engine.generate_stream(groups, self.sampling)
 
     def accept(self, record: dict, result: Any) -> dict | Rejected:
         raise NotImplementedError

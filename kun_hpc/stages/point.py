@@ -13,6 +13,7 @@ the judgement's opening bracket (``verdict_open``), keeps ``score = P(good) / (P
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from kun_hpc.inference import Generation
@@ -62,10 +63,14 @@ class Point(LLMStage):
             )
         return full[-1]
 
-    def infer(self, prompts: list[str], seeds: list[int]) -> list[Any]:
-        if self.mode == "calibrated":
-            return self.engine.next_token_logprobs([p + self.open for p in prompts], self.candidates)
-        return super().infer(prompts, seeds)
+    def infer_stream(self, groups: Iterator[tuple[list[str], list[int]]]) -> Iterator[list[Any]]:
+        if self.mode != "calibrated":
+            return super().infer_stream(groups)
+        # one prefill step per prompt: nothing decodes, so nothing drains at a chunk's end
+        return (
+            self.engine.next_token_logprobs([p + self.open for p in prompts], self.candidates)
+            for prompts, _ in groups
+        )
 
     def accept(self, record: dict, result: Any) -> dict | Rejected:
         if self.mode == "calibrated":
