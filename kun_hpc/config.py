@@ -268,10 +268,8 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
     try:
         cfg = OmegaConf.structured(Config)
         if preset is not None:
-            path = Path(preset)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            for layer in preset_layers(Path(preset)):
+                cfg = OmegaConf.merge(cfg, layer)
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -285,6 +283,31 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
         raise ConfigError(_describe(e)) from None
     validate(cfg)
     return cfg
+
+
+def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """A preset and the presets it builds on, to merge in order (last wins).
+
+    A preset may start with ``include: [other.yaml, ...]`` (paths relative to its own folder): those are
+    merged first, in order, then the preset itself. So a user's config can be a cluster profile plus a
+    corpus plus a few lines of its own.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"config include loop: {chain}")
+    layer = OmegaConf.load(path)
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"config file {path}: must be a mapping of sections, not a list")
+    includes = layer.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    layers = []
+    for inc in includes:
+        layers += preset_layers(path.parent / str(inc), (*seen, path))
+    return [*layers, layer]
 
 
 def _fill_template_hashes(cfg: DictConfig) -> None:

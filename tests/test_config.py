@@ -56,3 +56,31 @@ def test_resolved_config_and_hash_are_saved(tmp_path):
     assert config.load(str(tmp_path / "config.yaml")).shard == cfg.shard
     changed = config.load(None, [f"run.dir={tmp_path}", "shard.records_per_shard=7"])
     assert config.config_hash(changed) != digest
+
+
+def test_presets_build_on_included_presets_in_order(tmp_path):
+    (tmp_path / "profile.yaml").write_text(
+        "executor: {kind: slurm, slurm: {time_min: 600, cpus_per_task: 8}}\npipeline: {chunk_records: 7}\n"
+    )
+    (tmp_path / "corpus.yaml").write_text(
+        "corpora: [{name: web, format: skypile, paths: [data/web]}]\npipeline: {chunk_records: 9}\n"
+    )
+    (tmp_path / "mine.yaml").write_text(
+        "include: [profile.yaml, corpus.yaml]\nexecutor: {slurm: {time_min: 30}}\n"
+    )
+    cfg = config.load(tmp_path / "mine.yaml", ["executor.slurm.cpus_per_task=4"])
+    assert cfg.executor.kind == "slurm" and cfg.executor.slurm.time_min == 30  # the preset wins
+    assert cfg.executor.slurm.cpus_per_task == 4  # overrides win over all
+    assert cfg.pipeline.chunk_records == 9  # a later include wins over an earlier one
+    assert [c.name for c in cfg.corpora] == ["web"]
+    assert "include" not in cfg
+
+
+def test_include_loops_and_missing_includes_are_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(config.ConfigError, match="include loop"):
+        config.load(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("include: [nowhere.yaml]\n")
+    with pytest.raises(config.ConfigError, match="nowhere.yaml"):
+        config.load(tmp_path / "c.yaml")
