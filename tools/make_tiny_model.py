@@ -230,7 +230,9 @@ def _build(
 def _recipe(args: dict) -> dict:
     """What a folder was built from: the builder version and every argument but the output folder."""
     recipe = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in args.items() if k != "out_dir"}
-    recipe["sample_dir"] = str(Path(recipe["sample_dir"]).resolve())
+    sample = Path(recipe["sample_dir"]).resolve()
+    # inside the repo: relative, so clones and worktrees of it recognise the same model
+    recipe["sample_dir"] = str(sample.relative_to(REPO) if sample.is_relative_to(REPO) else sample)
     return {"builder_version": BUILDER_VERSION, **recipe}
 
 
