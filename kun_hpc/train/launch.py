@@ -123,8 +123,8 @@ class TrainTask(submitit.helpers.Checkpointable):
     def __call__(self, config_path: str) -> dict[str, Any]:
         from kun_hpc.train.sft import train
 
-        env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        os.environ["LOCAL_WORLD_SIZE"] = str(env.local_world_size)
+        # Slurm's view wins over variables inherited from the submitting shell (sbatch exports its env)
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         return train(load_saved(Path(config_path).parent))
 
 
