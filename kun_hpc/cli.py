@@ -217,6 +217,11 @@ def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
     from kun_hpc.cluster.plan import plan, print_plan
 
     print_plan(plan(cfg))
+    from kun_hpc.train.sizing import print_estimates, train_plan
+
+    rows = train_plan(cfg)
+    if rows:
+        print_estimates(rows, f"kun-hpc train {cfg.train.task} (estimates, not measurements)")
     return 0
 
 

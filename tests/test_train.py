@@ -285,3 +285,18 @@ def test_fsdp_two_processes_resumed_equals_ddp(tiny_model, tmp_path):
     a, b = log_rows(tmp_path / "ddp"), log_rows(tmp_path / "fsdp")
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- sizing
+def test_sizing_counts_real_parameters_and_orders_strategies(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from kun_hpc.train.sizing import YI_6B, YI_34B, estimate, shape_of
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert shape_of(tiny_model).params == sum(p.numel() for p in model.parameters())
+    assert round(YI_6B.params / 1e9, 2) == 6.06 and round(YI_34B.params / 1e9, 2) == 34.39  # published sizes
+    ddp, zero2, zero3 = estimate(YI_34B, 16, 2, 1024, tokens_per_epoch=10**7, epochs=6)
+    assert ddp.state_gib > zero2.state_gib > zero3.state_gib
+    assert zero3.state_gib == pytest.approx(16 * YI_34B.params / 16 / 2**30, rel=0.01)
+    assert ddp.gpu_hours == zero3.gpu_hours > 0
