@@ -54,6 +54,11 @@ def prepare(cfg: DictConfig) -> Path:
     )
     stamp = out / "data" / f"{t.task}.sha256"
     if not (data_path(out, t.task).is_file() and stamp.is_file() and stamp.read_text().strip() == digest):
+        if stamp.is_file() and any((out / "checkpoints").glob("step-*")):
+            raise config_mod.ConfigError(
+                f"train.output {out}: its checkpoints were trained on another data set (seed files, "
+                "templates, max_len or base model changed); choose a new train.output"
+            )
         go_offline()
         report = build_sft_set(cfg, t.task, AutoTokenizer.from_pretrained(t.base_model), out)
         stamp.write_text(digest + "\n")
