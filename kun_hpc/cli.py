@@ -26,6 +26,7 @@ COMMANDS = {
     "cancel": "scancel this run's jobs",
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
     "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
+    "train": "SFT of the Label model (seed pairs inverted) or the Primary Chat model (forward)",
 }
 
 
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in COMMANDS.items():
         c = sub.add_parser(name, help=help_, description=help_)
+        if name == "train":
+            _train_arguments(c)
         c.add_argument(
             "args",
             nargs="*",
@@ -60,6 +63,8 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     preset, overrides = split_args(ns.args)
+    if ns.command == "train":  # the task decides train.output, which is resolved at load
+        overrides = [f"train.task={ns.task}", *overrides]
     try:
         cfg = config_mod.load(preset, overrides)
         cfg.run.dir = str(Path(cfg.run.dir).resolve())
@@ -212,6 +217,11 @@ def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
     from kun_hpc.cluster.plan import plan, print_plan
 
     print_plan(plan(cfg))
+    from kun_hpc.train.sizing import print_estimates, train_plan
+
+    rows = train_plan(cfg)
+    if rows:
+        print_estimates(rows, f"kun-hpc train {cfg.train.task} (estimates, not measurements)")
     return 0
 
 
@@ -236,6 +246,36 @@ def cmd_filter_calibrate(cfg: DictConfig, ns: argparse.Namespace) -> int:
     return 0
 
 
+def _train_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("task", choices=config_mod.TRAIN_TASKS, help="label: inverted pairs; chat: forward pairs")
+    c.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: train.nproc processes here; slurm: train.nodes x train.tasks_per_node tasks",
+    )
+    c.add_argument("--wait", action="store_true", help="slurm: wait for the job and print its result")
+
+
+def cmd_train(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    import orjson
+
+    from kun_hpc.train.launch import prepare, run_local, submit_slurm
+
+    out = prepare(cfg)
+    print(f"kun-hpc train {cfg.train.task}: output {out}", file=sys.stderr)
+    if ns.executor == "slurm":
+        job = submit_slurm(cfg)
+        print(f"kun-hpc train: submitted job {job.job_id} (logs in {out / 'logs'})", file=sys.stderr)
+        if not ns.wait:
+            return 0
+        results = job.results()
+    else:
+        results = run_local(cfg)
+    print(orjson.dumps(results[0], option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 COMMAND_FUNCS = {
     "shard": cmd_shard,
     "reshard": cmd_reshard,
@@ -245,6 +285,7 @@ COMMAND_FUNCS = {
     "cancel": cmd_cancel,
     "plan": cmd_plan,
     "filter-calibrate": cmd_filter_calibrate,
+    "train": cmd_train,
 }
 
 

@@ -256,6 +256,7 @@ class Config:
     point: PointConfig = field(default_factory=PointConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig())
 
 
 def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -374,6 +375,7 @@ def validate(cfg: DictConfig) -> None:
     )
     validate_filter(cfg)
     validate_kun(cfg)
+    validate_train(cfg)
 
 
 def validate_kun(cfg: DictConfig) -> None:
@@ -496,3 +498,89 @@ def save_resolved(cfg: DictConfig, run_dir: str | Path) -> str:
     atomic_write_bytes(run_dir / "config.yaml", text.encode())
     atomic_write_bytes(run_dir / "config.sha256", (digest + "\n").encode())
     return digest
+
+
+# ------------------------------------------------------------------------------------------ training (SFT)
+TRAIN_TASKS = ("label", "chat")
+TRAIN_DISTRIBUTED = ("none", "ddp", "fsdp")
+TRAIN_DTYPES = ("auto", "float32", "bfloat16", "float16")
+SEED_FORMATS = ("auto", "json", "jsonl")
+FSDP_SHARDING = ("full", "grad_op", "no_shard")  # ZeRO-3, ZeRO-2, plain data parallel
+
+
+@dataclass
+class TrainFSDPConfig:
+    sharding: str = "full"  # full: params + grads + optimizer state sharded (ZeRO-3); grad_op: ZeRO-2
+    # the module classes wrapped as FSDP units (one per decoder layer); empty: the model's _no_split_modules
+    wrap_classes: list[str] = field(default_factory=list)
+    reshard_after_forward: bool = True  # full: free gathered params after forward (less memory, more comm)
+    cpu_offload: bool = False  # params/grads/optimizer state live on CPU between uses (slow; huge models)
+    reduce_dtype: str = "float32"  # gradient reduce-scatter dtype under bf16 params
+
+
+@dataclass
+class TrainConfig:
+    """SFT of the Label model (seed pairs inverted) and the Primary Chat model (forward); kun_hpc/train/."""
+
+    task: str = "label"  # label | chat: set by `kun-hpc train label|chat`
+    base_model: str = MISSING  # a local model folder (the reference: Yi-34B; the published runs: Yi-6B too)
+    output: str = "${run.dir}/train/${train.task}"  # data/, checkpoints/step-N, model/ (the final HF folder)
+    seed_data: list[str] = field(default_factory=lambda: ["shards/sample/seed"])  # files, folders or globs
+    seed_format: str = "auto"  # auto (by suffix: .json array, .jsonl lines) | json | jsonl
+    # the forward (chat) frame, a template with {text}; the Label set uses label.template itself
+    chat_template: str = "configs/prompts/chat.txt"
+    epochs: int = 4
+    lr: float = 1e-5
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * this
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0: no clipping
+    micro_batch_size: int = 4  # sequences per process per forward
+    grad_accum: int = 1  # micro-batches per optimizer step; global batch = micro x accum x world size
+    max_len: int = 1024  # a longer example (prompt + target tokens) is rejected as too_long
+    length_group: bool = True  # batch examples of similar length (less padding); order stays seeded
+    length_group_window: int = 64  # ... sorted within windows of this many micro-batches
+    save_steps: int = 200  # checkpoint every this many optimizer steps (and at the end)
+    keep_checkpoints: int = 2
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    gradient_checkpointing: bool = True
+    distributed: str = "ddp"  # none (one process) | ddp | fsdp; ddp/fsdp with one process behave as none
+    fsdp: TrainFSDPConfig = field(default_factory=TrainFSDPConfig)
+    seed: int = 42
+    max_steps: int | None = None  # caps the schedule (None: epochs x steps per epoch)
+    stop_at_step: int | None = None  # checkpoint and stop here, schedule unchanged (what a preemption does)
+    log_steps: int = 10
+    nproc: int = 1  # --executor local: processes on this machine (gloo on CPU, nccl on GPU)
+    nodes: int = 1  # --executor slurm: nodes, with tasks_per_node tasks (one per GPU) each
+    tasks_per_node: int = 1
+    # --executor slurm: resources per task (gpus_per_task: 1 for one task per GPU), time, partition, ...
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(time_min=24 * 60, mem_gb=16.0))
+
+
+def validate_train(cfg: DictConfig) -> None:
+    t = cfg.train
+    _check(t.task in TRAIN_TASKS, "train.task", f"must be one of {TRAIN_TASKS}", t.task)
+    _check(t.distributed in TRAIN_DISTRIBUTED, "train.distributed", f"must be one of {TRAIN_DISTRIBUTED}",
+           t.distributed)  # fmt: skip
+    _check(t.dtype in TRAIN_DTYPES, "train.dtype", f"must be one of {TRAIN_DTYPES}", t.dtype)
+    _check(t.seed_format in SEED_FORMATS, "train.seed_format", f"must be one of {SEED_FORMATS}",
+           t.seed_format)  # fmt: skip
+    _check(t.fsdp.sharding in FSDP_SHARDING, "train.fsdp.sharding", f"must be one of {FSDP_SHARDING}",
+           t.fsdp.sharding)  # fmt: skip
+    _check(t.fsdp.reduce_dtype in TRAIN_DTYPES[1:], "train.fsdp.reduce_dtype",
+           f"must be one of {TRAIN_DTYPES[1:]}", t.fsdp.reduce_dtype)  # fmt: skip
+    _check(bool(t.seed_data), "train.seed_data", "must list at least one path", list(t.seed_data))
+    _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
+    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
+    _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)", t.warmup_ratio)
+    for k in ("micro_batch_size", "grad_accum", "save_steps", "keep_checkpoints", "log_steps", "nproc",
+              "nodes", "tasks_per_node", "length_group_window"):  # fmt: skip
+        _check(t[k] >= 1, f"train.{k}", "must be >= 1", t[k])
+    _check(t.max_len >= 8, "train.max_len", "must be >= 8", t.max_len)
+    for k in ("max_steps", "stop_at_step"):
+        _check(t[k] is None or t[k] >= 1, f"train.{k}", "must be >= 1 or null", t[k])
+    _check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0", t.max_grad_norm)

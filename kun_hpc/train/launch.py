@@ -1,0 +1,175 @@
+"""``kun-hpc train label|chat``: prepare the SFT set, then run the SFT loop here or on Slurm.
+
+* ``local``: ``train.nproc`` processes on this machine (one: in this process; more: ``python -m
+  kun_hpc.train.launch CONFIG`` children with ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` set, gloo on CPU).
+* ``slurm``: one submitit job of ``train.nodes`` x ``train.tasks_per_node`` tasks (one per GPU);
+  ``submitit.helpers.TorchDistributedEnvironment`` exports the torch.distributed variables from Slurm's.
+  The job is ``--requeue``-able with ``--signal=USR2@train.slurm.signal_delay_s``: on preemption or time-out
+  submitit calls :meth:`TrainTask.checkpoint`, which resubmits the same task; it restarts from the newest
+  complete checkpoint (the steps since it are done again).
+
+The resolved config goes to ``<output>/config.yaml``; every process reads it from there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from kun_hpc import config as config_mod
+from kun_hpc.train.data import build_sft_set, data_path, report_path
+
+JOBS_FILE = "jobs.jsonl"
+
+
+def prepare(cfg: DictConfig) -> Path:
+    """Resolve the output folder, build the task's SFT set (when its config changed), save the config."""
+    from transformers import AutoTokenizer
+
+    from kun_hpc.inference.engine import go_offline, resolve_model_path
+
+    t = cfg.train
+    if OmegaConf.is_missing(t, "base_model"):
+        raise config_mod.ConfigError("config key 'train.base_model': a local model folder is required")
+    t.base_model = str(resolve_model_path(config_mod.find_file(t.base_model)))
+    t.output = str(Path(t.output).resolve())
+    out = Path(t.output)
+    digest = config_mod.config_hash(
+        {
+            "data": {
+                k: t[k]
+                for k in ("task", "seed_data", "seed_format", "chat_template", "max_len", "base_model")
+            },
+            "label_template": cfg.label.template_sha256,
+        }
+    )
+    stamp = out / "data" / f"{t.task}.sha256"
+    if not (data_path(out, t.task).is_file() and stamp.is_file() and stamp.read_text().strip() == digest):
+        if stamp.is_file() and any((out / "checkpoints").glob("step-*")):
+            raise config_mod.ConfigError(
+                f"train.output {out}: its checkpoints were trained on another data set (seed files, "
+                "templates, max_len or base model changed); choose a new train.output"
+            )
+        go_offline()
+        report = build_sft_set(cfg, t.task, AutoTokenizer.from_pretrained(t.base_model), out)
+        stamp.write_text(digest + "\n")
+        print(
+            f"kun-hpc train: {t.task} set: {report.out} examples of {report.records_in} "
+            f"(rejected {dict(report.rejected)}, quarantined {dict(report.quarantined)})",
+            file=sys.stderr,
+        )
+    config_mod.save_resolved(cfg, out)
+    return out
+
+
+def load_saved(out: str | Path) -> DictConfig:
+    return config_mod.load(Path(out) / "config.yaml")
+
+
+def data_report(out: str | Path, task: str) -> dict:
+    return orjson.loads(report_path(out, task).read_bytes())
+
+
+# ------------------------------------------------------------------------------------------------ local
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Train with ``train.nproc`` processes here; one summary per process."""
+    from kun_hpc.train.sft import train
+
+    out = Path(cfg.train.output)
+    n = int(cfg.train.nproc)
+    if n == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return [train(cfg)]
+    port = str(_free_port())
+    procs = []
+    for rank in range(n):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(n),
+            "LOCAL_WORLD_SIZE": str(n),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "kun_hpc.train.launch",
+            str(out / "config.yaml"),
+            str(out / f"result-{rank}.json"),
+        ]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"kun-hpc train: local processes exited with {codes}")
+    return [orjson.loads((out / f"result-{r}.json").read_bytes()) for r in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------ slurm
+class TrainTask(submitit.helpers.Checkpointable):
+    """What each Slurm task runs. ``checkpoint`` (inherited) resubmits the same call on preemption/time-out:
+    the state is the checkpoints on disk."""
+
+    def __call__(self, config_path: str) -> dict[str, Any]:
+        from kun_hpc.train.sft import train
+
+        # Slurm's view wins over variables inherited from the submitting shell (sbatch exports its env)
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        return train(load_saved(Path(config_path).parent))
+
+
+def slurm_parameters(cfg: DictConfig) -> dict[str, Any]:
+    from kun_hpc.cluster.slurm import submitit_parameters
+
+    t = cfg.train
+    params = submitit_parameters(OmegaConf.to_container(t.slurm), f"kun-train-{t.task}")
+    params.pop("array_parallelism", None)
+    params["additional_parameters"].pop("kill-on-invalid-dep", None)
+    params.update(nodes=int(t.nodes), ntasks_per_node=int(t.tasks_per_node))
+    return params
+
+
+def submit_slurm(cfg: DictConfig) -> submitit.Job:
+    from kun_hpc.cluster.slurm import _SlurmExecutor
+
+    out = Path(cfg.train.output)
+    ex = _SlurmExecutor(folder=out / "logs")
+    ex.update_parameters(**slurm_parameters(cfg))
+    job = ex.submit(TrainTask(), str(out / "config.yaml"))
+    with open(out / JOBS_FILE, "ab") as f:
+        f.write(
+            orjson.dumps(
+                {"job": job.job_id, "task": cfg.train.task, "submitted": time.time()},
+                option=orjson.OPT_APPEND_NEWLINE,
+            )
+        )
+    return job
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A local child process: ``python -m kun_hpc.train.launch CONFIG.yaml RESULT.json``."""
+    from kun_hpc.train.sft import train
+
+    config_path, result = (argv or sys.argv[1:])[:2]
+    summary = train(load_saved(Path(config_path).parent))
+    Path(result).write_bytes(orjson.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
