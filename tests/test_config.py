@@ -82,5 +82,5 @@ def test_include_loops_and_missing_includes_are_named(tmp_path):
     with pytest.raises(config.ConfigError, match="include loop"):
         config.load(tmp_path / "a.yaml")
     (tmp_path / "c.yaml").write_text("include: [nowhere.yaml]\n")
-    with pytest.raises(config.ConfigError, match="nowhere.yaml"):
+    with pytest.raises(config.ConfigError, match=r"nowhere\.yaml"):
         config.load(tmp_path / "c.yaml")
