@@ -36,7 +36,7 @@ from kun_hpc.config import config_hash
 from kun_hpc.io.shards import ZstdJsonlWriter, list_shards, read_shard, shard_name
 from kun_hpc.merge.dedup import dedup_phases, make_job, settings_of
 from kun_hpc.merge.raw import PHASE as RAW_PHASE
-from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_dir
+from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, stage_key
 
 PAIR_STAGES = ("answer", "rules")
 LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1 << 62]
@@ -52,6 +52,12 @@ class MergeInputs:
     root: Path
     upstream: str  # hash of what made the shards
     missing: list[str] = field(default_factory=list)  # units without a valid marker
+
+
+def makes_pairs(stage: str) -> bool:
+    """Whether a stage's records hold ``instruction`` and ``answer`` (a custom stage says so with a
+    ``makes_pairs = True`` class attribute)."""
+    return stage_key(stage) in PAIR_STAGES or bool(getattr(stage_class(stage), "makes_pairs", False))
 
 
 def merge_dir(cfg: DictConfig) -> Path:
@@ -77,7 +83,7 @@ def find_inputs(cfg: DictConfig) -> MergeInputs:
                 complete.discard(u.index)
     if grid.stages:
         last = grid.stages[-1]
-        kind = "pairs" if last in PAIR_STAGES else "text"
+        kind = "pairs" if makes_pairs(cfg.pipeline.stages[-1]) else "text"
         shards = [Path(t.output) for u in grid.units[last] if u.index in complete for t in u.shards]
         base = stage_dir(cfg, last)
         upstream = stage_hashes(cfg)[cfg.pipeline.stages[-1]]
@@ -227,20 +233,17 @@ def run_merge(cfg: DictConfig, executor: Executor) -> MergeResult:
         upstream = config_hash({"dedup": key, "upstream": upstream, "settings": settings})
     dataset = out / "dataset"
     spt = cfg.dedup.shards_per_task
-    h = config_hash({"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet,
-                     "inputs": [str(s) for s in shards]})  # fmt: skip
-    units = [
-        PhaseUnit(
-            "merge-assemble",
-            g,
-            "kun_hpc.merge.assemble:assemble_unit",
-            AssembleTask(inputs.kind, tuple(str(s) for s in shards[i : i + spt]), str(dataset), i,
-                         bool(cfg.merge.parquet), int(cfg.merge.zstd_level)),  # fmt: skip
-            run_dir,
-            h,
-        )
-        for g, i in enumerate(range(0, len(shards), spt))
-    ]
+    what = {"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet}
+    h = config_hash({**what, "inputs": [str(s) for s in shards]})
+
+    def task(i: int) -> AssembleTask:
+        group = tuple(str(s) for s in shards[i : i + spt])
+        m = cfg.merge
+        return AssembleTask(inputs.kind, group, str(dataset), i, bool(m.parquet), int(m.zstd_level))
+
+    fn = "kun_hpc.merge.assemble:assemble_unit"
+    starts = range(0, len(shards), spt)
+    units = [PhaseUnit("merge-assemble", g, fn, task(i), run_dir, h) for g, i in enumerate(starts)]
     _clear_stale(dataset, len(shards), units)
     assembled = run_phases([Phase("merge-assemble", units)], executor, log_root)[-1]
     from kun_hpc.merge.report import write_card, write_report

@@ -10,7 +10,8 @@
 
 Memory per task is bounded whatever the corpus size: a signature task holds one shard's keys, a bucket task
 ``1/partitions`` of all keys, the cluster task only the documents that have a duplicate, an apply task one
-shard's removal list. Exact duplicates go through the same buckets (band ``EXACT``, keyed by the 128-bit hash).
+shard's removal list. Exact duplicates go through the same buckets (band ``EXACT``, keyed by the 128-bit
+hash).
 
 The survivor of a cluster is chosen by ``dedup.keep`` (highest ``score``, else longest, else smallest id,
 then input order): it depends only on the cluster, never on how the work was cut into tasks, and the

@@ -66,7 +66,8 @@ def funnel(cfg: DictConfig, result: MergeResult) -> list[dict]:
 
         job = raw_job(cfg)
         groups = -(-len(job.inputs) // cfg.dedup.shards_per_task)
-        markers = [read_marker(cfg.run.dir, f"{PHASE}.apply", f"{PHASE}.apply-{g:05d}") for g in range(groups)]
+        phase = f"{PHASE}.apply"
+        markers = [read_marker(cfg.run.dir, phase, f"{phase}-{g:05d}") for g in range(groups)]
         rows.append(funnel_row(PHASE, [m for m in markers if m], groups))
     rows += stage_funnel(cfg)
     for key, markers in result.dedup:
@@ -150,7 +151,9 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
     header = ["step", "in", "out", "rejected + quarantined by reason"]
     table = [[r["step"], f"{r['in']:,}", f"{r['out']:,}", _reasons(r)] for r in rows]
     corpora = sorted({c for r in rows for c in r.get("by_corpus", {})})
-    by_corpus = [[r["step"], *[f"{r['by_corpus'].get(c, {}).get('out', 0):,}" for c in corpora]] for r in rows]
+    by_corpus = [
+        [r["step"], *[f"{r['by_corpus'].get(c, {}).get('out', 0):,}" for c in corpora]] for r in rows
+    ]
     md = [f"# Merge report: {cfg.run.name}", "", f"Dataset: {ds['rows']:,} {ds['kind']} records in "
           f"{ds['shards']} shards ({result.dataset}).", ""]  # fmt: skip
     if result.inputs.missing:
@@ -164,8 +167,8 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
             f"<p>Dataset: {ds['rows']:,} {ds['kind']} records in {ds['shards']} shards.</p>"]  # fmt: skip
     if result.inputs.missing:
         body.append(f"<p><b>Partial merge</b>: missing {html.escape(', '.join(result.inputs.missing))}</p>")
-    body += ["<h2>Funnel</h2>", _html_table(header, table), "<h2>Records out by corpus</h2>",
-             _html_table(["step", *corpora], by_corpus), *[f'<p><img src="{p}"></p>' for p in plots]]  # fmt: skip
+    body += ["<h2>Funnel</h2>", _html_table(header, table), "<h2>Records out by corpus</h2>"]
+    body += [_html_table(["step", *corpora], by_corpus), *[f'<p><img src="{p}"></p>' for p in plots]]
     page = "<!doctype html><meta charset=utf-8><title>merge report</title>" + "\n".join(body)
     atomic_write_bytes(folder / "report.html", page.encode())
     return report
@@ -190,6 +193,7 @@ def write_card(cfg: DictConfig, result: MergeResult) -> None:
     fmt = "parquet/*.parquet" if cfg.merge.parquet else "jsonl/*.jsonl.zst"
     licences = {c.name: c.license or "unknown" for c in cfg.corpora}
     fields = PAIR_FIELDS if ds["kind"] == "pairs" else TEXT_FIELDS
+    sources = [[c, licences.get(c, "unknown"), f"{n:,}"] for c, n in ds["by_corpus"].items()]
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dedup", "merge")}
     models = {s: OmegaConf.select(cfg, f"{s}.engine.model", throw_on_missing=False)
               for s in ("label", "point", "answer") if s in cfg.pipeline.stages}  # fmt: skip
@@ -214,8 +218,7 @@ def write_card(cfg: DictConfig, result: MergeResult) -> None:
         "",
         "## Sources and licences",
         "",
-        *_md_table(["corpus", "licence", "records"], [[c, licences.get(c, "unknown"), f"{n:,}"]
-                                                       for c, n in ds["by_corpus"].items()]),  # fmt: skip
+        *_md_table(["corpus", "licence", "records"], sources),
         "",
         "## Fields",
         "",
@@ -233,5 +236,6 @@ def write_card(cfg: DictConfig, result: MergeResult) -> None:
         "The funnel (records in and out of every step, by reason and corpus) is in ../report/report.md.",
     ]
     if result.inputs.missing:
-        lines += ["", f"**Partial**: built from the complete groups only; missing: {', '.join(result.inputs.missing)}"]
+        missing = ", ".join(result.inputs.missing)
+        lines += ["", f"**Partial**: built from the complete groups only; missing: {missing}"]
     atomic_write_bytes(Path(result.dataset) / "README.md", ("\n".join(lines) + "\n").encode())
