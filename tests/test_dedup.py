@@ -127,8 +127,10 @@ def planted(tmp_path_factory) -> tuple[Path, list[Path], dict[str, str]]:
         kind = ["edit", "punct", "t2s"][i % 3]
         if kind == "t2s" and simplified == r["text"]:
             kind = "edit"  # a Simplified paragraph: nothing to convert
-        text = {"edit": lambda: _edit(r["text"], rng, 0.01), "punct": lambda: _punct(r["text"]),
-                "t2s": lambda: simplified}[kind]()  # fmt: skip
+        if kind == "edit":
+            text = _edit(r["text"], rng, 0.01)
+        else:
+            text = _punct(r["text"]) if kind == "punct" else simplified
         vid = f"v{i:04d}-{kind}"
         records.append({"id": vid, "corpus": "variant", "text": text, "score": 0.1})
         planted_of[vid] = f"b{i:04d}"
@@ -218,7 +220,8 @@ def test_bad_lines_are_quarantined_and_counted(tmp_path):
 
     path = tmp_path / "in" / "c" / "part-00000.jsonl.zst"
     path.parent.mkdir(parents=True)
-    lines = b'{"id": "1", "text": "\xe5\x90\x8c\xe4\xb8\x80\xe6\xae\xb5"}\n{not json\n{"id": "2", "text": "\xe5\x90\x8c\xe4\xb8\x80\xe6\xae\xb5"}\n'
+    same = "同一段".encode()
+    lines = b'{"id": "1", "text": "%s"}\n{not json\n{"id": "2", "text": "%s"}\n' % (same, same)
     path.write_bytes(zstandard.compress(lines))
     job, markers = dedup([path], tmp_path / "in", tmp_path / "out")
     m = markers[0]
@@ -233,7 +236,7 @@ def test_bad_lines_are_quarantined_and_counted(tmp_path):
 
 
 def test_minhash_signatures_do_not_depend_on_batching(planted):
-    texts = [r["text"] for r in read_shard(planted[1][0])][:50] + ["短", "", "四个字儿"]
+    texts = [*[r["text"] for r in read_shard(planted[1][0])][:50], "短", "", "四个字儿"]
     h = MinHasher(5, 14, 8, 1)
     together = h.signatures(texts)
     alone = [h.signatures([t])[0] for t in texts]
@@ -247,8 +250,9 @@ def test_raw_dedup_on_slurm_matches_the_local_run(sample_run, tmp_path):
     os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
     subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], check=True, capture_output=True)
     os.environ["PYTHONPATH"] = str(REPO)
-    cfg = sample_cfg(tmp_path, "executor.kind=slurm", "executor.poll_interval_s=1", "executor.slurm.mem_gb=0.5",
-                     "executor.slurm.time_min=10", "dedup.partitions=3", "dedup.shards_per_task=2")  # fmt: skip
+    slurm_args = ("executor.kind=slurm", "executor.poll_interval_s=1", "executor.slurm.mem_gb=0.5",
+                  "executor.slurm.time_min=10", "dedup.partitions=3", "dedup.shards_per_task=2")  # fmt: skip
+    cfg = sample_cfg(tmp_path, *slurm_args)
     from kun_hpc.cluster.executors import make_executor
     from kun_hpc.cluster.slurm import read_registry
 
