@@ -56,7 +56,7 @@ class Synth(Stage):
                 **r,
                 "instruction": f"请介绍：{r['text'][:n]}",
                 "answer": r["text"],
-                "score": xxhash.xxh64_intdigest(r["id"]) % 1000 / 1000,
+                "score": xxhash.xxh64_intdigest(r["id"].encode()) % 1000 / 1000,
             }
             for r in batch
         ]
