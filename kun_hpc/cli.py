@@ -27,6 +27,8 @@ COMMANDS = {
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
     "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
     "train": "SFT of the Label model (seed pairs inverted) or the Primary Chat model (forward)",
+    "merge": "dedup the final records across all corpora, write the dataset, its card and the funnel report "
+    "(kun-hpc merge RUN_DIR [allow_partial=true])",
 }
 
 
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     preset, overrides = split_args(ns.args)
     if ns.command == "train":  # the task decides train.output, which is resolved at load
         overrides = [f"train.task={ns.task}", *overrides]
+    if preset is not None and Path(preset).is_dir():  # a run folder: the config it was run with
+        preset = str(Path(preset) / "config.yaml")
+    if ns.command == "merge":
+        overrides = [f"merge.{o}" if o.startswith("allow_partial=") else o for o in overrides]
     try:
         cfg = config_mod.load(preset, overrides)
         cfg.run.dir = str(Path(cfg.run.dir).resolve())
@@ -118,6 +124,8 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
     run_dir = _start(cfg, "run")
     executor = make_executor(cfg)
     _shard_step(cfg, executor, run_dir)
+    if cfg.dedup.raw:
+        _dedup_raw_step(cfg, executor)
     for name in cfg.pipeline.stages:  # cluster-wide preparation (e.g. the filter's calibration)
         stage_class(name).before_run(cfg, executor, run_dir / "logs")
     grid = plan_grid(cfg)
@@ -126,7 +134,7 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
             f"kun-hpc run: no stages in pipeline.stages; shards are ready under {cfg.shard.output}",
             file=sys.stderr,
         )
-        return 0
+        return _merge_step(cfg, executor) if cfg.merge.auto else 0
     if cfg.executor.kind == "slurm":
         active = [r for r in unit_statuses(cfg) if r.state in ("running", "pending")]
         if active:  # submitting again would run these units twice
@@ -141,8 +149,11 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
         jobs = " ".join(e["job"] for e in submitted.entries)
         print(f"kun-hpc run: {submitted.sbatch_calls} sbatch calls, jobs {jobs or '-'}", file=sys.stderr)
         if not ns.wait:
+            if cfg.merge.auto:
+                print(f"kun-hpc run: when it is done: kun-hpc merge {cfg.run.dir}", file=sys.stderr)
             return 0
-        return _watch(cfg, until_settled=True)
+        rc = _watch(cfg, until_settled=True)
+        return _merge_step(cfg, executor) if rc == 0 and cfg.merge.auto else rc
     print_status(unit_statuses(cfg))
     print_funnel(cfg)
     failed = [f for fs in submitted.failed.values() for f in fs]
@@ -151,7 +162,34 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
     for stage, names in submitted.skipped.items():
         if names:
             print(f"not run ({stage}): {', '.join(names)}: an upstream unit failed", file=sys.stderr)
-    return 1 if failed else 0
+    if failed:
+        return 1
+    return _merge_step(cfg, executor) if cfg.merge.auto else 0
+
+
+def _dedup_raw_step(cfg: DictConfig, executor) -> None:
+    from kun_hpc.cluster.status import funnel_row, print_funnel
+    from kun_hpc.merge.raw import PHASE, run_dedup_raw
+
+    markers = run_dedup_raw(cfg, executor)
+    print_funnel(cfg, rows=[funnel_row(PHASE, markers, len(markers))])
+
+
+def _merge_step(cfg: DictConfig, executor) -> int:
+    from kun_hpc.merge.assemble import run_merge
+
+    result = run_merge(cfg, executor)
+    rows = sum(m["rows"] for m in result.assemble)
+    print(
+        f"kun-hpc merge: {rows:,} records in {result.dataset} (card: README.md there); "
+        f"report: {result.report / 'report.md'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_merge(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    return _merge_step(cfg, make_executor(cfg))
 
 
 def _watch(cfg: DictConfig, until_settled: bool) -> int:
@@ -286,6 +324,7 @@ COMMAND_FUNCS = {
     "plan": cmd_plan,
     "filter-calibrate": cmd_filter_calibrate,
     "train": cmd_train,
+    "merge": cmd_merge,
 }
 
 

@@ -257,6 +257,8 @@ class Config:
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig())
+    dedup: DedupConfig = field(default_factory=lambda: DedupConfig())
+    merge: MergeConfig = field(default_factory=lambda: MergeConfig())
 
 
 def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -376,6 +378,7 @@ def validate(cfg: DictConfig) -> None:
     validate_filter(cfg)
     validate_kun(cfg)
     validate_train(cfg)
+    validate_dedup(cfg)
 
 
 def validate_kun(cfg: DictConfig) -> None:
@@ -584,3 +587,67 @@ def validate_train(cfg: DictConfig) -> None:
     for k in ("max_steps", "stop_at_step"):
         _check(t[k] is None or t[k] >= 1, f"train.{k}", "must be >= 1 or null", t[k])
     _check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0", t.max_grad_norm)
+
+
+# ------------------------------------------------------------------------------------------ dedup / merge
+DEDUP_KEYS = ("text", "instruction", "pair")
+SURVIVOR_KEYS = ("score", "length", "id")
+
+
+@dataclass
+class NormalizeConfig:
+    """What two texts may differ in and still count as the same (kun_hpc/merge/normalize.py)."""
+
+    width: bool = True  # full-width ASCII and the ideographic space -> half width (NFKC on those only)
+    punctuation: bool = True  # drop punctuation and symbols (Unicode P* and S* categories)
+    whitespace: bool = True  # drop all whitespace (Chinese has no word spaces to keep)
+    lowercase: bool = True
+    t2s: bool = False  # OpenCC Traditional -> Simplified
+    opencc_config: str = "t2s"
+
+
+@dataclass
+class DedupConfig:
+    """Exact and MinHash-LSH near-duplicate removal (kun_hpc/merge/dedup.py), raw and at merge."""
+
+    raw: bool = False  # dedup the shards before the per-shard stages (their input is then <run>/dedup_raw)
+    exact: bool = True
+    near: bool = True
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    ngram: int = 5  # character n-gram shingles
+    bands: int = 14
+    rows: int = 8  # bands * rows MinHash permutations; Jaccard threshold about (1/bands)**(1/rows)
+    seed: int = 1
+    partitions: int = 4  # bucket tasks; each holds about 1/partitions of all band keys in memory
+    shards_per_task: int = 1  # signature and apply tasks
+    batch_docs: int = 2048  # documents hashed per numpy batch (bounds a signature task's memory)
+    # the survivor of a cluster: the first key that differs decides (highest score, longest, smallest id)
+    keep: list[str] = field(default_factory=lambda: ["score", "length", "id"])
+
+
+@dataclass
+class MergeConfig:
+    """Final dedup, assembly, dataset card and funnel report (kun_hpc/merge/)."""
+
+    output: str = "${run.dir}/merge"
+    auto: bool = True  # `kun-hpc run` merges when the grid is complete (slurm: only with --wait)
+    # passes of final dedup, in order: instruction | pair (instruction + output) | text; [] for none. A run
+    # whose last stage makes no answers is merged as a text dataset and dedups by text
+    dedup_by: list[str] = field(default_factory=lambda: ["instruction"])
+    allow_partial: bool = False  # assemble from the complete groups only, and say what is missing
+    parquet: bool = True
+    zstd_level: int = 3
+
+
+def validate_dedup(cfg: DictConfig) -> None:
+    d = cfg.dedup
+    for key in ("ngram", "bands", "rows", "partitions", "shards_per_task", "batch_docs"):
+        _check(d[key] >= 1, f"dedup.{key}", "must be >= 1", d[key])
+    _check(d.bands * d.rows <= 1024, "dedup.bands", "bands * rows must be <= 1024", d.bands * d.rows)
+    keep = list(d.keep)
+    _check(bool(keep) and set(keep) <= set(SURVIVOR_KEYS), "dedup.keep", f"must list some of {SURVIVOR_KEYS}",
+           keep)  # fmt: skip
+    by = list(cfg.merge.dedup_by)
+    _check(set(by) <= set(DEDUP_KEYS) and len(set(by)) == len(by), "merge.dedup_by",
+           f"must list distinct keys among {DEDUP_KEYS}", by)  # fmt: skip
+    _check(1 <= cfg.merge.zstd_level <= 22, "merge.zstd_level", "must be in 1..22", cfg.merge.zstd_level)

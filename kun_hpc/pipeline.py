@@ -3,6 +3,7 @@
 ::
 
     native corpus files --shard--> <run>/shards/<corpus>/part-XXXXX.jsonl.zst   (kun_hpc/stages/shard.py)
+    [dedup.raw: shards --exact + MinHash dedup across all shards--> <run>/dedup_raw/<corpus>/...]
     shards --stage 1--> <run>/stages/<stage 1>/<corpus>/part-XXXXX.jsonl.zst  --stage 2--> ...  --> merge
 
 The per-shard stages are listed in ``pipeline.stages`` (in Kun: filter, label, point, answer, rules).
@@ -10,7 +11,9 @@ Shard i of a stage is made from shard i of the stage before, so the grid is a se
 group of ``pipeline.shards_per_task`` shards: on Slurm, unit g of stage k+1 starts as soon as unit g of
 stage k succeeded (``--dependency=aftercorr``), not when the whole stage is done. Every unit writes a
 completion marker ``<run>/done/<stage>/<unit>.json``; a re-run submits only units without a valid one
-(see :mod:`kun_hpc.cluster.grid`).
+(see :mod:`kun_hpc.cluster.grid`). The dedup steps (raw, and at merge) are global phases instead
+(:mod:`kun_hpc.cluster.phases`, :mod:`kun_hpc.merge.dedup`); ``kun-hpc merge`` assembles the dataset and
+its report (:mod:`kun_hpc.merge.assemble`).
 """
 
 from __future__ import annotations
@@ -75,3 +78,8 @@ def shard_root(cfg: DictConfig) -> Path:
 
 def stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.run.dir) / "stages" / stage_key(stage)
+
+
+def dedup_raw_dir(cfg: DictConfig) -> Path:
+    """Where ``dedup.raw`` writes the deduplicated shards that the first stage then reads."""
+    return Path(cfg.run.dir) / "dedup_raw"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import xxhash
+
 from kun_hpc.stages.base import Rejected, Stage
 
 
@@ -37,3 +39,24 @@ class Upper(Stage):
                 raise RuntimeError(f"planned failure on {r['id']}")
             out.append({**r, "first_char": r["text"][:1]})
         return out
+
+
+class Synth(Stage):
+    """A stand-in for label + point + answer: the instruction asks about the text's first ``chars``
+    characters (so texts opening alike collapse onto one instruction), the answer is the text, the score
+    comes from the id."""
+
+    name = "synth"
+    makes_pairs = True
+
+    def process(self, batch):
+        n = int(self.options.get("chars", 8))
+        return [
+            {
+                **r,
+                "instruction": f"请介绍：{r['text'][:n]}",
+                "answer": r["text"],
+                "score": xxhash.xxh64_intdigest(r["id"].encode()) % 1000 / 1000,
+            }
+            for r in batch
+        ]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.config import config_hash
 from kun_hpc.io.shards import list_shards
-from kun_hpc.pipeline import shard_root, stage_class, stage_dir, stage_key
+from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, stage_key
 from kun_hpc.stages.base import ShardTask, Unit, read_marker
 
 
@@ -38,6 +38,7 @@ def stage_hashes(cfg: DictConfig) -> dict[str, str]:
             "shards": OmegaConf.to_container(cfg.shard),
             "chunk": cfg.pipeline.chunk_records,
             "spt": cfg.pipeline.shards_per_task,
+            **({"dedup_raw": raw_dedup_hash(cfg)} if cfg.dedup.raw else {}),
         }
     )
     for name in cfg.pipeline.stages:
@@ -50,6 +51,12 @@ def stage_hashes(cfg: DictConfig) -> dict[str, str]:
     return hashes
 
 
+def raw_dedup_hash(cfg: DictConfig) -> str:
+    """What decides the raw dedup's output: the shard settings and the dedup section."""
+    shard, dedup = OmegaConf.to_container(cfg.shard), OmegaConf.to_container(cfg.dedup)
+    return config_hash({"shards": shard, "dedup": dedup})
+
+
 def plan_grid(cfg: DictConfig) -> Grid:
     root = shard_root(cfg)
     shards = list_shards(root) if root.exists() else []
@@ -58,6 +65,9 @@ def plan_grid(cfg: DictConfig) -> Grid:
     hashes = stage_hashes(cfg)
     previous: list[Path] = shards
     prev_root = root
+    if cfg.dedup.raw:  # the first stage reads the deduplicated shards (same relative paths)
+        prev_root = dedup_raw_dir(cfg)
+        previous = [prev_root / p.relative_to(root) for p in shards]
     for name in cfg.pipeline.stages:
         out_root = stage_dir(cfg, name)
         outputs = [out_root / p.relative_to(prev_root) for p in previous]

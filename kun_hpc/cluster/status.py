@@ -246,29 +246,66 @@ def cancel(cfg: DictConfig) -> list[str]:
     return arrays
 
 
-def print_funnel(cfg: DictConfig, console=None) -> None:
+def corpus_of(shard_path: str | Path) -> str:
+    """Shards live at ``<root>/<corpus>/part-XXXXX.jsonl.zst``."""
+    return Path(shard_path).parent.name
+
+
+def funnel_row(step: str, markers: list[dict], total_units: int) -> dict:
+    """Records in, out, rejected and quarantined (by reason), in total and by corpus, over a step's done
+    markers (stage units and dedup apply units have the same counts and per-shard ``shards`` entries)."""
+    reasons: Counter[str] = Counter()
+    bad: Counter[str] = Counter()
+    corpora: dict[str, dict] = {}
+    for m in markers:
+        reasons.update(m["rejected"])
+        bad.update(m["quarantined"])
+        for s in m.get("shards", []):
+            c = corpora.setdefault(corpus_of(s["input"]), {"in": 0, "out": 0, "rejected": Counter()})
+            c["in"] += s["in"]
+            c["out"] += s["out"]
+            c["rejected"].update(s["rejected"])
+            c["rejected"].update(s["quarantined"])
+    return {
+        "step": step,
+        "units_done": len(markers),
+        "units": total_units,
+        "in": sum(m["in"] for m in markers),
+        "out": sum(m["out"] for m in markers),
+        "rejected": dict(reasons),
+        "quarantined": dict(bad),
+        "by_corpus": {k: {**v, "rejected": dict(v["rejected"])} for k, v in sorted(corpora.items())},
+    }
+
+
+def stage_funnel(cfg: DictConfig) -> list[dict]:
+    """One :func:`funnel_row` per grid stage, over its done units."""
+    from kun_hpc.stages.base import read_marker
+
+    grid = plan_grid(cfg)
+    rows = []
+    for stage in grid.stages:
+        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
+        rows.append(funnel_row(stage, markers, len(grid.units[stage])))
+    return rows
+
+
+def print_funnel(cfg: DictConfig, console=None, rows: list[dict] | None = None) -> None:
     """Records in, out, rejected and quarantined (by reason) per stage, summed over its done units."""
     from rich.table import Table
 
-    from kun_hpc.stages.base import read_marker
     from kun_hpc.stages.summary import console as make_console
 
-    grid = plan_grid(cfg)
     table = Table(title="kun-hpc funnel (done units)")
     for col in ("stage", "units done", "in", "out", "rejected", "quarantined", "by reason"):
         table.add_column(col, justify="left" if col in ("stage", "by reason") else "right")
-    for stage in grid.stages:
-        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
-        reasons: Counter[str] = Counter()
-        bad: Counter[str] = Counter()
-        for m in markers:
-            reasons.update(m["rejected"])
-            bad.update(m["quarantined"])
+    for r in stage_funnel(cfg) if rows is None else rows:
+        reasons, bad = r["rejected"], r["quarantined"]
         table.add_row(
-            stage,
-            f"{len(markers)}/{len(grid.units[stage])}",
-            f"{sum(m['in'] for m in markers):,}",
-            f"{sum(m['out'] for m in markers):,}",
+            r["step"],
+            f"{r['units_done']}/{r['units']}",
+            f"{r['in']:,}",
+            f"{r['out']:,}",
             f"{sum(reasons.values()):,}",
             f"{sum(bad.values()):,}",
             ", ".join(f"{k}={v}" for k, v in sorted({**reasons, **bad}.items())) or "-",

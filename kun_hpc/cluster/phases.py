@@ -1,0 +1,110 @@
+"""Global phases: all-to-all steps (dedup) on top of the per-unit executors.
+
+The grid (:mod:`kun_hpc.cluster.grid`) only knows chains: shard i of stage k+1 comes from shard i of stage k.
+A dedup needs barriers instead: every shard's signatures before any bucket task, every bucket task before
+the one union-find, the removal lists before the per-shard apply. A :class:`Phase` is one such step: a list
+of :class:`PhaseUnit` run as one array (``executor.map``, which on Slurm submits arrays through
+``map_array`` and waits), each unit committing ``<run>/done/<phase>/<unit>.json`` when it is done. Phases run
+in order; a phase starts only when every unit of the one before has a valid marker. Re-running skips units
+whose marker holds the same config hash, so an interrupted dedup resumes at the first unfinished phase.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kun_hpc.cluster.executors import Executor
+from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.stages.base import marker_path, read_marker
+
+
+@dataclass(frozen=True)
+class PhaseUnit:
+    """One task of a phase: ``fn`` (``module:function``) called with ``args`` (picklable)."""
+
+    phase: str
+    index: int
+    fn: str
+    args: Any
+    run_dir: str
+    config_hash: str
+
+    @property
+    def unit(self) -> str:  # the name the Slurm job registry records
+        return f"{self.phase}-{self.index:05d}"
+
+    name = unit
+
+
+@dataclass
+class Phase:
+    name: str
+    units: list[PhaseUnit]
+
+
+class PhaseFailed(RuntimeError):
+    pass
+
+
+def is_phase_done(u: PhaseUnit) -> bool:
+    m = read_marker(u.run_dir, u.phase, u.name)
+    return m is not None and m.get("config_hash") == u.config_hash
+
+
+def run_phase_unit(u: PhaseUnit) -> dict:
+    """Run one unit (unless its marker is valid) and commit its marker: the function's result plus where,
+    when and under which config hash it ran."""
+    marker = read_marker(u.run_dir, u.phase, u.name)
+    if marker is not None and marker.get("config_hash") == u.config_hash:
+        return marker
+    module, _, func = u.fn.partition(":")
+    started = time.time()
+    result = getattr(importlib.import_module(module), func)(u.args)
+    marker = {
+        "unit": u.name,
+        "phase": u.phase,
+        "config_hash": u.config_hash,
+        **result,
+        "timings": {"start": started, "end": time.time(), "seconds": round(time.time() - started, 3)},
+        "host": socket.gethostname(),
+        "job": os.environ.get("SLURM_JOB_ID", ""),
+        "array_task": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+    }
+    atomic_write_bytes(
+        marker_path(u.run_dir, u.phase, u.name), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
+    )
+    return marker
+
+
+def run_phases(phases: Sequence[Phase], executor: Executor, log_root: Path) -> list[list[dict]]:
+    """Run the phases in order, each as one array of its pending units; the markers of every phase.
+
+    Raises :class:`PhaseFailed` naming the failed units (and their logs) at the first phase that failed.
+    """
+    out = []
+    for phase in phases:
+        todo = [u for u in phase.units if not is_phase_done(u)]
+        if todo:
+            outcomes = executor.map(run_phase_unit, todo, name=phase.name, log_dir=log_root / phase.name)
+            failed = [o for o in outcomes if not o.ok]
+            if failed:
+                lines = [
+                    f"  {o.unit.name}: {o.error.strip().splitlines()[0] if o.error.strip() else 'failed'}"
+                    + (f" (log: {o.log})" if o.log else "")
+                    for o in failed
+                ]
+                raise PhaseFailed(
+                    f"phase {phase.name}: {len(failed)} of {len(todo)} units failed; the phases after it "
+                    "did not run (run again to resume):\n" + "\n".join(lines)
+                )
+        out.append([read_marker(u.run_dir, u.phase, u.name) for u in phase.units])
+    return out

@@ -1,0 +1,264 @@
+"""``kun-hpc merge``: check the grid is complete, dedup the final records cluster-wide, write the dataset.
+
+::
+
+    last stage's shards of every complete group
+      --merge-dedup-<key> (one dedup per merge.dedup_by entry: instruction, pair, text)-->
+      --merge-assemble (array, per shard)--> <merge.output>/dataset/{jsonl,parquet}/part-XXXXX.*
+    then the dataset card (dataset/README.md) and the funnel report (report/), in the submitting process.
+
+A run whose last stage makes answers (``answer``, ``rules``) becomes an instruction dataset: ``instruction``,
+``output`` (the stage's ``answer``), ``id``, ``corpus``, ``score``, ``verdict``, ``ppl`` and ``prov``. Any
+other run (no stage, or ``filter`` last, as ``configs/demo.yaml``) becomes a text dataset with ``text`` in
+place of the pair, deduplicated by text. Records carry every upstream stage's fields and ``prov`` entries,
+so the last stage's record already is the join of the stage outputs by id. ``prov`` is stored as a JSON
+string: its shape differs between stages and runs, and one string column loads the same from every shard.
+
+Merge refuses an incomplete grid (units without a valid marker) unless ``merge.allow_partial=true``; it then
+merges the complete groups only and lists what is missing, on stderr, in the card and in the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+from omegaconf import DictConfig
+
+from kun_hpc.cluster.executors import Executor
+from kun_hpc.cluster.grid import is_done, plan_grid, raw_dedup_hash, stage_hashes
+from kun_hpc.cluster.phases import Phase, PhaseUnit, is_phase_done, run_phases
+from kun_hpc.config import config_hash
+from kun_hpc.io.shards import ZstdJsonlWriter, list_shards, read_shard, shard_name
+from kun_hpc.merge.dedup import dedup_phases, make_job, settings_of
+from kun_hpc.merge.raw import PHASE as RAW_PHASE
+from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, stage_key
+
+PAIR_STAGES = ("answer", "rules")
+LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1 << 62]
+SCORE_BINS = [round(i / 20, 2) for i in range(21)]
+PAIR_FIELDS = ("id", "corpus", "instruction", "output", "score", "verdict", "ppl", "prov")
+TEXT_FIELDS = ("id", "corpus", "text", "score", "ppl", "prov")
+
+
+@dataclass
+class MergeInputs:
+    kind: str  # pairs | text
+    shards: list[Path]
+    root: Path
+    upstream: str  # hash of what made the shards
+    missing: list[str] = field(default_factory=list)  # units without a valid marker
+
+
+def makes_pairs(stage: str) -> bool:
+    """Whether a stage's records hold ``instruction`` and ``answer`` (a custom stage says so with a
+    ``makes_pairs = True`` class attribute)."""
+    return stage_key(stage) in PAIR_STAGES or bool(getattr(stage_class(stage), "makes_pairs", False))
+
+
+def merge_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.merge.output)
+
+
+def find_inputs(cfg: DictConfig) -> MergeInputs:
+    """The last stage's shards of every complete group, and what is missing (RuntimeError if anything is,
+    unless ``merge.allow_partial``)."""
+    root = shard_root(cfg)
+    if not root.exists() or not list_shards(root):
+        raise RuntimeError(f"merge: no shards under {root}: run `kun-hpc run` (or `kun-hpc shard`) first")
+    grid = plan_grid(cfg)
+    missing: list[str] = []
+    if cfg.dedup.raw:
+        job_units = _raw_units(cfg)
+        missing += [f"{u.phase}/{u.name}" for u in job_units if not is_phase_done(u)]
+    complete = set(range(grid.groups)) if grid.stages else set()
+    for stage in grid.stages:
+        for u in grid.units[stage]:
+            if not is_done(u):
+                missing.append(f"{stage}/{u.name}")
+                complete.discard(u.index)
+    if grid.stages:
+        last = grid.stages[-1]
+        kind = "pairs" if makes_pairs(cfg.pipeline.stages[-1]) else "text"
+        shards = [Path(t.output) for u in grid.units[last] if u.index in complete for t in u.shards]
+        base = stage_dir(cfg, last)
+        upstream = stage_hashes(cfg)[cfg.pipeline.stages[-1]]
+    else:
+        kind = "text"
+        base = dedup_raw_dir(cfg) if cfg.dedup.raw else root
+        shards = [base / p.relative_to(root) for p in list_shards(root)]
+        upstream = raw_dedup_hash(cfg) if cfg.dedup.raw else config_hash(dict(cfg.shard))
+    if cfg.dedup.raw and any(m.startswith(RAW_PHASE) for m in missing):
+        shards = []  # every group reads the raw dedup's output
+    if missing and not cfg.merge.allow_partial:
+        shown = ", ".join(missing[:20]) + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        raise RuntimeError(
+            f"merge: the grid is incomplete: {len(missing)} units have no valid marker: {shown}. Let the run "
+            "finish (kun-hpc status), or merge what is complete with allow_partial=true"
+        )
+    return MergeInputs(kind, shards, base, upstream, missing)
+
+
+def _raw_units(cfg: DictConfig) -> list[PhaseUnit]:
+    from kun_hpc.merge.raw import raw_job
+
+    return [u for p in dedup_phases(raw_job(cfg), raw_dedup_hash(cfg)) for u in p.units]
+
+
+def dedup_keys(cfg: DictConfig, kind: str) -> list[str]:
+    keys = list(cfg.merge.dedup_by)
+    if kind == "text":  # a text dataset has no instruction: one pass by text when any was asked for
+        return ["text"] if keys else []
+    return [k for k in keys if k != "text"] + (["text"] if "text" in keys else [])
+
+
+# -------------------------------------------------------------------------------------------- assemble
+@dataclass(frozen=True)
+class AssembleTask:
+    kind: str
+    inputs: tuple[str, ...]
+    out: str  # the dataset folder
+    first: int  # dataset shard number of inputs[0]
+    parquet: bool
+    zstd_level: int
+
+
+def to_row(rec: dict, kind: str) -> dict:
+    score, ppl = rec.get("score"), rec.get("ppl")
+    row = {
+        "id": str(rec.get("id", "")),
+        "corpus": str(rec.get("corpus", "")),
+        "score": float(score) if isinstance(score, (int, float)) else None,
+        "ppl": float(ppl) if isinstance(ppl, (int, float)) else None,
+        "prov": orjson.dumps(rec.get("prov", {}), option=orjson.OPT_SORT_KEYS).decode(),
+    }
+    if kind == "pairs":
+        verdict = rec.get("verdict")
+        row.update(instruction=rec["instruction"], output=rec["answer"], verdict=verdict)
+    else:
+        row["text"] = rec["text"]
+    return {k: row[k] for k in (PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS)}
+
+
+def arrow_schema(kind: str):
+    import pyarrow as pa
+
+    types = {"score": pa.float64(), "ppl": pa.float64()}
+    names = PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS
+    return pa.schema([(n, types.get(n, pa.string())) for n in names])
+
+
+def assemble_unit(task: AssembleTask) -> dict:
+    """Write one dataset shard (JSONL zstd, and Parquet) per input shard; counts and histograms."""
+    by_corpus: Counter[str] = Counter()
+    hist: dict[str, np.ndarray] = {}
+    text_fields = ("instruction", "output") if task.kind == "pairs" else ("text",)
+    shards = []
+    for k, path in enumerate(task.inputs):
+        name = shard_name(task.first + k)
+        rows = [to_row(r, task.kind) for r in read_shard(path)]
+        jsonl = Path(task.out) / "jsonl" / name
+        parquet = Path(task.out) / "parquet" / name.replace(".jsonl.zst", ".parquet")
+        if not rows:  # no file: an empty Parquet file has no row group, which datasets refuses
+            jsonl.unlink(missing_ok=True)
+            parquet.unlink(missing_ok=True)
+            shards.append({"input": path, "output": None, "rows": 0})
+            continue
+        w = ZstdJsonlWriter(jsonl, task.zstd_level)
+        for r in rows:
+            w.write(r)
+        info = w.close()
+        if task.parquet:
+            _write_parquet(parquet, rows, task.kind)
+        by_corpus.update(r["corpus"] for r in rows)
+        for f in text_fields:
+            lengths = [len(r[f]) for r in rows]
+            hist[f"length_{f}"] = hist.get(f"length_{f}", 0) + np.histogram(lengths, LENGTH_BINS)[0]
+        scores = [r["score"] for r in rows if r["score"] is not None]
+        hist["score"] = hist.get("score", 0) + np.histogram(scores, SCORE_BINS)[0]
+        shards.append({"input": path, "output": info.name, "rows": len(rows), "sha256": info.sha256})
+    return {
+        "rows": sum(s["rows"] for s in shards),
+        "by_corpus": dict(by_corpus),
+        "histograms": {k: np.asarray(v).tolist() for k, v in hist.items()},
+        "shards": shards,
+    }
+
+
+def _write_parquet(path: Path, rows: list[dict], kind: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kun_hpc.io.atomic import atomic_open
+
+    schema = arrow_schema(kind)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_open(path) as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+# ----------------------------------------------------------------------------------------------- merge
+@dataclass
+class MergeResult:
+    inputs: MergeInputs
+    dedup: list[tuple[str, list[dict]]]  # (key, apply markers) per pass
+    assemble: list[dict]
+    dataset: Path
+    report: Path
+
+
+def run_merge(cfg: DictConfig, executor: Executor) -> MergeResult:
+    inputs = find_inputs(cfg)
+    if inputs.missing:
+        print(
+            f"merge: allow_partial: merging the complete groups only; missing ({len(inputs.missing)}): "
+            + ", ".join(inputs.missing),
+            file=sys.stderr,
+        )
+    out = merge_dir(cfg)
+    run_dir = str(cfg.run.dir)
+    log_root = Path(run_dir) / "logs"
+    settings = settings_of(cfg.dedup, cfg.merge.zstd_level)
+    shards, root, upstream = inputs.shards, inputs.root, inputs.upstream
+    passes = []
+    for key in dedup_keys(cfg, inputs.kind):
+        job = make_job(f"merge-dedup-{key}", key, shards, root, out / f"dedup-{key}", settings, run_dir)
+        markers = run_phases(dedup_phases(job, upstream), executor, log_root)[-1]
+        passes.append((key, markers))
+        shards, root = [Path(p) for p in job.outputs], out / f"dedup-{key}"
+        upstream = config_hash({"dedup": key, "upstream": upstream, "settings": settings})
+    dataset = out / "dataset"
+    spt = cfg.dedup.shards_per_task
+    what = {"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet}
+    h = config_hash({**what, "inputs": [str(s) for s in shards]})
+
+    def task(i: int) -> AssembleTask:
+        group = tuple(str(s) for s in shards[i : i + spt])
+        m = cfg.merge
+        return AssembleTask(inputs.kind, group, str(dataset), i, bool(m.parquet), int(m.zstd_level))
+
+    fn = "kun_hpc.merge.assemble:assemble_unit"
+    starts = range(0, len(shards), spt)
+    units = [PhaseUnit("merge-assemble", g, fn, task(i), run_dir, h) for g, i in enumerate(starts)]
+    _clear_stale(dataset, len(shards), units)
+    assembled = run_phases([Phase("merge-assemble", units)], executor, log_root)[-1]
+    from kun_hpc.merge.report import write_card, write_report
+
+    result = MergeResult(inputs, passes, assembled, dataset, out / "report")
+    write_card(cfg, result)
+    write_report(cfg, result)
+    return result
+
+
+def _clear_stale(dataset: Path, n: int, units: list[PhaseUnit]) -> None:
+    """Shards numbered past this merge's (left by an earlier, larger one) would be loaded with it."""
+    if all(is_phase_done(u) for u in units):
+        return
+    for sub in ("jsonl", "parquet"):
+        for p in sorted((dataset / sub).glob("part-*")):
+            if int(p.name[5:10]) >= n:
+                p.unlink()

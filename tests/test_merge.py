@@ -1,0 +1,117 @@
+"""Merge through real run folders and markers: `kun-hpc run` on the sample with a pair-making stage, the
+final dedup, the dataset loaded with `datasets`, the card and the report; incomplete grids."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import orjson
+import pytest
+
+from kun_hpc import cli, config
+from kun_hpc.cluster.grid import plan_grid
+from kun_hpc.io.shards import list_shards, read_shard
+from kun_hpc.merge.normalize import make_normalizer
+from tests.conftest import sample_overrides
+
+SYNTH = "pipeline.stages=[tests.stages_for_tests:Synth]"
+
+
+def args(run: Path, *extra: str) -> list[str]:
+    return sample_overrides(run, "executor.kind=inline", "shard.records_per_shard=400", *extra)
+
+
+@pytest.fixture(scope="module")
+def pairs_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("pairs")
+    assert cli.main(["run", *args(run, SYNTH, "dedup.raw=true")]) == 0  # run merges at the end
+    return run
+
+
+def load(run: Path, fmt: str):
+    import datasets
+
+    ds = run / "merge" / "dataset"
+    files = str(ds / ("parquet/*.parquet" if fmt == "parquet" else "jsonl/*.jsonl.zst"))
+    return datasets.load_dataset(fmt, data_files=files, split="train")
+
+
+def test_the_loaded_dataset_matches_the_report(pairs_run):
+    report = orjson.loads((pairs_run / "merge" / "report" / "report.json").read_bytes())
+    for fmt in ("parquet", "json"):
+        d = load(pairs_run, fmt)
+        assert d.num_rows == report["dataset"]["rows"] == report["funnel"][-1]["out"]
+        assert {"instruction", "output", "id", "corpus", "score", "prov"} <= set(d.column_names)
+        by_corpus = {c: d["corpus"].count(c) for c in set(d["corpus"])}
+        assert by_corpus == report["dataset"]["by_corpus"]
+    assert orjson.loads(d[0]["prov"])["synth"]["config_hash"]
+    for name in ("report.md", "report.html", "funnel.png", "lengths.png", "scores.png"):
+        assert (pairs_run / "merge" / "report" / name).stat().st_size > 0
+    card = (pairs_run / "merge" / "dataset" / "README.md").read_text()
+    assert "CC BY-SA 4.0" in card and f"{d.num_rows:,}" in card
+
+
+def test_funnel_chains_and_keeps_the_accounting(pairs_run):
+    report = orjson.loads((pairs_run / "merge" / "report" / "report.json").read_bytes())
+    steps = [r["step"] for r in report["funnel"]]
+    assert steps == ["shard", "dedup-raw", "synth", "merge-dedup-instruction", "dataset"]
+    rows = report["funnel"]
+    for before, after in itertools.pairwise(rows):
+        assert after["in"] == before["out"], (before["step"], after["step"])
+    for r in rows:
+        assert r["in"] == r["out"] + sum(r["rejected"].values()) + sum(r["quarantined"].values())
+    assert rows[1]["rejected"] == {"duplicate_exact": 400}
+    assert rows[3]["rejected"].get("duplicate_exact", 0) > 0  # texts opening alike share an instruction
+
+
+def test_final_dedup_by_instruction_keeps_the_highest_score(pairs_run):
+    d = load(pairs_run, "parquet")
+    norm = make_normalizer(config.load().dedup.normalize)
+    keys = [norm(i) for i in d["instruction"]]
+    assert len(keys) == len(set(keys))
+    kept = dict(zip(d["id"], d["score"], strict=True))
+    root = pairs_run / "merge" / "dedup-instruction" / "rejected"
+    rejected = [r for p in list_shards(root) for r in read_shard(p)]
+    assert rejected
+    for r in rejected:
+        assert r["reject"]["survivor"] in kept
+        assert kept[r["reject"]["survivor"]] >= r["score"]
+        assert r["reject"]["stage"] == "merge-dedup-instruction"
+
+
+def test_merge_again_by_pair_removes_less(pairs_run):
+    assert cli.main(["merge", str(pairs_run), "merge.dedup_by=[pair]"]) == 0
+    by_pair = orjson.loads((pairs_run / "merge" / "report" / "report.json").read_bytes())
+    assert by_pair["funnel"][-2]["step"] == "merge-dedup-pair"
+    assert by_pair["funnel"][-2]["rejected"] == {}  # the answer is the (raw-deduplicated) text
+    assert load(pairs_run, "json").num_rows == by_pair["dataset"]["rows"] == by_pair["funnel"][2]["out"]
+    assert cli.main(["merge", str(pairs_run)]) == 0  # back to the run's own config
+
+
+def test_merge_refuses_an_incomplete_grid_unless_allow_partial(tmp_path, capsys):
+    assert cli.main(["run", *args(tmp_path, SYNTH)]) == 0
+    grid = plan_grid(config.load(None, args(tmp_path, SYNTH)))
+    gone = grid.units["synth"][1]
+    (tmp_path / "done" / "synth" / f"{gone.name}.json").unlink()
+    assert cli.main(["merge", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "incomplete" in err and f"synth/{gone.name}" in err and "allow_partial=true" in err
+    assert cli.main(["merge", str(tmp_path), "allow_partial=true"]) == 0
+    assert f"synth/{gone.name}" in capsys.readouterr().err
+    report = orjson.loads((tmp_path / "merge" / "report" / "report.json").read_bytes())
+    assert report["missing"] == [f"synth/{gone.name}"]
+    missing_records = sum(1 for t in gone.shards for _ in read_shard(t.input))
+    done = [t for u in grid.units["synth"] if u is not gone for t in u.shards]
+    complete = sum(1 for t in done for _ in read_shard(t.input))
+    assert missing_records > 0
+    assert report["funnel"][-2]["in"] == complete  # the merge read only the complete groups
+    assert load(tmp_path, "parquet").num_rows == report["dataset"]["rows"]
+    assert "Partial" in (tmp_path / "merge" / "dataset" / "README.md").read_text()
+
+
+def test_a_run_without_pair_stages_merges_as_text(tmp_path):
+    assert cli.main(["run", *args(tmp_path)]) == 0
+    d = load(tmp_path, "json")
+    assert "text" in d.column_names and "instruction" not in d.column_names
+    assert d.num_rows == 3504 - 400  # the planted cross-corpus duplicates, removed at merge by text
