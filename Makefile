@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The whole cycle with tiny models: base model, Label and Primary Chat training on the seed sample, then
+# shard -> dedup -> filter -> label -> point -> answer -> rules -> merge (configs/demo.yaml).
 demo: setup
 	$(BIN)/python tools/make_tiny_model.py --out models/tiny-qwen2
+	$(BIN)/kun-hpc train label configs/demo.yaml
+	$(BIN)/kun-hpc train chat configs/demo.yaml
 	$(BIN)/kun-hpc run configs/demo.yaml
-	@echo "demo: shards in runs/demo/shards, filtered units in runs/demo/stages/filter (rejected/ beside them)"
 
 # The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply.
 test: setup

@@ -51,6 +51,8 @@ class Synth(Stage):
 
     def process(self, batch):
         n = int(self.options.get("chars", 8))
+        if self.options.get("reject_all"):  # nothing reaches the merge (a judge that rejects everything)
+            return [Rejected(r, "synth_rejected") for r in batch]
         return [
             {
                 **r,

@@ -115,3 +115,13 @@ def test_a_run_without_pair_stages_merges_as_text(tmp_path):
     d = load(tmp_path, "json")
     assert "text" in d.column_names and "instruction" not in d.column_names
     assert d.num_rows == 3504 - 400  # the planted cross-corpus duplicates, removed at merge by text
+
+
+def test_a_run_whose_last_stage_keeps_nothing_merges_to_an_empty_dataset(tmp_path):
+    run = tmp_path / "empty"
+    extra = (SYNTH, "pipeline.options.synth.reject_all=true")
+    assert cli.main(["run", *args(run, *extra)]) == 0
+    report = orjson.loads((run / "merge" / "report" / "report.json").read_bytes())
+    assert report["dataset"]["rows"] == 0
+    synth = next(r for r in report["funnel"] if r["step"] == "synth")
+    assert synth["out"] == 0 and synth["rejected"] == {"synth_rejected": synth["in"]} and synth["in"] > 0

@@ -195,14 +195,17 @@ def bucket_unit(args: tuple[DedupJob, int]) -> dict:
         shard_of.append(np.full(len(e), s, dtype=np.uint64))
     e = np.concatenate(chunks) if chunks else np.zeros(0, dtype=ENTRY)
     gid = (np.concatenate(shard_of) << np.uint64(32)) | e["doc"].astype(np.uint64) if chunks else e["doc"]
-    order = np.lexsort((gid, e["k2"], e["k1"], e["band"]))
-    e, gid = e[order], gid[order]
-    same = (e["band"][1:] == e["band"][:-1]) & (e["k1"][1:] == e["k1"][:-1]) & (e["k2"][1:] == e["k2"][:-1])
-    starts = np.flatnonzero(np.r_[True, ~same])
-    head = np.repeat(gid[starts], np.diff(np.r_[starts, len(gid)]))
-    keep = head != gid
-    pairs = np.stack([head[keep], gid[keep]], axis=1) if len(gid) else np.zeros((0, 2), np.uint64)
-    pairs = np.unique(pairs, axis=0) if len(pairs) else pairs.astype(np.uint64)
+    pairs = np.zeros((0, 2), np.uint64)
+    if len(gid):  # no entries at all when nothing reached this pass
+        order = np.lexsort((gid, e["k2"], e["k1"], e["band"]))
+        e, gid = e[order], gid[order]
+        b, k1, k2 = e["band"], e["k1"], e["k2"]
+        same = (b[1:] == b[:-1]) & (k1[1:] == k1[:-1]) & (k2[1:] == k2[:-1])
+        starts = np.flatnonzero(np.r_[True, ~same])
+        head = np.repeat(gid[starts], np.diff(np.r_[starts, len(gid)]))
+        keep = head != gid
+        if keep.any():
+            pairs = np.unique(np.stack([head[keep], gid[keep]], axis=1), axis=0)
     _save(Path(job.work) / "pairs" / f"part-{t:04d}.npy", pairs.astype(np.uint64))
     return {"entries": len(e), "pairs": len(pairs)}
 
