@@ -207,8 +207,10 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
             p.source,
         )
     console.print(table)
-    console.print("kept (output records per input record) from: "
-                  + ", ".join(f"{p.stage}={p.keep_source}" for p in result.stages))
+    sources = {p.keep_source for p in result.stages}
+    each = ", ".join(f"{p.stage}={p.keep_source}" for p in result.stages)
+    each = sources.pop() if len(sources) == 1 else each
+    console.print(f"kept (output records per input record) from: {each}")
     totals = ", ".join(f"{v:,.0f} {k}" for k, v in sorted(result.totals().items()))
     console.print(f"total sbatch calls: {sum(p.arrays for p in result.stages)}")
     if result.max_array_source:
