@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             c.add_argument("--failed", action="store_true", default=True, help="failed units (the default)")
             c.add_argument("-n", "--lines", type=int, default=20)
+    from kun_hpc.inspect_run import add_parser as add_inspect_parser
+
+    add_inspect_parser(sub)  # takes a run folder, not a config
     return p
 
 
@@ -64,6 +67,10 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
+    if ns.command == "inspect":
+        from kun_hpc.inspect_run import main as inspect_main
+
+        return inspect_main(ns)
     preset, overrides = split_args(ns.args)
     if ns.command == "train":  # the task decides train.output, which is resolved at load
         overrides = [f"train.task={ns.task}", *overrides]

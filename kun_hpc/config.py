@@ -39,6 +39,9 @@ class CorpusConfig:
     id_field: str | None = None  # jsonl only: native id field; None: content hash
     meta_fields: list[str] = field(default_factory=list)  # jsonl only: native fields kept under "meta"
     license: str = ""
+    # `kun-hpc plan` before the corpus is sharded: its expected number of records (once shards exist, their
+    # manifest counts instead); None: unknown
+    expected_records: int | None = None
 
 
 @dataclass
@@ -96,6 +99,9 @@ class PipelineConfig:
     options: dict[str, Any] = field(default_factory=dict)  # per-stage options of stages without a section
     # measured or expected input records per second per task, for `kun-hpc plan` estimates
     throughput: dict[str, float] = field(default_factory=dict)
+    # for `kun-hpc plan` before stages ran: output records per input record of each stage (the next stage's
+    # input); the filter cuts documents into units, so its factor may be > 1. Missing stages count as 1.
+    expected_keep: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -341,6 +347,8 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.executor.max_parallel >= 1, "executor.max_parallel", "must be >= 1", cfg.executor.max_parallel)
     names = [c.name for c in cfg.corpora]
     for i, c in enumerate(cfg.corpora):
+        for key in ("name", "format", "paths"):
+            _check(not OmegaConf.is_missing(c, key), f"corpora.{i}.{key}", "must be set", "???")
         _check(
             c.format in CORPUS_FORMATS, f"corpora.{i}.format", f"must be one of {CORPUS_FORMATS}", c.format
         )
@@ -379,6 +387,7 @@ def validate(cfg: DictConfig) -> None:
     validate_kun(cfg)
     validate_train(cfg)
     validate_dedup(cfg)
+    validate_estimates(cfg)
 
 
 def validate_kun(cfg: DictConfig) -> None:
@@ -651,3 +660,13 @@ def validate_dedup(cfg: DictConfig) -> None:
     _check(set(by) <= set(DEDUP_KEYS) and len(set(by)) == len(by), "merge.dedup_by",
            f"must list distinct keys among {DEDUP_KEYS}", by)  # fmt: skip
     _check(1 <= cfg.merge.zstd_level <= 22, "merge.zstd_level", "must be in 1..22", cfg.merge.zstd_level)
+
+
+def validate_estimates(cfg: DictConfig) -> None:
+    """What `kun-hpc plan` reads: expected corpus sizes, funnel fractions, throughputs."""
+    for i, c in enumerate(cfg.corpora):
+        n = c.expected_records
+        _check(n is None or n >= 0, f"corpora.{i}.expected_records", "must be >= 0 or null", n)
+    for section in ("expected_keep", "throughput"):
+        for stage, v in cfg.pipeline[section].items():
+            _check(v is not None and v >= 0, f"pipeline.{section}.{stage}", "must be a number >= 0", v)
