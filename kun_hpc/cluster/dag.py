@@ -10,6 +10,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from kun_hpc.cluster.executors import Executor
 from kun_hpc.cluster.grid import Grid, pending_units
+from kun_hpc.cluster.progress import stage_bars
 from kun_hpc.cluster.slurm import SlurmExecutor
 from kun_hpc.stages.base import Unit, run_unit
 
@@ -81,15 +82,19 @@ def _run_stagewise(
     grid: Grid, pending: dict[str, list[Unit]], ex: Executor, log_root: Path, result: Submitted
 ) -> None:
     broken: set[int] = set()  # groups whose chain failed at some stage
-    for stage in grid.stages:
-        todo = [u for u in pending[stage] if u.index not in broken]
-        result.skipped[stage] = [u.name for u in pending[stage] if u.index in broken]
-        outcomes = ex.map(run_unit, todo, name=stage, log_dir=log_root / stage)
-        result.failed[stage] = []
-        for o in outcomes:
-            if not o.ok:
-                broken.add(o.unit.index)
-                result.failed[stage].append(
-                    f"{o.unit.name}: {o.error.strip().splitlines()[0] if o.error else ''}"
-                    + (f" (log: {o.log})" if o.log else "")
-                )
+    with stage_bars({s: len(pending[s]) for s in grid.stages}) as bars:
+        for stage in grid.stages:
+            todo = [u for u in pending[stage] if u.index not in broken]
+            result.skipped[stage] = [u.name for u in pending[stage] if u.index in broken]
+            bars.skip(stage, len(result.skipped[stage]), "upstream failed")
+            outcomes = ex.map(
+                run_unit, todo, name=stage, log_dir=log_root / stage, on_done=bars.on_done(stage)
+            )
+            result.failed[stage] = []
+            for o in outcomes:
+                if not o.ok:
+                    broken.add(o.unit.index)
+                    result.failed[stage].append(
+                        f"{o.unit.name}: {o.error.strip().splitlines()[0] if o.error else ''}"
+                        + (f" (log: {o.log})" if o.log else "")
+                    )

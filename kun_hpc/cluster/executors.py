@@ -28,25 +28,38 @@ class Outcome:
     log: str = ""
 
 
+OnDone = Callable[[Outcome], None]
+
+
 class Executor:
     kind = "base"
 
     def map(
-        self, fn: Callable[[Any], Any], units: Sequence[Any], *, name: str, log_dir: Path
+        self,
+        fn: Callable[[Any], Any],
+        units: Sequence[Any],
+        *,
+        name: str,
+        log_dir: Path,
+        on_done: OnDone | None = None,
     ) -> list[Outcome]:
+        """``fn`` over ``units``: one :class:`Outcome` each, in order; ``on_done`` is called with each
+        outcome as its unit ends (progress bars)."""
         raise NotImplementedError
 
 
 class InlineExecutor(Executor):
     kind = "inline"
 
-    def map(self, fn, units, *, name, log_dir):
+    def map(self, fn, units, *, name, log_dir, on_done=None):
         out = []
         for u in units:
             try:
                 out.append(Outcome(u, True, fn(u)))
             except Exception as e:  # a unit's failure is reported, the others still run
                 out.append(Outcome(u, False, error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            if on_done:
+                on_done(out[-1])
         return out
 
 
@@ -60,7 +73,7 @@ class LocalExecutor(Executor):
         self.timeout_min = timeout_min
         self.poll_s = poll_s
 
-    def map(self, fn, units, *, name, log_dir):
+    def map(self, fn, units, *, name, log_dir, on_done=None):
         import submitit
 
         ex = submitit.LocalExecutor(folder=str(Path(log_dir) / "%j"))
@@ -83,6 +96,8 @@ class LocalExecutor(Executor):
                     out[i] = Outcome(
                         units[i], False, error=f"{type(e).__name__}: {e}", log=str(job.paths.stderr)
                     )
+                if on_done:
+                    on_done(out[i])
             if len(still) == len(running) and running:
                 time.sleep(self.poll_s)
             running = still

@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from kun_hpc.cluster.executors import Executor
+from kun_hpc.cluster.executors import Executor, OnDone
+from kun_hpc.cluster.progress import stage_bars
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.stages.base import marker_path, read_marker
 
@@ -91,20 +92,31 @@ def run_phases(phases: Sequence[Phase], executor: Executor, log_root: Path) -> l
     Raises :class:`PhaseFailed` naming the failed units (and their logs) at the first phase that failed.
     """
     out = []
-    for phase in phases:
-        todo = [u for u in phase.units if not is_phase_done(u)]
-        if todo:
-            outcomes = executor.map(run_phase_unit, todo, name=phase.name, log_dir=log_root / phase.name)
-            failed = [o for o in outcomes if not o.ok]
-            if failed:
-                lines = [
-                    f"  {o.unit.name}: {o.error.strip().splitlines()[0] if o.error.strip() else 'failed'}"
-                    + (f" (log: {o.log})" if o.log else "")
-                    for o in failed
-                ]
-                raise PhaseFailed(
-                    f"phase {phase.name}: {len(failed)} of {len(todo)} units failed; the phases after it "
-                    "did not run (run again to resume):\n" + "\n".join(lines)
-                )
-        out.append([read_marker(u.run_dir, u.phase, u.name) for u in phase.units])
+    todos = [[u for u in phase.units if not is_phase_done(u)] for phase in phases]
+    # Slurm waits are followed by `run --wait` / `status --watch`, not by these bars
+    bars_on = executor.kind != "slurm"
+    with stage_bars({p.name: len(t) for p, t in zip(phases, todos, strict=True)}, bars_on) as bars:
+        for phase, todo in zip(phases, todos, strict=True):
+            out.append(_run_phase(phase, todo, executor, log_root, bars.on_done(phase.name)))
     return out
+
+
+def _run_phase(
+    phase: Phase, todo: list[PhaseUnit], executor: Executor, log_root: Path, on_done: OnDone
+) -> list[dict]:
+    if todo:
+        outcomes = executor.map(
+            run_phase_unit, todo, name=phase.name, log_dir=log_root / phase.name, on_done=on_done
+        )
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            lines = [
+                f"  {o.unit.name}: {o.error.strip().splitlines()[0] if o.error.strip() else 'failed'}"
+                + (f" (log: {o.log})" if o.log else "")
+                for o in failed
+            ]
+            raise PhaseFailed(
+                f"phase {phase.name}: {len(failed)} of {len(todo)} units failed; the phases after it "
+                "did not run (run again to resume):\n" + "\n".join(lines)
+            )
+    return [read_marker(u.run_dir, u.phase, u.name) for u in phase.units]

@@ -164,8 +164,8 @@ class SlurmExecutor(Executor):
             record_submission(self.run_dir, entry)
         return entries
 
-    def map(self, fn, units, *, name, log_dir):
-        """Blocking map (shard, reshard): submit arrays, wait for them, report each unit."""
+    def map(self, fn, units, *, name, log_dir, on_done=None):
+        """Blocking map (shard, reshard, dedup phases): submit arrays, wait for them, report each unit."""
         if not units:
             return []
         entries = self.submit(fn, units, stage=name.split()[0], log_dir=Path(log_dir))
@@ -189,6 +189,8 @@ class SlurmExecutor(Executor):
                     out.append(
                         Outcome(unit, False, error=f"job {job} {state}\n{err}", log=str(job_obj.paths.stderr))
                     )
+                if on_done:
+                    on_done(out[-1])
         return out
 
 
