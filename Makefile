@@ -22,11 +22,13 @@ setup: $(STAMP)
 
 # The whole cycle with tiny models: base model, Label and Primary Chat training on the seed sample, then
 # shard -> dedup -> filter -> label -> point -> answer -> rules -> merge (configs/demo.yaml).
+# DEMO_ARGS: key=value overrides for all three kun-hpc commands (tests run a smaller demo this way).
+DEMO_ARGS ?=
 demo: setup
 	$(BIN)/python tools/make_tiny_model.py --out models/tiny-qwen2
-	$(BIN)/kun-hpc train label configs/demo.yaml
-	$(BIN)/kun-hpc train chat configs/demo.yaml
-	$(BIN)/kun-hpc run configs/demo.yaml
+	$(BIN)/kun-hpc train label configs/demo.yaml $(DEMO_ARGS)
+	$(BIN)/kun-hpc train chat configs/demo.yaml $(DEMO_ARGS)
+	$(BIN)/kun-hpc run configs/demo.yaml $(DEMO_ARGS)
 
 # The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply.
 test: setup
