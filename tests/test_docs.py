@@ -1,0 +1,77 @@
+"""The docs stay true to the code: the config reference is current, every `kun-hpc` command line the docs show
+names a real command with real flags, and the README links every doc."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+
+import pytest
+
+from kun_hpc import cli
+from tests.conftest import REPO
+from tools import render_config_reference
+
+DOCS = sorted((REPO / "docs").glob("*.md"))
+README = REPO / "README.md"
+COMMAND = re.compile(r"kun-hpc ([a-z][a-z-]*)(?=[\s`]|$)")
+
+
+def command_lines(text: str) -> list[str]:
+    """`kun-hpc ...` as the docs show it to be typed: inline code spans, and lines of fenced blocks that start
+    with it (after an optional `$ `). Table titles and messages (`kun-hpc run: ...`) are not commands."""
+    lines = re.findall(r"`(kun-hpc [^`]+)`", text)
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M):
+        typed = (ln.removeprefix("$ ") for ln in block.splitlines())
+        lines += [ln for ln in typed if ln.startswith("kun-hpc ")]
+    return [ln for ln in lines if COMMAND.match(ln)]
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_the_config_reference_is_current():
+    doc = render_config_reference.DOC.read_text()
+    assert render_config_reference.updated(doc) == doc, "run python tools/render_config_reference.py"
+
+
+def test_the_config_reference_names_every_key():
+    doc = render_config_reference.DOC.read_text()
+    keys = ("run.dir", "executor.slurm.max_array_size", "corpora[i].paths", "label.engine.model",
+            "point.sampling.stop", "train.fsdp.sharding", "dedup.normalize.t2s")  # fmt: skip
+    for key in keys:
+        assert f"| `{key}` |" in doc
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)
+def test_every_command_line_in_the_docs_parses(path):
+    parsers = subparsers()
+    assert set(parsers) == {*cli.COMMANDS, "inspect"}
+    for line in command_lines(path.read_text()):
+        name = COMMAND.match(line).group(1)
+        assert name in parsers, f"{path.name}: `{line}` names no kun-hpc command"
+        known = {s for a in parsers[name]._actions for s in a.option_strings}
+        try:
+            words = shlex.split(line.rstrip("\\ "))
+        except ValueError:  # an unbalanced quote continued on the next line
+            words = line.split()
+        words = [w.strip("[]") for w in words]  # usage lines: [--wait]
+        flags = {w.split("=")[0] for w in words if re.fullmatch(r"--?[a-z][a-z-]*(=.*)?", w)}
+        assert flags <= known, f"{path.name}: `{line}` uses {sorted(flags - known)}, not options of {name}"
+
+
+def test_the_checker_sees_commands_and_skips_messages():
+    text = (
+        "Run `kun-hpc status --watch` or\n```\n$ kun-hpc run --wait configs/x.yaml\n"
+        "kun-hpc run: pending units\n        kun-hpc funnel (done units)\n```\n"
+    )
+    assert command_lines(text) == ["kun-hpc status --watch", "kun-hpc run --wait configs/x.yaml"]
+
+
+def test_the_readme_links_every_doc():
+    readme = README.read_text()
+    missing = [p.name for p in DOCS if f"docs/{p.name}" not in readme]
+    assert not missing, f"README.md does not link {missing}"
