@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [f"merge.{o}" if o.startswith("allow_partial=") else o for o in overrides]
     try:
         cfg = config_mod.load(preset, overrides)
-        cfg.run.dir = str(Path(cfg.run.dir).resolve())
     except config_mod.ConfigError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 2
@@ -89,8 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     except BadInputError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, RuntimeError, config_mod.ConfigError) as e:
+    except config_mod.ConfigError as e:  # found while running (a model folder, a tokenizer, ...)
         print(f"kun-hpc: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"kun-hpc: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # a bad file or value met while running: a message, not a traceback
+        print(f"kun-hpc: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
 
@@ -126,8 +131,9 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
     from kun_hpc.cluster.dag import run_grid
     from kun_hpc.cluster.grid import plan_grid
     from kun_hpc.cluster.status import print_funnel, print_status, unit_statuses
-    from kun_hpc.pipeline import stage_class
+    from kun_hpc.pipeline import check_model_folders, stage_class
 
+    check_model_folders(cfg)
     run_dir = _start(cfg, "run")
     executor = make_executor(cfg)
     _shard_step(cfg, executor, run_dir)

@@ -286,6 +286,9 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
             for item in overrides:
                 key, _, value = item.partition("=")
                 OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
+        # an absolute run dir before anything is resolved from it: the saved config of a run then names the
+        # same folders from any working directory
+        cfg.run.dir = str(Path(OmegaConf.select(cfg, "run.dir")).expanduser().resolve())
         OmegaConf.resolve(cfg)
         _fill_template_hashes(cfg)
     except OmegaConfBaseException as e:

@@ -83,3 +83,18 @@ def stage_dir(cfg: DictConfig, stage: str) -> Path:
 def dedup_raw_dir(cfg: DictConfig) -> Path:
     """Where ``dedup.raw`` writes the deduplicated shards that the first stage then reads."""
     return Path(cfg.run.dir) / "dedup_raw"
+
+
+def check_model_folders(cfg: DictConfig) -> None:
+    """Before submitting: every LLM stage's model is a local model folder (a typo would otherwise fail each
+    of the stage's tasks, on Slurm after each was given its GPUs)."""
+    for name in cfg.pipeline.stages:
+        key = stage_key(name)
+        if key not in config_mod.LLM_STAGES:
+            continue
+        path = config_mod.find_file(cfg[key].engine.model)
+        if not (path / "config.json").is_file():
+            raise config_mod.ConfigError(
+                f"config key '{key}.engine.model': {path} is not a local model folder (no config.json); "
+                "models load from local folders only"
+            )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,8 @@ def test_defaults_come_from_the_embedded_preset():
     cfg = config.load()
     assert [c.name for c in cfg.corpora] == ["wudao", "wanjuan", "skypile"]
     assert cfg.executor.kind == "local"
-    assert cfg.shard.output == "runs/default/shards"  # interpolations are resolved
+    # interpolations are resolved, from an absolute run dir
+    assert cfg.shard.output == str(Path.cwd().resolve() / "runs" / "default" / "shards")
 
 
 def test_overrides_reach_list_items_and_nested_keys(tmp_path):

@@ -721,3 +721,12 @@ def test_units_group_shards_and_load_the_model_once(tmp_path, tiny_model):
     marker = run_unit(units["label"][0], stage)
     assert loads == [1] and stage.engine is None  # loaded once for the unit's two shards, freed at the end
     assert marker["in"] == 40 and [s["in"] for s in marker["shards"]] == [20, 20]
+
+
+def test_run_refuses_a_missing_model_folder_before_submitting(tmp_path, tiny_model, capsys):
+    preset = write_preset(tmp_path, tiny_model, "transformers", 4)
+    run = tmp_path / "run"
+    code = cli.main(["run", str(preset), f"run.dir={run}", f"point.engine.model={tmp_path / 'no-such-model'}"])
+    assert code == 2
+    assert "config key 'point.engine.model'" in capsys.readouterr().err
+    assert not run.exists()  # nothing was sharded or submitted

@@ -58,8 +58,8 @@ class PromptTemplate:
         if expected_sha256 and template.sha256 != expected_sha256:
             raise RuntimeError(
                 f"prompt template {path} changed after this run was configured (sha256 "
-                f"{template.sha256[:16]}, configured {expected_sha256[:16]}): run `kun-hpc run` again to "
-                "re-plan with the new template"
+                f"{template.sha256[:16]}, configured {expected_sha256[:16]}): run `kun-hpc run` again with "
+                "your preset (a run folder keeps the hash it was run with) to re-plan with the new template"
             )
         missing = [f"{{{f}}}" for f in needs if f not in template.fields]
         extra = [f"{{{f}}}" for f in sorted(template.fields - set(needs))]
