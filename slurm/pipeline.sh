@@ -7,7 +7,7 @@
 # POINT_MODEL   the chat model folder that judges instructions (Yi-34B/6B chat, or `kun-hpc train chat`'s)
 # ANSWER_MODEL  the chat model folder that writes answers (often the same as POINT_MODEL)
 # DATA_PATH     the corpus: a file, a folder or a glob
-# OUTPUT_PATH   the run folder: shards, every stage's output (stages/rules/ holds the final pairs), logs
+# OUTPUT_PATH   the run folder: shards, every stage's output, logs, and the dataset in merge/dataset/
 # key=value     more overrides for `kun-hpc run`, after (so winning over) the ones made here
 #
 # Variables: KUN_PROFILE      cluster profile (default configs/profiles/a100-34b.yaml; see docs/configs.md)

@@ -9,7 +9,7 @@
 
 A run whose last stage makes answers (``answer``, ``rules``) becomes an instruction dataset: ``instruction``,
 ``output`` (the stage's ``answer``), ``id``, ``corpus``, ``score``, ``verdict``, ``ppl`` and ``prov``. Any
-other run (no stage, or ``filter`` last, as ``configs/demo.yaml``) becomes a text dataset with ``text`` in
+other run (no stage, or ``filter`` last) becomes a text dataset with ``text`` in
 place of the pair, deduplicated by text. Records carry every upstream stage's fields and ``prov`` entries,
 so the last stage's record already is the join of the stage outputs by id. ``prov`` is stored as a JSON
 string: its shape differs between stages and runs, and one string column loads the same from every shard.

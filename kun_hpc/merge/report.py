@@ -154,7 +154,7 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
     by_corpus = [
         [r["step"], *[f"{r['by_corpus'].get(c, {}).get('out', 0):,}" for c in corpora]] for r in rows
     ]
-    md = [f"# Merge report: {cfg.run.name}", "", f"Dataset: {ds['rows']:,} {ds['kind']} records in "
+    md = [f"# Merge report: {cfg.run.name}", "", f"Dataset: {ds['rows']:,} records ({ds['kind']}) in "
           f"{ds['shards']} shards ({result.dataset}).", ""]  # fmt: skip
     if result.inputs.missing:
         md += [f"**Partial merge** (allow_partial): {len(result.inputs.missing)} units missing: "
@@ -164,7 +164,7 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
     md += [f"![{p}]({p})" for p in plots]
     atomic_write_bytes(folder / "report.md", ("\n".join(md) + "\n").encode())
     body = [f"<h1>Merge report: {html.escape(cfg.run.name)}</h1>",
-            f"<p>Dataset: {ds['rows']:,} {ds['kind']} records in {ds['shards']} shards.</p>"]  # fmt: skip
+            f"<p>Dataset: {ds['rows']:,} records ({ds['kind']}) in {ds['shards']} shards.</p>"]  # fmt: skip
     if result.inputs.missing:
         body.append(f"<p><b>Partial merge</b>: missing {html.escape(', '.join(result.inputs.missing))}</p>")
     body += ["<h2>Funnel</h2>", _html_table(header, table), "<h2>Records out by corpus</h2>"]
