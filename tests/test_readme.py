@@ -58,6 +58,11 @@ def small_sample(dest: Path, n: int) -> dict[str, Path]:
 @pytest.mark.skipif(not CAN_RUN, reason="needs make and this checkout's .venv (make setup)")
 def test_make_demo_from_a_clean_clone(tmp_path):
     assert quick_start_commands() == ["make demo", "make test"]
+    # the stamp `make setup` leaves for this pyproject.toml: without it the clone's `make demo` would install
+    # (and point this checkout's editable install at the clone)
+    cksum = subprocess.run(["cksum"], input=(REPO / "pyproject.toml").read_bytes(), capture_output=True)
+    stamp = REPO / ".venv" / f".installed-{cksum.stdout.split()[0].decode()}"
+    assert stamp.is_file(), f"{stamp.name} missing: this checkout's .venv predates pyproject.toml; make setup"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     (clone / ".venv").symlink_to(REPO / ".venv")
