@@ -71,7 +71,7 @@ def test_make_demo_from_a_clean_clone(tmp_path):
     args = [
         f"run.dir={run}",
         *(f"corpora.{i}.paths=[{corpora[name]}]" for i, name in enumerate(("wudao", "wanjuan", "skypile"))),
-        "train.max_steps=4",
+        "train.max_steps=20",
         "shard.records_per_shard=100",
     ]
     env = {**os.environ, "PYTHONPATH": str(clone), "DEMO_ARGS": " ".join(args)}
