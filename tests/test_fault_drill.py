@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,12 +27,11 @@ from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.cluster.slurm import read_registry
 from kun_hpc.cluster.status import unit_statuses
 from kun_hpc.io.shards import list_shards, read_manifest, read_shard
-from kun_hpc.stages.base import committed_chunks, read_marker
-from tests.conftest import REPO
+from kun_hpc.stages import base
+from kun_hpc.stages.base import committed_chunks, read_marker, run_unit
+from tests.conftest import REPO, sample_overrides
 from tests.test_kun_stages import CHAIN, GREEDY, _sample_lines, check_accounting, write_preset
 from tests.test_slurm import _array_task
-
-pytestmark = pytest.mark.slurm
 
 SEED = 8
 RECORDS_PER_FILE = 24  # two input files -> 4 shards of <= 12 records -> 4 units per stage
@@ -224,6 +224,7 @@ def cluster():
     subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)
 
 
+@pytest.mark.slurm
 def test_fault_drill_ends_with_the_clean_runs_dataset(cluster, tiny_model, tmp_path, capsys):
     preset = drill_preset(tmp_path, tiny_model)
     clean = tmp_path / "clean"
@@ -306,3 +307,40 @@ def test_fault_drill_ends_with_the_clean_runs_dataset(cluster, tiny_model, tmp_p
     assert dataset_rows(clean), "the clean run kept no record: the comparison would prove nothing"
     assert funnel(run) == funnel(clean)
     assert funnel(run)[0]["quarantined"] == {"invalid_json": 1}  # counted once, at the shard step
+
+
+def test_a_kill_while_the_chunks_are_deleted_cannot_truncate_the_shard(tmp_path, monkeypatch):
+    """A unit killed after writing its shard, while deleting its chunk folder, must not resume from the
+    chunks that are left: their commit points would stand for records whose files are gone. Found by the
+    drill's review of run_shard_task; the kill is emulated by an rmtree that dies after one file."""
+    args = sample_overrides(
+        tmp_path / "run",
+        "executor.kind=inline",
+        "shard.records_per_shard=2000",
+        "pipeline.stages=[tests.stages_for_tests:Tag]",
+        "pipeline.chunk_records=100",
+    )
+    assert cli.main(["shard", *args]) == 0
+    (unit,) = [u for u in plan_grid(config.load(None, args)).units["tag"] if "/skypile/" in u.shards[0].input]
+    shard = unit.shards[0]  # the SkyPile sample: 1004 records in one shard, 11 chunks
+
+    rmtree = shutil.rmtree
+
+    def killed_mid_delete(path, *a, **kw):
+        victim = Path(path) / "chunk-00003.out.zst"
+        if not victim.exists():
+            return rmtree(path, *a, **kw)
+        victim.unlink()  # one file gone, then the process dies
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(base.shutil, "rmtree", killed_mid_delete)
+        with pytest.raises(SystemExit):
+            run_unit(unit)
+    marker = run_unit(unit)
+    kept = sum(1 for _ in read_shard(shard.output))
+    rejected = sum(1 for _ in read_shard(shard.rejected))
+    assert (marker["out"], sum(marker["rejected"].values())) == (kept, rejected)
+    assert kept + rejected == marker["in"] == 1004
+    assert marker["shards"][0]["resumed_at_chunk"] == 0  # no chunk folder: redone from the first line
+    assert not list(Path(shard.output).parent.glob("*.chunks*"))
