@@ -303,7 +303,13 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
     nbytes, sha = _concat(parts, task.output)
     _concat(sorted(folder.glob("chunk-*.rejected.zst")), task.rejected)
     _concat(sorted(folder.glob("chunk-*.quarantine.zst")), task.quarantine)
-    shutil.rmtree(folder)
+    # Renamed first, in one step: a kill while deleting must not leave commit points whose record files
+    # are gone (a restart would concatenate what is left over the complete shard). Without the folder,
+    # a restart redoes the shard from its first line.
+    trash = folder.with_name(folder.name + ".delete")
+    shutil.rmtree(trash, ignore_errors=True)
+    folder.rename(trash)
+    shutil.rmtree(trash)
     total: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
     units = {"made": 0, "out": 0, "rejected": Counter()}
     for c in chunks:
