@@ -726,7 +726,8 @@ def test_units_group_shards_and_load_the_model_once(tmp_path, tiny_model):
 def test_run_refuses_a_missing_model_folder_before_submitting(tmp_path, tiny_model, capsys):
     preset = write_preset(tmp_path, tiny_model, "transformers", 4)
     run = tmp_path / "run"
-    code = cli.main(["run", str(preset), f"run.dir={run}", f"point.engine.model={tmp_path / 'no-such-model'}"])
+    missing = tmp_path / "no-such-model"
+    code = cli.main(["run", str(preset), f"run.dir={run}", f"point.engine.model={missing}"])
     assert code == 2
     assert "config key 'point.engine.model'" in capsys.readouterr().err
     assert not run.exists()  # nothing was sharded or submitted
