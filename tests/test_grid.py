@@ -84,5 +84,5 @@ def test_a_failing_unit_skips_its_chain_and_the_rerun_finishes_it(tmp_path, caps
 
 
 def test_an_unknown_stage_is_a_config_error(tmp_path, capsys):
-    assert cli.main(["run", *args(tmp_path, "pipeline.stages=[nope]")]) == 1
+    assert cli.main(["run", *args(tmp_path, "pipeline.stages=[nope]")]) == 2
     assert "unknown stage 'nope'" in capsys.readouterr().err

@@ -66,6 +66,8 @@ def test_make_demo_from_a_clean_clone(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     (clone / ".venv").symlink_to(REPO / ".venv")
+    # make compares times: the fresh clone's pyproject.toml must not look newer than the install stamp
+    os.utime(clone / "pyproject.toml", (stamp.stat().st_mtime - 60,) * 2)
     corpora = small_sample(tmp_path / "data", 40)
     run = tmp_path / "run"
     args = [
