@@ -75,6 +75,7 @@ def test_make_demo_from_a_clean_clone(tmp_path):
         *(f"corpora.{i}.paths=[{corpora[name]}]" for i, name in enumerate(("wudao", "wanjuan", "skypile"))),
         "train.max_steps=20",
         "shard.records_per_shard=100",
+        "pipeline.shards_per_task=3",  # one unit a stage: one model load each
     ]
     env = {**os.environ, "PYTHONPATH": str(clone), "DEMO_ARGS": " ".join(args)}
     done = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
