@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,21 @@ def tiny_model(tmp_path_factory) -> Path:
     if (repo_model / make_tiny_model.FINGERPRINT_FILE).is_file():
         return make_tiny_model.ensure_tiny_model(repo_model)
     return make_tiny_model.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2")
+
+
+# What tests give the Slurm executor on the sandbox (small jobs, one 2-CPU task each).
+SLURM_RUN_ARGS = (
+    "executor.kind=slurm",
+    "executor.slurm.time_min=10",
+    "executor.slurm.mem_gb=3",
+    "executor.slurm.cpus_per_task=2",
+)
+
+
+def start_sandbox() -> None:
+    """Point the Slurm clients at the sandbox cluster and start it if it is not running. start.sh is
+    idempotent; it gets the MaxArraySize `make test` starts the cluster with (4), so that it never restarts
+    a running cluster under other tests' jobs."""
+    os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
+    env = {**os.environ, "SLURM_MAX_ARRAY_SIZE": os.environ.get("SLURM_MAX_ARRAY_SIZE", "4")}
+    subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from kun_hpc.merge.dedup import dedup_phases, make_job, settings_of
 from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.raw import run_dedup_raw
 from kun_hpc.stages.shard import run_shard
-from tests.conftest import REPO, sample_overrides
+from tests.conftest import REPO, sample_overrides, start_sandbox
 
 
 def sample_cfg(run: Path, *extra: str):
@@ -247,8 +246,7 @@ def test_minhash_signatures_do_not_depend_on_batching(planted):
 # --------------------------------------------------------------------------------------------- slurm
 @pytest.mark.slurm
 def test_raw_dedup_on_slurm_matches_the_local_run(sample_run, tmp_path):
-    os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
-    subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], check=True, capture_output=True)
+    start_sandbox()
     os.environ["PYTHONPATH"] = str(REPO)
     slurm_args = ("executor.kind=slurm", "executor.poll_interval_s=1", "executor.slurm.mem_gb=0.5",
                   "executor.slurm.time_min=10", "dedup.partitions=3", "dedup.shards_per_task=2")  # fmt: skip

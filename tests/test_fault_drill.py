@@ -29,7 +29,7 @@ from kun_hpc.cluster.status import unit_statuses
 from kun_hpc.io.shards import list_shards, read_manifest, read_shard
 from kun_hpc.stages import base
 from kun_hpc.stages.base import committed_chunks, read_marker, run_unit
-from tests.conftest import REPO, sample_overrides
+from tests.conftest import SLURM_RUN_ARGS, sample_overrides, start_sandbox
 from tests.test_kun_stages import CHAIN, GREEDY, _sample_lines, check_accounting, write_preset
 from tests.test_slurm import _array_task
 
@@ -219,9 +219,7 @@ def worker_pids(task: str) -> list[int]:
 # ------------------------------------------------------------------------------------------------ test
 @pytest.fixture(scope="module")
 def cluster():
-    os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
-    env = {**os.environ, "SLURM_MAX_ARRAY_SIZE": "4"}  # the knob `make test` starts it with: no restart
-    subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)
+    start_sandbox()
 
 
 @pytest.mark.slurm
@@ -232,15 +230,7 @@ def test_fault_drill_ends_with_the_clean_runs_dataset(cluster, tiny_model, tmp_p
     check_quarantine(clean)
 
     run = tmp_path / "drill"
-    args = [
-        str(preset),
-        f"run.dir={run}",
-        *GREEDY,
-        "executor.kind=slurm",
-        "executor.slurm.time_min=10",
-        "executor.slurm.mem_gb=3",
-        "executor.slurm.cpus_per_task=2",
-    ]
+    args = [str(preset), f"run.dir={run}", *GREEDY, *SLURM_RUN_ARGS]
     assert cli.main(["run", *args]) == 0  # shards, submits the chained arrays, returns
     drill = Drill(run, random.Random(SEED))
     drill.run_faults()

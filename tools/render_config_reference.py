@@ -10,7 +10,6 @@ comment at the end of its line(s); a section's intro is its dataclass docstring.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from omegaconf import OmegaConf  # noqa: E402
 
 from kun_hpc import config  # noqa: E402
+from tools import doc_block  # noqa: E402
 
 DOC = REPO / "docs" / "config-reference.md"
 BEGIN, END = "<!-- REFERENCE BEGIN (tools/render_config_reference.py) -->", "<!-- REFERENCE END -->"
@@ -131,26 +131,8 @@ def render() -> str:
 
 
 def updated(doc: str) -> str:
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{render()}{END}{tail}"
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help=f"exit 1 when {DOC.name} is not current")
-    args = ap.parse_args()
-    doc = DOC.read_text()
-    new = updated(doc)
-    if args.check:
-        if new != doc:
-            print(f"{DOC} is not current: run python tools/render_config_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    print(f"wrote {DOC}")
-    return 0
+    return doc_block.replace_block(doc, BEGIN, END, render())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(doc_block.main(DOC, updated, "tools/render_config_reference.py", __doc__.splitlines()[0]))

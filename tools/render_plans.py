@@ -10,7 +10,6 @@ paths and Slurm's default MaxArraySize (1001), away from any cluster.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -21,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from kun_hpc import config  # noqa: E402
 from kun_hpc.cluster.plan import plan, print_plan  # noqa: E402
+from tools import doc_block  # noqa: E402
 
 DOC = REPO / "docs" / "configs.md"
 BEGIN, END = "<!-- PLANS BEGIN (tools/render_plans.py) -->", "<!-- PLANS END -->"
@@ -66,26 +66,8 @@ def render() -> str:
 
 
 def updated(doc: str) -> str:
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{render()}{END}{tail}"
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 when docs/configs.md is not current")
-    args = ap.parse_args()
-    doc = DOC.read_text()
-    new = updated(doc)
-    if args.check:
-        if new != doc:
-            print(f"{DOC} is not current: run python tools/render_plans.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    print(f"wrote {DOC}")
-    return 0
+    return doc_block.replace_block(doc, BEGIN, END, render())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(doc_block.main(DOC, updated, "tools/render_plans.py", __doc__.splitlines()[0]))
