@@ -300,3 +300,15 @@ def test_sizing_counts_real_parameters_and_orders_strategies(tiny_model):
     assert ddp.state_gib > zero2.state_gib > zero3.state_gib
     assert zero3.state_gib == pytest.approx((YI_34B.params + 4 * YI_34B.layer_params) / 2**30, abs=0.01)
     assert ddp.gpu_hours == zero3.gpu_hours > 0
+
+
+def test_slurm_training_ends_instead_of_hanging_and_rendezvous_outside_ephemeral_ports(tmp_path):
+    from kun_hpc.train.launch import master_port, slurm_parameters
+
+    cfg = config.load(REPO / "configs" / "train-tiny.yaml", [f"run.dir={tmp_path}", "train.tasks_per_node=2"])
+    params = slurm_parameters(cfg)
+    assert "--kill-on-bad-exit=1" in params["srun_args"]  # a rank that dies ends the step
+    assert params["ntasks_per_node"] == 2
+    ports = {master_port(str(j)) for j in (1, 397, 17_999, 10**9 + 7)}
+    assert all(15000 <= p < 30000 for p in ports) and len(ports) == 4  # below 32768: not an ephemeral port
+    assert master_port("397_3") == master_port("397")  # every task of a job agrees

@@ -130,7 +130,15 @@ class TrainTask(submitit.helpers.Checkpointable):
 
         # Slurm's view wins over variables inherited from the submitting shell (sbatch exports its env)
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        os.environ["MASTER_PORT"] = str(master_port(os.environ.get("SLURM_JOB_ID", "0")))
         return train(load_saved(Path(config_path).parent))
+
+
+def master_port(job_id: str) -> int:
+    """The rendezvous port, the same on every node of a job: from the job id, in 15000-29999. submitit's
+    own choice lies in Linux's ephemeral range (32768-60999), where any outgoing connection on the node
+    may hold it (EADDRINUSE at rank 0, the other ranks waiting on it)."""
+    return 15000 + int(job_id.split("_")[0] or 0) % 15000
 
 
 def slurm_parameters(cfg: DictConfig) -> dict[str, Any]:
@@ -141,6 +149,7 @@ def slurm_parameters(cfg: DictConfig) -> dict[str, Any]:
     params.pop("array_parallelism", None)
     params["additional_parameters"].pop("kill-on-invalid-dep", None)
     params.update(nodes=int(t.nodes), ntasks_per_node=int(t.tasks_per_node))
+    params["srun_args"] = ["--kill-on-bad-exit=1"]  # one rank failing ends the step, not a hang
     return params
 
 

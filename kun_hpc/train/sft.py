@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -92,7 +93,10 @@ def init_dist(mode: str) -> Dist:
     elif "OMP_NUM_THREADS" not in os.environ:  # processes of a node share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.local_world))
     if d.on and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if d.device.type == "cuda" else "gloo")
+        # a bounded wait: a rank whose peer died at start fails instead of waiting the default 30 min
+        torch.distributed.init_process_group(
+            "nccl" if d.device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10)
+        )
     return d
 
 
