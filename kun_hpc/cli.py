@@ -65,8 +65,20 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Flags may come anywhere (``run CONFIG --wait key=value``): argparse stops filling a ``nargs="*"``
+    positional at the first flag, so the overrides after it are gathered here."""
+    parser = _parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(ns, "args") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        ns.args = [*ns.args, *extra]
+    return ns
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    ns = parse(argv)
     if ns.command == "inspect":
         from kun_hpc.inspect_run import main as inspect_main
 

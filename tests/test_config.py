@@ -86,3 +86,13 @@ def test_include_loops_and_missing_includes_are_named(tmp_path):
     (tmp_path / "c.yaml").write_text("include: [nowhere.yaml]\n")
     with pytest.raises(config.ConfigError, match=r"nowhere\.yaml"):
         config.load(tmp_path / "c.yaml")
+
+
+def test_flags_may_come_before_or_after_the_overrides():
+    want = ["configs/demo.yaml", "a=1", "b=2"]
+    for argv in (["run", "--wait", *want], ["run", "configs/demo.yaml", "--wait", "a=1", "b=2"],
+                 ["run", *want, "--wait"]):  # fmt: skip
+        ns = cli.parse(argv)
+        assert ns.wait and ns.args == want, argv
+    with pytest.raises(SystemExit):
+        cli.parse(["run", "configs/demo.yaml", "--no-such-flag", "a=1"])
