@@ -308,6 +308,14 @@ class Engine(ABC):
                 todo.append(i)
         return ids, seeds, out, todo
 
+    def _prepare_scoring(self, prompts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """Shared start of ``next_token_logprobs``: token ids, and the indices of the prompts that leave room
+        for one more token (the others get ``None``)."""
+        ids = self.encode(check_prompts(prompts))
+        if any(not x for x in ids):
+            raise ValueError("empty prompt: nothing to score")
+        return ids, [i for i, x in enumerate(ids) if len(x) < self._max_len]
+
     def __enter__(self) -> Engine:
         return self
 

@@ -109,13 +109,10 @@ class HFEngine(Engine):
     def next_token_logprobs(
         self, prompts: Sequence[str], token_ids: Sequence[int]
     ) -> list[list[float] | None]:
-        prompts = check_prompts(prompts)
-        ids = self.encode(prompts)
-        if any(not x for x in ids):
-            raise ValueError("empty prompt: nothing to score")
+        ids, todo = self._prepare_scoring(prompts)
         wanted = torch.tensor([int(t) for t in token_ids], dtype=torch.long)
         out: list[list[float] | None] = [None] * len(ids)
-        for batch in self._batches([i for i, x in enumerate(ids) if len(x) < self._max_len], ids):
+        for batch in self._batches(todo, ids):
             input_ids, mask = self._left_pad([ids[i] for i in batch])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(

@@ -230,13 +230,9 @@ class VLLMEngine(Engine):
     ) -> list[list[float] | None]:
         from vllm import SamplingParams
 
-        prompts = check_prompts(prompts)
-        ids = self.encode(prompts)
-        if any(not x for x in ids):
-            raise ValueError("empty prompt: nothing to score")
+        ids, todo = self._prepare_scoring(prompts)
         wanted = [int(t) for t in token_ids]
         out: list[list[float] | None] = [None] * len(ids)
-        todo = [i for i, x in enumerate(ids) if len(x) < self._max_len]
         # one decoding step that returns the log-probs of exactly these ids (raw logits, whole-vocabulary
         # softmax); unlike prompt_logprobs it reads the prefix cache, so a shared rubric is computed once
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
