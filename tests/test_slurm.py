@@ -139,9 +139,14 @@ def test_chains_chunk_arrays_cancel_dependents_of_a_failure_and_rerun_only_it(tm
     assert stage_records(run, "upper") == stage_records(clean_run, "upper")
 
 
-def _running_job(run: Path, stage: str, min_chunks: int, timeout: float = 120) -> tuple[str, str]:
-    """Wait until a unit of ``stage`` runs and has committed ``min_chunks`` chunks; return (task, unit)."""
+def _running_job(run: Path, stage: str, min_chunks: int, timeout: float = 120) -> tuple[str, str, int]:
+    """Wait until a unit of ``stage`` runs and has committed ``min_chunks`` chunks; return (task, unit,
+    chunks committed when seen). Polls cheaply so the fault lands soon after the chunks are seen."""
     deadline = time.time() + timeout
+    chunk_dirs = {
+        u.name: Path(u.shards[0].output + ".chunks")
+        for u in plan_grid(config.load(str(run / "config.yaml"))).units[stage]
+    }
     while time.time() < deadline:
         entries = [e for e in read_registry(run) if e["stage"] == stage]
         tasks = {u: t for e in entries for u, t in zip(e["units"], e["tasks"], strict=True)}
@@ -150,21 +155,23 @@ def _running_job(run: Path, stage: str, min_chunks: int, timeout: float = 120) -
                 ["squeue", "-h", "-r", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True
             ).stdout.split()
         )
-        for unit in plan_grid(config.load(str(run / "config.yaml"))).units[stage]:
-            chunks = Path(unit.shards[0].output + ".chunks")
-            if len(list(chunks.glob("chunk-*.json"))) >= min_chunks and tasks.get(unit.name) in running:
-                return tasks[unit.name], unit.name
-        time.sleep(0.5)
+        for unit, chunks in chunk_dirs.items():
+            seen = len(list(chunks.glob("chunk-*.json")))
+            if seen >= min_chunks and tasks.get(unit) in running:
+                return tasks[unit], unit, seen
+        time.sleep(0.2)
     raise AssertionError(f"no {stage} unit got {min_chunks} chunks in {timeout}s")
 
 
 @pytest.mark.parametrize("fault", ["scontrol_requeue", "usr2_timeout", "kill_9"])
 def test_a_unit_interrupted_mid_way_resumes_without_losing_or_duplicating(tmp_path, clean_run, fault):
     run = tmp_path / "run"
-    # 8 chunks of 1.5 s per unit: the signal comes with >= 6 s of work left, more than Slurm's KillWait
-    args = slurm_args(run, STAGES, "pipeline.options.upper.sleep_s=1.5", "executor.slurm.signal_delay_s=30")
+    # 8 chunks of 2.5 s per unit, the fault sent once 2 are committed: ~15 s of work left, three times
+    # Slurm's KillWait (5 s), so a requeue's SIGKILL lands before the unit could finish (submitit ignores
+    # the SIGTERM before it)
+    args = slurm_args(run, STAGES, "pipeline.options.upper.sleep_s=2.5", "executor.slurm.signal_delay_s=30")
     assert cli.main(["run", *args]) == 0  # submit and return
-    job, victim = _running_job(run, "upper", 2)
+    job, victim, committed = _running_job(run, "upper", 2)
     if fault == "scontrol_requeue":
         subprocess.run(["scontrol", "requeue", job], check=True)
     elif fault == "usr2_timeout":  # what Slurm sends --signal seconds before the time limit
@@ -187,7 +194,8 @@ def test_a_unit_interrupted_mid_way_resumes_without_losing_or_duplicating(tmp_pa
     assert stage_records(run, "upper") == stage_records(clean_run, "upper")
     assert stage_records(run, "tag") == stage_records(clean_run, "tag")
     marker = orjson.loads((run / "done" / "upper" / f"{victim}.json").read_bytes())
-    assert marker["shards"][0]["resumed_at_chunk"] >= 2, "the unit should resume after its committed chunks"
+    resumed_at = marker["shards"][0]["resumed_at_chunk"]
+    assert resumed_at >= committed, f"the unit should resume after its {committed} committed chunks"
     if fault != "kill_9":
         assert marker["restarts"] >= 1, "the interrupted unit should have been requeued by Slurm"
 
