@@ -34,10 +34,12 @@ demo: setup
 test: setup
 	SLURM_MAX_ARRAY_SIZE=4 slurm/sandbox/start.sh
 	$(BIN)/ruff check kun_hpc tests tools
+	$(BIN)/ruff format --check kun_hpc tests tools
 	. slurm/sandbox/env.sh && $(BIN)/python -m pytest -q -ra --durations=20
 
 lint: setup
 	$(BIN)/ruff check kun_hpc tests tools
+	$(BIN)/ruff format --check kun_hpc tests tools
 
 sandbox:
 	slurm/sandbox/start.sh

@@ -164,8 +164,11 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
         active = [r for r in unit_statuses(cfg) if r.state in ("running", "pending")]
         if active:  # submitting again would run these units twice
             jobs = " ".join(sorted({r.job.split("_")[0] for r in active}))
-            print(f"kun-hpc run: {len(active)} units of this run are still queued or running (jobs {jobs}); "
-                  "wait for them (kun-hpc status --watch) or kun-hpc cancel, then run again", file=sys.stderr)
+            print(
+                f"kun-hpc run: {len(active)} units of this run are still queued or running (jobs {jobs}); "
+                "wait for them (kun-hpc status --watch) or kun-hpc cancel, then run again",
+                file=sys.stderr,
+            )
             return 1
     submitted = run_grid(cfg, grid, executor)
     pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())

@@ -176,18 +176,38 @@ class RulesConfig:
 
     instruction_rules: list[str] = field(
         default_factory=lambda: [
-            "strip_whitespace", "cut_whitespace_run", "repeated_lines", "not_empty", "instruction_keywords"
+            "strip_whitespace",
+            "cut_whitespace_run",
+            "repeated_lines",
+            "not_empty",
+            "instruction_keywords",
         ]
     )
     answer_rules: list[str] = field(
         default_factory=lambda: [
-            "strip_whitespace", "not_empty", "answer_keywords", "min_chars", "repeated_opening"
+            "strip_whitespace",
+            "not_empty",
+            "answer_keywords",
+            "min_chars",
+            "repeated_opening",
         ]
     )
     instruction_keywords: list[str] = field(
         default_factory=lambda: [
-            "新闻", "材料", "图片", "链接", "网址", "根据", "简历",
-            "简介", "文章", "摘要", "文本", "提取", "关键词", "网站",
+            "新闻",
+            "材料",
+            "图片",
+            "链接",
+            "网址",
+            "根据",
+            "简历",
+            "简介",
+            "文章",
+            "摘要",
+            "文本",
+            "提取",
+            "关键词",
+            "网站",
         ]
     )
     answer_keywords: list[str] = field(default_factory=lambda: ["作为", "根据", "知识库", "2023", "抱歉"])
@@ -410,7 +430,9 @@ def validate_kun(cfg: DictConfig) -> None:
             e.gpu_memory_utilization,
         )
         _check(
-            e.max_model_len is None or e.max_model_len >= 2, f"{key}.engine.max_model_len", "must be >= 2",
+            e.max_model_len is None or e.max_model_len >= 2,
+            f"{key}.engine.max_model_len",
+            "must be >= 2",
             e.max_model_len,
         )
         _check(sp.temperature >= 0, f"{key}.sampling.temperature", "must be >= 0", sp.temperature)

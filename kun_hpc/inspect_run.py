@@ -184,8 +184,11 @@ def render(result: Inspection, max_chars: int = 400, console=None) -> None:
 
     console = console or default_console()
     what = (
-        f"rejected as {result.reason!r}" if result.reason not in (None, ANY)
-        else "rejected" if result.rejected else "kept"
+        f"rejected as {result.reason!r}"
+        if result.reason not in (None, ANY)
+        else "rejected"
+        if result.rejected
+        else "kept"
     )
     where = f", corpus {result.corpus}" if result.corpus else ""
     title = (

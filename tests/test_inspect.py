@@ -22,7 +22,10 @@ LLM = ("label", "point", "answer")
 def filter_run(tmp_path_factory, tiny_model) -> Path:
     run = tmp_path_factory.mktemp("inspect") / "filter run"
     args = sample_overrides(
-        run, "executor.kind=inline", "pipeline.stages=[filter]", f"filter.tokenizer={tiny_model}",
+        run,
+        "executor.kind=inline",
+        "pipeline.stages=[filter]",
+        f"filter.tokenizer={tiny_model}",
         "shard.records_per_shard=500",
     )
     assert cli.main(["run", *args]) == 0

@@ -253,15 +253,26 @@ def test_prompts_are_byte_exact_with_the_reference():
         for k, need in needs.items()
     }
     assert templates["label"].render(text=text) == (
-        "<|im_start|>user" + "请直接告诉我，以下回复最有可能对应的指令是什么：" + "\n" + text
+        "<|im_start|>user"
+        + "请直接告诉我，以下回复最有可能对应的指令是什么："
+        + "\n"
+        + text
         + "<|im_end|>\n<|im_start|>assistant\n"
     )
     assert templates["point"].render(instruction=instruction) == (
-        "<|im_start|>user" + KUN_RUBRIC + "\n指令: 【" + instruction + "】 回复："
+        "<|im_start|>user"
+        + KUN_RUBRIC
+        + "\n指令: 【"
+        + instruction
+        + "】 回复："
         + "<|im_end|>\n<|im_start|>assistant\n"
     )
     assert templates["answer"].render(text=text, instruction=instruction) == (
-        "<|im_start|>user 已知：" + "\n" + text + ",请回答:" + instruction
+        "<|im_start|>user 已知："
+        + "\n"
+        + text
+        + ",请回答:"
+        + instruction
         + "<|im_end|>\n<|im_start|>assistant\n"
     )
     # the rubric: strict for 好, lenient for 差, with examples of both
@@ -332,8 +343,15 @@ def test_point_reference_verdicts_and_bad_output_are_rejections(hf):
     assert out[7] == {**batch[7], "verdict": "好"}  # point.reject_truncated is off: a long judgement counts
     reasons = [o.reason if isinstance(o, Rejected) else "kept" for o in out]
     assert reasons == [
-        "kept", "verdict_bad", "verdict_both", "verdict_unparseable", "empty_output", "invalid_utf8",
-        "prompt_too_long", "kept", "missing_field",
+        "kept",
+        "verdict_bad",
+        "verdict_both",
+        "verdict_unparseable",
+        "empty_output",
+        "invalid_utf8",
+        "prompt_too_long",
+        "kept",
+        "missing_field",
     ]
     assert out[1].record["verdict"] == "差" and out[3].record["verdict"] == "unparseable"
     # one engine call per chunk, longest prompt first, each with its record's own seed
@@ -376,7 +394,7 @@ def test_answer_cuts_the_instruction_by_tokens_to_fit_512(hf, texts):
     text = max(texts, key=len)
     n_text = len(hf.encode([stage.template.render(text=text, instruction="")])[0])
     assert 200 < n_text < 480
-    instruction = "".join(texts)[: 3000]  # far too long: must be cut
+    instruction = "".join(texts)[:3000]  # far too long: must be cut
     prompt, fields = stage.prompt({"text": text, "instruction": instruction})
     cut = fields["instruction"]
     assert cut and instruction.startswith(cut) and len(cut) < len(instruction)
@@ -636,7 +654,11 @@ def test_vllm_chain_with_reference_sampling_and_reference_point(sampled):
     # the random tiny model never writes a verdict tag: every judgement is counted as what it is
     assert sum(seen["point"]["rejected"].values()) == seen["point"]["in"]
     assert set(seen["point"]["rejected"]) <= {
-        "verdict_unparseable", "verdict_bad", "verdict_both", "empty_output", "invalid_utf8"
+        "verdict_unparseable",
+        "verdict_bad",
+        "verdict_both",
+        "empty_output",
+        "invalid_utf8",
     }
     assert seen["point"]["rejected"].get("verdict_unparseable", 0) > 0
     kept = [r for p in stage_files(run, "label")[0] for r in read_shard(p)]

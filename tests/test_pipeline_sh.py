@@ -20,7 +20,7 @@ CPU_PROFILE = REPO / "configs" / "profiles" / "cpu.yaml"
 SCRIPT = REPO / "slurm" / "pipeline.sh"
 STAGES = ["filter", "label", "point", "answer", "rules"]
 LLM = ("label", "point", "answer")
-NASTY = "in $(touch pwned) it's \"q\", a:b `touch pwned2`"
+NASTY = 'in $(touch pwned) it\'s "q", a:b `touch pwned2`'
 SMALL = [  # the tiny model on transformers, short generations, one chunk: the chain in well under a minute
     "executor.kind=inline",
     "pipeline.chunk_records=10",
@@ -58,7 +58,7 @@ def workdir(tmp_path) -> Path:
 
 def test_five_arguments_run_the_whole_grid_and_nothing_is_executed(workdir, tiny_model):
     model = str(tiny_model)
-    out = f"out $(touch pwned) \"q\", x:y {'`touch pwned3`'}"
+    out = f'out $(touch pwned) "q", x:y {"`touch pwned3`"}'
     # DATA_PATH relative to where the script starts; OUTPUT_PATH absolute
     proc = run_script(workdir, model, model, model, NASTY, str(workdir / out), *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]

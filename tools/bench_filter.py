@@ -48,8 +48,6 @@ from bench_shard import Clock  # noqa: E402  (wall and CPU seconds of a with blo
 VARIANTS = ("kun-cheap", "kun-kenlm", "kun-lm-hf", "kun-lm-vllm", "datatrove")
 
 
-
-
 # ---------------------------------------------------------------------------------------------- inputs
 def load_poetry(path: Path, limit: int | None, skip: int = 0) -> list[dict]:
     import zstandard

@@ -323,9 +323,21 @@ def print_report(report: dict) -> None:
     console = Console(width=200)
     t = Table(title=f"Kun stages vs bare LLM.generate ({Path(report['model']).name}, vLLM)")
     for col in (
-        "stage", "records", "new tok", "stage docs/s", "bare docs/s", "ratio", "bare 1-call docs/s",
-        "bare seeded docs/s", "ratio seeded", "ratio CPU s", "ratio seeded CPU s", "drain docs/s",
-        "overlap gain", "prompt tok/s", "gen tok/s",
+        "stage",
+        "records",
+        "new tok",
+        "stage docs/s",
+        "bare docs/s",
+        "ratio",
+        "bare 1-call docs/s",
+        "bare seeded docs/s",
+        "ratio seeded",
+        "ratio CPU s",
+        "ratio seeded CPU s",
+        "drain docs/s",
+        "overlap gain",
+        "prompt tok/s",
+        "gen tok/s",
     ):
         t.add_column(col, justify="left" if col == "stage" else "right")
     for s in report["stages"]:
@@ -354,8 +366,12 @@ def print_report(report: dict) -> None:
             t.add_column(col, justify="left" if col == "mode" else "right")
         for r in report["point_prefix_caching"]:
             t.add_row(
-                r["mode"], str(r["records"]), f"{r['docs_per_s_on']:.1f}", f"{r['docs_per_s_off']:.1f}",
-                f"{r['speedup']:.2f}x", f"{r['speedup_cpu']:.2f}x",
+                r["mode"],
+                str(r["records"]),
+                f"{r['docs_per_s_on']:.1f}",
+                f"{r['docs_per_s_off']:.1f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['speedup_cpu']:.2f}x",
             )
         console.print(t)
     console.print("for kun-hpc plan (docs/s per task, this machine and model):")

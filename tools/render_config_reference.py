@@ -57,6 +57,7 @@ def field_notes(cls: type) -> dict[str, tuple[str, str]]:
 
 def expand(text: str) -> str:
     """A comment's ``one of EXECUTORS`` names a tuple of kun_hpc.config: spell its values out."""
+
     def values(m: re.Match) -> str:
         v = getattr(config, m.group(0), None)
         return f"{m.group(0)} ({', '.join(map(str, v))})" if isinstance(v, tuple) else m.group(0)

@@ -61,8 +61,13 @@ def _submit_chains(
             chunk = [units[i] for i in idxs]  # pending(k+1) contains pending(k), group by group
             chained.update(idxs)
             # the previous chunk has at most MaxArraySize tasks, so this submits exactly one array
-            new = ex.submit(run_unit, chunk, stage=stage, log_dir=log_root / stage,
-                            dependencies=[f"aftercorr:{entry['job']}"])
+            new = ex.submit(
+                run_unit,
+                chunk,
+                stage=stage,
+                log_dir=log_root / stage,
+                dependencies=[f"aftercorr:{entry['job']}"],
+            )
             entries += new
             result.entries += new
             groups.append(idxs)

@@ -115,9 +115,11 @@ class HFEngine(Engine):
         for batch in self._batches(todo, ids):
             input_ids, mask = self._left_pad([ids[i] for i in batch])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False
-            ).logits[:, -1].float()
+            logits = (
+                self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
+                .logits[:, -1]
+                .float()
+            )
             lp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()[:, wanted]
             for i, row in zip(batch, lp.tolist(), strict=True):
                 out[i] = row

@@ -145,8 +145,10 @@ class VLLMEngine(Engine):
         more = True
         try:
             while more or pending:
-                while more and engine.get_num_unfinished_requests() < self.spec.max_num_seqs and (
-                    len(pending) < 2 or sum(len(g.todo) for g in pending) < 2 * self.spec.max_num_seqs
+                while (
+                    more
+                    and engine.get_num_unfinished_requests() < self.spec.max_num_seqs
+                    and (len(pending) < 2 or sum(len(g.todo) for g in pending) < 2 * self.spec.max_num_seqs)
                 ):
                     group = next(source, None)
                     if group is None:

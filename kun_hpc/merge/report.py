@@ -213,8 +213,8 @@ def write_card(cfg: DictConfig, result: MergeResult) -> None:
         f"(exact and MinHash near-duplicates{', raw units before the stages' if cfg.dedup.raw else ''}; "
         f"final passes by {', '.join(k for k, _ in result.dedup) or 'nothing'}).",
         "",
-        "Load with `datasets.load_dataset(\"parquet\", data_files=\"parquet/*.parquet\")` or "
-        "`load_dataset(\"json\", data_files=\"jsonl/*.jsonl.zst\")`.",
+        'Load with `datasets.load_dataset("parquet", data_files="parquet/*.parquet")` or '
+        '`load_dataset("json", data_files="jsonl/*.jsonl.zst")`.',
         "",
         "## Sources and licences",
         "",
