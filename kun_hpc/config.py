@@ -32,13 +32,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class CorpusConfig:
-    name: str = MISSING
+    name: str = MISSING  # names its shard folder, its records' corpus field and its report rows
     format: str = MISSING  # one of CORPUS_FORMATS
     paths: list[str] = MISSING  # files, folders or globs; relative paths are relative to the working dir
     text_field: str = "text"  # jsonl only: where the text is
     id_field: str | None = None  # jsonl only: native id field; None: content hash
     meta_fields: list[str] = field(default_factory=list)  # jsonl only: native fields kept under "meta"
-    license: str = ""
+    license: str = ""  # carried into the dataset card
     # `kun-hpc plan` before the corpus is sharded: its expected number of records (once shards exist, their
     # manifest counts instead); None: unknown
     expected_records: int | None = None
@@ -47,9 +47,9 @@ class CorpusConfig:
 @dataclass
 class ShardConfig:
     output: str = "${run.dir}/shards"  # shards/<corpus>/part-XXXXX.jsonl.zst
-    records_per_shard: int = 10_000
+    records_per_shard: int = 10_000  # a shard closes at this many records
     bytes_per_shard: int | None = None  # uncompressed JSONL bytes; whichever limit comes first
-    zstd_level: int = 3
+    zstd_level: int = 3  # 1 (fast) .. 22 (small)
     split_bytes: int = 256 * 2**20  # a line-based input larger than this is split into pieces across tasks
     max_record_bytes: int = 16 * 2**20  # a longer line/object is quarantined as record_too_large
     max_bad_fraction: float = 1.0  # quarantined / read above this makes the command fail (1.0: never)
@@ -58,22 +58,22 @@ class ShardConfig:
 @dataclass
 class ReshardConfig:
     input: str = "${shard.output}"  # every part-*.jsonl.zst under it, all corpora
-    output: str = "${run.dir}/reshard"
-    num_shards: int = 8
-    zstd_level: int = 3
-    split_bytes: int = 256 * 2**20
+    output: str = "${run.dir}/reshard"  # part-XXXXX.jsonl.zst, corpora mixed
+    num_shards: int = 8  # records are spread over this many shards by a hash of their id
+    zstd_level: int = 3  # 1 (fast) .. 22 (small)
+    split_bytes: int = 256 * 2**20  # an input shard larger than this is split into pieces across tasks
 
 
 @dataclass
 class SlurmConfig:
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_min: int = 60
-    cpus_per_task: int = 1
-    mem_gb: float = 4.0
-    gpus_per_task: int = 0
-    constraint: str | None = None
+    partition: str | None = None  # sbatch --partition; None: the cluster's default
+    account: str | None = None  # sbatch --account
+    qos: str | None = None  # sbatch --qos
+    time_min: int = 60  # the time limit of each array task, in minutes
+    cpus_per_task: int = 1  # sbatch --cpus-per-task
+    mem_gb: float = 4.0  # memory per task (sbatch --mem)
+    gpus_per_task: int = 0  # sbatch --gpus-per-task; 0: none asked for
+    constraint: str | None = None  # sbatch --constraint, e.g. a100
     array_parallelism: int = 256  # the %N throttle of each array
     max_array_size: int | None = None  # None: read the live MaxArraySize from `scontrol show config`
     signal_delay_s: int = 120  # --signal lead time before the time limit
@@ -106,8 +106,8 @@ class PipelineConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "demo"
-    dir: str = "runs/${run.name}"
+    name: str = "demo"  # names the run dir and the merge report
+    dir: str = "runs/${run.name}"  # everything of the run: config, shards, stage outputs, logs, merge
 
 
 @dataclass
@@ -122,7 +122,7 @@ class FilterRulesConfig:
     # the cheap rules, in this order after too_short (filter.min_tokens); 0 (ratio) or 1 (fraction) disables
     min_cjk_ratio: float = 0.3  # low_cjk: Han characters / non-space characters
     max_dup_line_frac: float = 0.3  # dup_lines: characters in repeated lines / characters
-    dup_ngram_n: int = 10
+    dup_ngram_n: int = 10  # n of the character n-grams of dup_ngrams
     max_dup_ngram_frac: float = 0.3  # dup_ngrams: characters in repeated character n-grams / characters
 
 
@@ -138,7 +138,7 @@ class PerplexityConfig:
     percentiles: list[float] = field(default_factory=lambda: [33.3, 66.7])  # percentile: [head, tail] bounds
     drop: list[str] = field(default_factory=lambda: ["tail"])  # buckets rejected as ppl_<bucket>
     sample_docs_per_shard: int = 200  # calibration sample (kun-hpc filter-calibrate)
-    sample_max_shards: int = 64
+    sample_max_shards: int = 64  # ... of at most this many shards, spread evenly over all shards
 
 
 @dataclass
@@ -146,7 +146,7 @@ class FilterConfig:
     # the Label model's tokenizer: a model folder (its tokenizer.json) or a tokenizer.json; None: the folder
     # of label.engine.model
     tokenizer: str | None = None
-    max_tokens: int = 512
+    max_tokens: int = 512  # a unit holds at most this many tokens (Kun: 512); longer: too_long
     min_tokens: int = 16  # too_short below this
     clean: FilterCleanConfig = field(default_factory=FilterCleanConfig)
     rules: FilterRulesConfig = field(default_factory=FilterRulesConfig)
@@ -174,6 +174,7 @@ def _kun_sampling() -> SamplingSpec:
 class RulesConfig:
     """Kun's post-rules (kun_hpc/stages/rules.py): rule names in the order they run, and their settings."""
 
+    # run on Label's instructions (label.apply_rules) and again in the rules stage, after Answer
     instruction_rules: list[str] = field(
         default_factory=lambda: [
             "strip_whitespace",
@@ -183,6 +184,7 @@ class RulesConfig:
             "instruction_keywords",
         ]
     )
+    # run in the rules stage on each answer
     answer_rules: list[str] = field(
         default_factory=lambda: [
             "strip_whitespace",
@@ -192,6 +194,7 @@ class RulesConfig:
             "repeated_opening",
         ]
     )
+    # instruction_keywords: an instruction naming one of these is dropped
     instruction_keywords: list[str] = field(
         default_factory=lambda: [
             "新闻",
@@ -210,6 +213,7 @@ class RulesConfig:
             "网站",
         ]
     )
+    # answer_keywords: an answer holding one of these is dropped
     answer_keywords: list[str] = field(default_factory=lambda: ["作为", "根据", "知识库", "2023", "抱歉"])
     whitespace_run: int = 5  # an instruction is cut at its first run of this many whitespace characters
     min_answer_chars: int = 20  # a shorter answer is dropped
@@ -243,11 +247,11 @@ class PointConfig(LLMStageConfig):
     # reference: keep a judgement holding the good tag (【好】) and not the bad one (【差】);
     # calibrated: score = P(good) / (P(good) + P(bad)) of the token after verdict_open, kept if >= threshold
     mode: str = "reference"
-    threshold: float = 0.5
-    good: str = "好"
-    bad: str = "差"
-    verdict_open: str = "【"
-    verdict_close: str = "】"
+    threshold: float = 0.5  # calibrated: the lowest score kept
+    good: str = "好"  # the verdict word that keeps an instruction
+    bad: str = "差"  # the verdict word that drops it
+    verdict_open: str = "【"  # the bracket before the verdict word
+    verdict_close: str = "】"  # the bracket after it
     reject_truncated: bool = False  # a long judgement still carries its verdict
 
 
@@ -566,14 +570,14 @@ class TrainConfig:
     seed_format: str = "auto"  # auto (by suffix: .json array, .jsonl lines) | json | jsonl
     # the forward (chat) frame, a template with {text}; the Label set uses label.template itself
     chat_template: str = "configs/prompts/chat.txt"
-    epochs: int = 4
-    lr: float = 1e-5
+    epochs: int = 4  # Kun: 6 for the Label model, 4 for the Primary Chat model
+    lr: float = 1e-5  # peak learning rate (Kun: 1e-5), after linear warmup, then cosine
     min_lr_ratio: float = 0.0  # the cosine ends at lr * this
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
+    warmup_ratio: float = 0.03  # fraction of the optimizer steps spent warming up
+    weight_decay: float = 0.0  # AdamW
+    adam_beta1: float = 0.9  # AdamW
+    adam_beta2: float = 0.95  # AdamW
+    adam_eps: float = 1e-8  # AdamW
     max_grad_norm: float = 1.0  # 0: no clipping
     micro_batch_size: int = 4  # sequences per process per forward
     grad_accum: int = 1  # micro-batches per optimizer step; global batch = micro x accum x world size
@@ -581,18 +585,18 @@ class TrainConfig:
     length_group: bool = True  # batch examples of similar length (less padding); order stays seeded
     length_group_window: int = 64  # ... sorted within windows of this many micro-batches
     save_steps: int = 200  # checkpoint every this many optimizer steps (and at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest this many checkpoints are kept
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
     distributed: str = "ddp"  # none (one process) | ddp | fsdp; ddp/fsdp with one process behave as none
     fsdp: TrainFSDPConfig = field(default_factory=TrainFSDPConfig)
-    seed: int = 42
+    seed: int = 42  # data order, initialisation of anything new, dropout
     max_steps: int | None = None  # caps the schedule (None: epochs x steps per epoch)
     stop_at_step: int | None = None  # checkpoint and stop here, schedule unchanged (what a preemption does)
-    log_steps: int = 10
+    log_steps: int = 10  # a loss line every this many optimizer steps
     nproc: int = 1  # --executor local: processes on this machine (gloo on CPU, nccl on GPU)
     nodes: int = 1  # --executor slurm: nodes, with tasks_per_node tasks (one per GPU) each
-    tasks_per_node: int = 1
+    tasks_per_node: int = 1  # --executor slurm: processes per node, one per GPU
     # --executor slurm: resources per task (gpus_per_task: 1 for one task per GPU), time, partition, ...
     slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig(time_min=24 * 60, mem_gb=16.0))
 
@@ -635,9 +639,9 @@ class NormalizeConfig:
     width: bool = True  # full-width ASCII and the ideographic space -> half width (NFKC on those only)
     punctuation: bool = True  # drop punctuation and symbols (Unicode P* and S* categories)
     whitespace: bool = True  # drop all whitespace (Chinese has no word spaces to keep)
-    lowercase: bool = True
+    lowercase: bool = True  # Latin letters compare case-insensitively
     t2s: bool = False  # OpenCC Traditional -> Simplified
-    opencc_config: str = "t2s"
+    opencc_config: str = "t2s"  # OpenCC config name: t2s, tw2s, hk2s, ...
 
 
 @dataclass
@@ -645,13 +649,13 @@ class DedupConfig:
     """Exact and MinHash-LSH near-duplicate removal (kun_hpc/merge/dedup.py), raw and at merge."""
 
     raw: bool = False  # dedup the shards before the per-shard stages (their input is then <run>/dedup_raw)
-    exact: bool = True
-    near: bool = True
+    exact: bool = True  # drop records whose normalised key text equals another's (duplicate_exact)
+    near: bool = True  # drop MinHash-LSH near duplicates (near_duplicate)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     ngram: int = 5  # character n-gram shingles
-    bands: int = 14
+    bands: int = 14  # LSH bands
     rows: int = 8  # bands * rows MinHash permutations; Jaccard threshold about (1/bands)**(1/rows)
-    seed: int = 1
+    seed: int = 1  # seeds the MinHash permutations: change it and clusters may change
     partitions: int = 4  # bucket tasks; each holds about 1/partitions of all band keys in memory
     shards_per_task: int = 1  # signature and apply tasks
     batch_docs: int = 2048  # documents hashed per numpy batch (bounds a signature task's memory)
@@ -663,14 +667,14 @@ class DedupConfig:
 class MergeConfig:
     """Final dedup, assembly, dataset card and funnel report (kun_hpc/merge/)."""
 
-    output: str = "${run.dir}/merge"
+    output: str = "${run.dir}/merge"  # dataset/{jsonl,parquet}, the dataset card and the report
     auto: bool = True  # `kun-hpc run` merges when the grid is complete (slurm: only with --wait)
     # passes of final dedup, in order: instruction | pair (instruction + output) | text; [] for none. A run
     # whose last stage makes no answers is merged as a text dataset and dedups by text
     dedup_by: list[str] = field(default_factory=lambda: ["instruction"])
     allow_partial: bool = False  # assemble from the complete groups only, and say what is missing
-    parquet: bool = True
-    zstd_level: int = 3
+    parquet: bool = True  # also write the dataset as Parquet (one file per JSONL part)
+    zstd_level: int = 3  # of the JSONL parts, 1 .. 22
 
 
 def validate_dedup(cfg: DictConfig) -> None:

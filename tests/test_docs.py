@@ -44,6 +44,8 @@ def test_the_config_reference_names_every_key():
             "point.sampling.stop", "train.fsdp.sharding", "dedup.normalize.t2s")  # fmt: skip
     for key in keys:
         assert f"| `{key}` |" in doc
+    unexplained = [line.split("|")[1].strip() for line in doc.splitlines() if line.rstrip().endswith("|  |")]
+    assert not unexplained, f"config fields without a comment in kun_hpc/config.py: {unexplained}"
 
 
 @pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)

@@ -47,12 +47,12 @@ class SamplingSpec:
     ``generate(..., seeds=)``, so a prompt's output does not depend on the other prompts of its batch.
     """
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 512
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0  # nucleus sampling, in (0, 1]
+    repetition_penalty: float = 1.0  # 1.0: none; > 1 discourages repeats
+    max_new_tokens: int = 512  # a generation stops here (then it is truncated)
+    stop: list[str] = field(default_factory=list)  # strings (or special tokens) that end a generation
+    seed: int = 0  # base seed; a record's seed comes from it and the record's id (not from its batch)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -94,21 +94,22 @@ class EngineSpec:
     CPU that cuts engine start from ~20-35 s to under a second of engine init.
     """
 
-    model: str
-    backend: str = "vllm"
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
+    model: str  # a local model folder (config.json, weights, tokenizer); nothing is downloaded
+    backend: str = "vllm"  # vllm | transformers
+    dtype: str = "auto"  # auto (the checkpoint's) | bfloat16 | float16 | float32
+    tensor_parallel_size: int = 1  # vLLM: GPUs one model is split over
+    gpu_memory_utilization: float = 0.9  # vLLM: share of GPU memory for weights and KV cache
+    max_num_seqs: int = 256  # vLLM: sequences in flight at once
+    max_model_len: int | None = None  # prompt + generation tokens; None: the model's
+    enable_prefix_caching: bool = True  # vLLM: reuse the KV cache of a shared prompt prefix
     enable_chunked_prefill: bool | None = None  # None: vLLM's default
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # vLLM: no torch.compile / CUDA graphs (faster start, slower steps)
     max_num_batched_tokens: int | None = None  # None: vLLM's default
-    trust_remote_code: bool = False
-    seed: int = 0
+    trust_remote_code: bool = False  # run model code shipped in the model folder
+    seed: int = 0  # the engine's global seed (sampling seeds: sampling.seed)
     batch_size: int = 16  # transformers: prompts per forward/generate call
     device: str = "auto"  # transformers: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    # more keyword arguments for vllm.LLM(...) or AutoModelForCausalLM.from_pretrained(...)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
