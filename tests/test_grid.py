@@ -8,6 +8,7 @@ import pytest
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import pending_units, plan_grid
+from kun_hpc.cluster.status import unit_statuses
 from kun_hpc.io.shards import read_shard
 from kun_hpc.stages.base import read_marker
 from tests.conftest import sample_overrides
@@ -78,9 +79,21 @@ def test_a_failing_unit_skips_its_chain_and_the_rerun_finishes_it(tmp_path, caps
     err = capsys.readouterr().err
     assert "failed: upper-00000: RuntimeError: planned failure on skypile/" in err
     assert "not run (tag): tag-00000, tag-00001, tag-00002: an upstream unit failed" in err
+    # no scheduler remembers a local run: status and logs read the failures it recorded
+    cli.main(["status", *args(tmp_path, *extra)])
+    out = capsys.readouterr().out
+    assert "upper-00000: failed local run: RuntimeError: planned failure on skypile/" in out
+    assert "tag-00000: cancelled not run: upstream upper-00000 failed" in out
+    rows = unit_statuses(config.load(None, args(tmp_path, *extra)))
+    assert sorted(r.state for r in rows if r.state != "done") == ["cancelled"] * 3 + ["failed"] * 3
+    assert cli.main(["logs", "--failed", *args(tmp_path, *extra)]) == 0
+    logs = capsys.readouterr().out
+    assert logs.count("==> upper-0000") == 3 and "Traceback" in logs and "tag-0000" not in logs
     heal.write_text("")
     assert cli.main(["run", *args(tmp_path, *extra)]) == 0
     assert "pending units: upper=3, tag=3" in capsys.readouterr().err
+    assert not list((tmp_path / "failed").rglob("*.log")), "a unit that succeeded keeps no failure record"
+    assert all(r.state == "done" for r in unit_statuses(config.load(None, args(tmp_path, *extra))))
 
 
 def test_an_unknown_stage_is_a_config_error(tmp_path, capsys):

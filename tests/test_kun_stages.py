@@ -593,6 +593,7 @@ def vllm_greedy_run(tmp_path_factory, tiny_model) -> Path:
 def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greedy_run, tiny_model):
     seen = check_accounting(hf_greedy_run, CHAIN)
     assert len(list((hf_greedy_run / "logs" / "label").rglob("*_log.err"))) == 1  # ran in a subprocess
+    assert not list((hf_greedy_run / "logs").rglob("%j")), "submitit's empty folder template is left behind"
     assert seen["label"]["in"] == 40
     assert all(seen[s]["out"] > 0 for s in CHAIN), seen  # records make it through every stage
     assert set(seen["point"]["rejected"]) <= {"score_below_threshold"}

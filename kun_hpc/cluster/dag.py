@@ -12,6 +12,7 @@ from kun_hpc.cluster.executors import Executor
 from kun_hpc.cluster.grid import Grid, pending_units
 from kun_hpc.cluster.progress import stage_bars
 from kun_hpc.cluster.slurm import SlurmExecutor
+from kun_hpc.cluster.status import record_local_outcome
 from kun_hpc.stages.base import Unit, run_unit
 
 
@@ -87,6 +88,7 @@ def _run_stagewise(
     grid: Grid, pending: dict[str, list[Unit]], ex: Executor, log_root: Path, result: Submitted
 ) -> None:
     broken: set[int] = set()  # groups whose chain failed at some stage
+    run_dir = log_root.parent
     with stage_bars({s: len(pending[s]) for s in grid.stages}) as bars:
         for stage in grid.stages:
             todo = [u for u in pending[stage] if u.index not in broken]
@@ -97,6 +99,7 @@ def _run_stagewise(
             )
             result.failed[stage] = []
             for o in outcomes:
+                record_local_outcome(run_dir, stage, o.unit.name, None if o.ok else o.error, o.log or "")
                 if not o.ok:
                     broken.add(o.unit.index)
                     result.failed[stage].append(

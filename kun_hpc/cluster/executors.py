@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -101,6 +102,8 @@ class LocalExecutor(Executor):
             if len(still) == len(running) and running:
                 time.sleep(self.poll_s)
             running = still
+        with contextlib.suppress(OSError):  # submitit makes the folder's template itself, left empty
+            (Path(log_dir) / "%j").rmdir()
         return out  # type: ignore[return-value]
 
 

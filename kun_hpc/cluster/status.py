@@ -134,13 +134,45 @@ class UnitStatus:
     log: str = ""
 
 
+def local_failure_file(run_dir: Path, stage: str, unit: str) -> Path:
+    """Where a local or inline run keeps a failed unit's error (no scheduler can be asked about it later)."""
+    return Path(run_dir) / "failed" / stage / f"{unit}.log"
+
+
+def record_local_outcome(run_dir: Path, stage: str, unit: str, error: str | None, log: str = "") -> None:
+    """Keep a failed unit's error (``log:`` line first when the unit has a log of its own), or drop the
+    record once the unit succeeded."""
+    path = local_failure_file(run_dir, stage, unit)
+    if error is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((f"log: {log}\n" if log else "") + (error.strip() or "failed") + "\n")
+
+
+def _local_failure(run_dir: Path, stage: str, unit: str, submitted: float) -> tuple[str, str] | None:
+    """(why, log) of a local failure recorded after the unit's last Slurm submission, if any."""
+    path = local_failure_file(run_dir, stage, unit)
+    try:
+        if path.stat().st_mtime < submitted:
+            return None
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    log = lines[0].removeprefix("log: ") if lines and lines[0].startswith("log: ") else str(path)
+    why = next((line for line in lines if not line.startswith("log: ")), "failed")
+    return f"local run: {why}", log
+
+
 def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[UnitStatus]:
     grid = plan_grid(cfg)
     run_dir = Path(cfg.run.dir)
     latest: dict[tuple[str, str], tuple[str, str]] = {}  # (stage, unit) -> (job, log_dir)
+    submitted: dict[tuple[str, str], float] = {}
     for e in read_registry(run_dir):
         for k, name in enumerate(e["units"]):
             latest[(e["stage"], name)] = (e["tasks"][k], e["log_dir"])
+            submitted[(e["stage"], name)] = float(e.get("submitted", 0))
     todo = {
         latest[(s, u.name)][0]
         for s in grid.stages
@@ -155,8 +187,17 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
             if is_done(u):
                 rows.append(UnitStatus(stage, u.name, "done"))
                 continue
+            local = _local_failure(run_dir, stage, u.name, submitted.get((stage, u.name), 0.0))
+            if local:
+                failed_groups.setdefault(u.index, u.name)
+                rows.append(UnitStatus(stage, u.name, "failed", "", *local))
+                continue
             if (stage, u.name) not in latest:
-                rows.append(UnitStatus(stage, u.name, "not submitted"))
+                if u.index in failed_groups:  # a local run skips what comes after a failed unit
+                    why = f"not run: upstream {failed_groups[u.index]} failed"
+                    rows.append(UnitStatus(stage, u.name, "cancelled", "", why))
+                else:
+                    rows.append(UnitStatus(stage, u.name, "not submitted"))
                 continue
             job, log_dir = latest[(stage, u.name)]
             state, reason = states.get(job, ("UNKNOWN", ""))
@@ -220,7 +261,7 @@ def print_status(rows: list[UnitStatus], console=None) -> None:
     console.print(table)
     for r in rows:
         if r.state in ("failed", "cancelled") or (r.state == "pending" and r.why.startswith("waits on")):
-            console.print(f"  {r.unit}: {r.state} (job {r.job}) {r.why}")
+            console.print(f"  {r.unit}: {r.state}{f' (job {r.job})' if r.job else ''} {r.why}")
 
 
 def tail(path: str | Path, n: int = 20) -> str:
@@ -234,7 +275,8 @@ def failed_logs(rows: list[UnitStatus], n: int = 20) -> str:
     parts = []
     for r in rows:
         if r.state == "failed":
-            parts.append(f"==> {r.unit} (job {r.job}, {r.why}) {r.log}\n{tail(r.log, n)}")
+            job = f"job {r.job}, " if r.job else ""
+            parts.append(f"==> {r.unit} ({job}{r.why}) {r.log}\n{tail(r.log, n)}")
     return "\n\n".join(parts) if parts else "no failed units"
 
 
