@@ -7,6 +7,7 @@ resolved config and its hash in the run directory, and runs on the configured ex
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -160,16 +161,8 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return _merge_step(cfg, executor) if cfg.merge.auto else 0
-    if cfg.executor.kind == "slurm":
-        active = [r for r in unit_statuses(cfg) if r.state in ("running", "pending")]
-        if active:  # submitting again would run these units twice
-            jobs = " ".join(sorted({r.job.split("_")[0] for r in active}))
-            print(
-                f"kun-hpc run: {len(active)} units of this run are still queued or running (jobs {jobs}); "
-                "wait for them (kun-hpc status --watch) or kun-hpc cancel, then run again",
-                file=sys.stderr,
-            )
-            return 1
+    if cfg.executor.kind == "slurm" and _refuse_while_queued(cfg, "run", supersede_merge=True):
+        return 1  # submitting again would run units twice
     submitted = run_grid(cfg, grid, executor)
     pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())
     print(f"kun-hpc run: pending units: {pending}", file=sys.stderr)
@@ -178,7 +171,14 @@ def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
         print(f"kun-hpc run: {submitted.sbatch_calls} sbatch calls, jobs {jobs or '-'}", file=sys.stderr)
         if not ns.wait:
             if cfg.merge.auto:
-                print(f"kun-hpc run: when it is done: kun-hpc merge {cfg.run.dir}", file=sys.stderr)
+                from kun_hpc.merge.job import submit_merge_job
+
+                job = submit_merge_job(cfg, executor, [e["job"] for e in submitted.entries])
+                print(
+                    f"kun-hpc run: merge job {job} starts when every unit has succeeded (Slurm cancels it "
+                    "if one fails: run again then)",
+                    file=sys.stderr,
+                )
             return 0
         rc = _watch(cfg, until_settled=True)
         return _merge_step(cfg, executor) if rc == 0 and cfg.merge.auto else rc
@@ -217,16 +217,52 @@ def _merge_step(cfg: DictConfig, executor) -> int:
 
 
 def cmd_merge(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    if cfg.executor.kind == "slurm" and _refuse_while_queued(cfg, "merge"):
+        return 1  # two merges at once would write the same files
     return _merge_step(cfg, make_executor(cfg))
 
 
-def _watch(cfg: DictConfig, until_settled: bool) -> int:
+def _refuse_while_queued(cfg: DictConfig, command: str, supersede_merge: bool = False) -> bool:
+    """True (and says why) when jobs of the run are still queued or running. A merge job still pending is
+    cancelled first when ``supersede_merge``: the new submission brings its own."""
+    from kun_hpc.cluster.status import queued_tasks
+    from kun_hpc.merge.job import MERGE_STAGE
+
+    queued = queued_tasks(Path(cfg.run.dir))
+    waiting = [t for t, (stage, state) in queued.items() if stage == MERGE_STAGE and state == "PENDING"]
+    if supersede_merge and waiting:
+        subprocess.run(["scancel", *waiting], check=False)
+        print(f"kun-hpc {command}: cancelled the pending merge job {' '.join(waiting)}", file=sys.stderr)
+        queued = {t: v for t, v in queued.items() if t not in waiting}
+    if not queued:
+        return False
+    jobs = " ".join(sorted({t.split("_")[0] for t in queued}))
+    stages = ", ".join(sorted({stage for stage, _ in queued.values()}))
+    print(
+        f"kun-hpc {command}: {len(queued)} jobs of this run ({stages}) are still queued or running (jobs "
+        f"{jobs}); wait for them (kun-hpc status --watch) or kun-hpc cancel, then run again",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _watch(cfg: DictConfig, until_settled: bool, follow_merge: bool = False) -> int:
+    """Progress bars until no unit is queued (and, with ``follow_merge``, no merge job); 0 when every unit
+    is done."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from kun_hpc.cluster.status import SchedulerView, print_status, summarize, unit_statuses
+    from kun_hpc.cluster.status import (
+        ACTIVE,
+        SchedulerView,
+        merge_job_state,
+        print_status,
+        summarize,
+        unit_statuses,
+    )
 
     view = SchedulerView(cfg.executor.poll_interval_s)
+    merge = None
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -246,20 +282,31 @@ def _watch(cfg: DictConfig, until_settled: bool) -> int:
                     bars[stage] = progress.add_task(stage, total=total, extra=extra)
                 progress.update(bars[stage], completed=counts.get("done", 0), extra=extra)
             active = [r for r in rows if r.state in ("running", "pending")]
-            if until_settled and not active:
+            merge = merge_job_state(Path(cfg.run.dir), view) if follow_merge and not active else None
+            if until_settled and not active and not (merge and merge[1] in ACTIVE):
                 break
             time.sleep(cfg.executor.poll_interval_s)
     print_status(rows, console)
+    _print_merge_job(cfg, merge)
     return 0 if all(r.state == "done" for r in rows) else 1
 
 
+def _print_merge_job(cfg: DictConfig, merge: tuple[str, str, str] | None) -> None:
+    if merge:
+        job, state, reason = merge
+        print(f"merge job {job}: {state} {reason}".rstrip(), file=sys.stderr)
+        if state == "COMPLETED":
+            print(f"report: {Path(cfg.merge.output) / 'report' / 'report.md'}", file=sys.stderr)
+
+
 def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.status import print_funnel, print_status, unit_statuses
+    from kun_hpc.cluster.status import merge_job_state, print_funnel, print_status, unit_statuses
 
     if ns.watch:
-        return _watch(cfg, until_settled=True)
+        return _watch(cfg, until_settled=True, follow_merge=True)
     rows = unit_statuses(cfg)
     print_status(rows)
+    _print_merge_job(cfg, merge_job_state(Path(cfg.run.dir)))
     print_funnel(cfg)
     return 0
 

@@ -85,7 +85,8 @@ class ExecutorConfig:
     kind: str = "local"  # one of EXECUTORS
     max_parallel: int = 2  # local: tasks at once
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # default resources of every Slurm job
-    # per-stage overrides of the fields above, e.g. {label: {gpus_per_task: 2, time_min: 600}}
+    # per-stage overrides of the fields above, e.g. {label: {gpus_per_task: 2, time_min: 600}}; "merge" is
+    # the merge job that `kun-hpc run` submits after the arrays
     stage_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     poll_interval_s: float = 30.0  # at most one squeue + one sacct call per interval while waiting
 
@@ -668,7 +669,8 @@ class MergeConfig:
     """Final dedup, assembly, dataset card and funnel report (kun_hpc/merge/)."""
 
     output: str = "${run.dir}/merge"  # dataset/{jsonl,parquet}, the dataset card and the report
-    auto: bool = True  # `kun-hpc run` merges when the grid is complete (slurm: only with --wait)
+    # `kun-hpc run` merges when the grid is complete (on Slurm without --wait: a merge job after the arrays)
+    auto: bool = True
     # passes of final dedup, in order: instruction | pair (instruction + output) | text; [] for none. A run
     # whose last stage makes no answers is merged as a text dataset and dedups by text
     dedup_by: list[str] = field(default_factory=lambda: ["instruction"])

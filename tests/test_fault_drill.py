@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.cluster.slurm import read_registry
-from kun_hpc.cluster.status import unit_statuses
+from kun_hpc.cluster.status import merge_job_state, unit_statuses
 from kun_hpc.io.shards import list_shards, read_manifest, read_shard
 from kun_hpc.stages import base
 from kun_hpc.stages.base import committed_chunks, read_marker, run_unit
@@ -280,6 +280,8 @@ def test_fault_drill_ends_with_the_clean_runs_dataset(cluster, tiny_model, tmp_p
             assert why.startswith("upstream ") and why.split()[1] in drill.killed, rows[unit]
             assert f"{unit}: cancelled (job {rows[unit].job}) {why}" in status, status
     assert logs.count("==> ") == len(drill.killed)
+    # the merge job submitted with the arrays could never start (afterok): Slurm cancelled it
+    assert merge_job_state(run)[1] == "CANCELLED" and not (run / "merge").exists()
 
     # re-run until done (each round resumes the failed units at their last chunk and re-submits the rest)
     for _ in range(3):

@@ -44,6 +44,7 @@ def slurm_args(run: Path, *extra: str) -> list[str]:
         "executor.slurm.time_min=10",
         "executor.slurm.mem_gb=0.5",
         "pipeline.chunk_records=50",
+        "merge.auto=false",  # the merge job has a test of its own
         *extra,
     )
 
@@ -231,9 +232,12 @@ def test_shard_and_reshard_run_as_arrays_and_match_inline(tmp_path):
 
 def test_hostile_path_and_values_are_quoted_not_executed(tmp_path):
     weird = tmp_path / "run dir; touch PWNED $(touch PWNED2) 'q' \"dq\""
-    args = slurm_args(weird, STAGES, "executor.slurm.extra_flags.comment=a b; touch PWNED3")
+    args = slurm_args(
+        weird, STAGES, "executor.slurm.extra_flags.comment=a b; touch PWNED3", "merge.auto=true"
+    )
     assert cli.main(["run", "--wait", *args]) == 0
     assert all(r.state == "done" for r in unit_statuses(config.load(None, args)))
+    assert (weird / "merge" / "report" / "report.json").is_file()  # the merge's arrays ran there too
     assert not any(tmp_path.rglob("PWNED*")) and not (Path.cwd() / "PWNED").exists()
     res = {**config.load(None, []).executor.slurm, "extra_flags": {"comment": "x\n#SBATCH --wrap=evil"}}
     with pytest.raises(ValueError, match="control character"):
@@ -280,3 +284,39 @@ def test_cancel_stops_every_job_of_the_run_and_status_says_so(tmp_path, capsys):
             break
         time.sleep(1)
     assert states == {"cancelled"}
+
+
+def merged_rows(run: Path) -> list[dict]:
+    rows = [r for p in list_shards(run / "merge" / "dataset" / "jsonl") for r in read_shard(p)]
+    return sorted(({k: v for k, v in r.items() if k != "prov"} for r in rows), key=lambda r: r["id"])
+
+
+def test_run_submits_the_merge_as_a_job_that_waits_for_every_unit(tmp_path, clean_run, capsys):
+    run, heal = tmp_path / "run", tmp_path / "heal"
+    fail = ("pipeline.options.upper.fail_on_corpus=wanjuan", f"pipeline.options.upper.heal_file={heal}")
+    args = slurm_args(run, STAGES, *fail, "merge.auto=true")
+    assert cli.main(["run", *args]) == 0  # submits the arrays and the merge job, returns
+    first = re.search(r"merge job (\d+) starts when", capsys.readouterr().err).group(1)
+    assert cli.main(["merge", *args]) == 1  # a second merge while the run's jobs are queued
+    assert "still queued or running" in capsys.readouterr().err
+    # a unit fails: Slurm cancels the merge job (afterok, --kill-on-invalid-dep)
+    assert cli.main(["status", "--watch", *args]) == 1
+    assert re.search(rf"merge job {first}: CANCELLED", capsys.readouterr().err)
+    assert not (run / "merge").exists()
+
+    heal.write_text("ok")
+    assert cli.main(["run", *args]) == 0  # the failed chains again, and a new merge job after them
+    second = re.search(r"merge job (\d+) starts when", capsys.readouterr().err).group(1)
+    merges = [e for e in read_registry(run) if e["stage"] == "merge"]
+    assert [e["job"] for e in merges] == [first, second]
+    entries = read_registry(run)
+    resubmitted = [e["job"] for e in entries[entries.index(merges[0]) :] if e["stage"] in ("upper", "tag")]
+    assert resubmitted and merges[1]["dependency"] == "afterok:" + ":".join(resubmitted)
+    assert cli.main(["status", "--watch", *args]) == 0  # follows the merge job to its end
+    assert f"merge job {second}: COMPLETED" in capsys.readouterr().err
+    # its phases ran as arrays of their own, submitted from inside the merge job
+    stages = {e["stage"] for e in read_registry(run)}
+    assert {"merge-dedup-text.signatures", "merge-dedup-text.apply", "merge-assemble"} <= stages
+    assert merged_rows(run) == merged_rows(clean_run) and merged_rows(run)
+    report = orjson.loads((run / "merge" / "report" / "report.json").read_bytes())
+    assert report["dataset"]["rows"] == len(merged_rows(run))

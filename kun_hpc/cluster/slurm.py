@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,24 @@ class _SlurmExecutor(submitit.SlurmExecutor):
     @staticmethod
     def _get_job_id_from_submission_command(string: bytes | str) -> str:
         return parse_job_id(string)
+
+
+@contextlib.contextmanager
+def _outside_any_job() -> Iterator[None]:
+    """Submitting from inside a job (the merge job does): without the job's own SLURM_* variables, which
+    sbatch would read as options of the new job (submitit's clean_env), but with the cluster's config file
+    and the user's SBATCH_* defaults."""
+    if "SLURM_JOB_ID" not in os.environ:
+        yield
+        return
+    keep = {k: v for k, v in os.environ.items() if k == "SLURM_CONF" or k.startswith("SBATCH_")}
+    with submitit.helpers.clean_env():
+        os.environ.update(keep)
+        try:
+            yield
+        finally:
+            for k in keep:
+                os.environ.pop(k, None)
 
 
 class UnitTask(submitit.helpers.Checkpointable):
@@ -137,6 +157,10 @@ class SlurmExecutor(Executor):
     ) -> list[dict]:
         """Submit units as arrays; ``dependencies[c]`` is the sbatch dependency of chunk c. Returns the
         registry entries (one per sbatch call)."""
+        with _outside_any_job():
+            return self._submit(fn, units, stage=stage, log_dir=log_dir, dependencies=dependencies)
+
+    def _submit(self, fn, units, *, stage, log_dir, dependencies) -> list[dict]:
         res = resources_for(self.cfg, stage)
         entries = []
         for c, idx in enumerate(self.chunks(len(units))):

@@ -68,6 +68,10 @@ class SchedulerView:
         finished = self._sacct(gone) if gone else {}
         self._states = {**finished, **queued}
 
+    def queued(self) -> dict[str, tuple[str, str]]:
+        """Every job of the user in the queue now: ``{task: (state, reason)}`` (one squeue call)."""
+        return self._squeue()
+
     def _squeue(self) -> dict[str, tuple[str, str]]:
         self.calls["squeue"] += 1
         out = subprocess.run(
@@ -94,6 +98,15 @@ class SchedulerView:
                 for job in expand_array_ids(parts[0]):
                     states[job] = (parts[1].split()[0] if parts[1] else "", f"exit {parts[2]}")
         return states
+
+
+def queued_tasks(run_dir: Path, view: SchedulerView | None = None) -> dict[str, tuple[str, str]]:
+    """The run's registered jobs still in the queue: ``{task: (stage, state)}``."""
+    entries = read_registry(run_dir)
+    if not entries:
+        return {}
+    queue = (view or SchedulerView(0)).queued()
+    return {t: (e["stage"], queue[t][0]) for e in entries for t in e["tasks"] if t in queue}
 
 
 def expand_array_ids(job: str) -> list[str]:
@@ -236,6 +249,18 @@ def _log_path(log_dir: str, job: str) -> str:
     import submitit
 
     return str(submitit.SlurmJob(folder=log_dir, job_id=job).paths.stderr)
+
+
+def merge_job_state(run_dir: Path, view: SchedulerView | None = None) -> tuple[str, str, str] | None:
+    """(job, state, reason) of the run's latest merge job (kun_hpc/merge/job.py), if it has one."""
+    from kun_hpc.merge.job import merge_tasks
+
+    tasks = merge_tasks(Path(run_dir))
+    if not tasks:
+        return None
+    job = tasks[-1]
+    state, reason = (view or SchedulerView(0)).states({job}).get(job, ("UNKNOWN", ""))
+    return job, state, reason
 
 
 def summarize(rows: list[UnitStatus]) -> dict[str, Counter]:
