@@ -259,7 +259,8 @@ def merge_job_state(run_dir: Path, view: SchedulerView | None = None) -> tuple[s
     if not tasks:
         return None
     job = tasks[-1]
-    state, reason = (view or SchedulerView(0)).states({job}).get(job, ("UNKNOWN", ""))
+    # forced: the view's cached states are those of the jobs asked for last
+    state, reason = (view or SchedulerView(0)).states({job}, force=True).get(job, ("UNKNOWN", ""))
     return job, state, reason
 
 
