@@ -291,12 +291,13 @@ def _watch(cfg: DictConfig, until_settled: bool, follow_merge: bool = False) -> 
     return 0 if all(r.state == "done" for r in rows) else 1
 
 
-def _print_merge_job(cfg: DictConfig, merge: tuple[str, str, str] | None) -> None:
+def _print_merge_job(cfg: DictConfig, merge: tuple[str, str, str] | None, file=None) -> None:
+    file = file or sys.stderr
     if merge:
         job, state, reason = merge
-        print(f"merge job {job}: {state} {reason}".rstrip(), file=sys.stderr)
+        print(f"merge job {job}: {state} {reason}".rstrip(), file=file)
         if state == "COMPLETED":
-            print(f"report: {Path(cfg.merge.output) / 'report' / 'report.md'}", file=sys.stderr)
+            print(f"report: {Path(cfg.merge.output) / 'report' / 'report.md'}", file=file)
 
 
 def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
@@ -306,7 +307,7 @@ def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
         return _watch(cfg, until_settled=True, follow_merge=True)
     rows = unit_statuses(cfg)
     print_status(rows)
-    _print_merge_job(cfg, merge_job_state(Path(cfg.run.dir)))
+    _print_merge_job(cfg, merge_job_state(Path(cfg.run.dir)), file=sys.stdout)
     print_funnel(cfg)
     return 0
 
