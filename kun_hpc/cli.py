@@ -207,12 +207,7 @@ def _merge_step(cfg: DictConfig, executor) -> int:
     from kun_hpc.merge.assemble import run_merge
 
     result = run_merge(cfg, executor)
-    rows = sum(m["rows"] for m in result.assemble)
-    print(
-        f"kun-hpc merge: {rows:,} records in {result.dataset} (card: README.md there); "
-        f"report: {result.report / 'report.md'}",
-        file=sys.stderr,
-    )
+    print(f"kun-hpc merge: {result.summary()}", file=sys.stderr)
     return 0
 
 

@@ -196,7 +196,7 @@ class SlurmExecutor(Executor):
         from kun_hpc.cluster.status import SchedulerView, wait_for_jobs
 
         view = SchedulerView(self.cfg.executor.poll_interval_s)
-        states = wait_for_jobs(view, entries)
+        states = wait_for_jobs(view, (t for e in entries for t in e["tasks"]))
         out = []
         i = 0
         for e in entries:

@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,16 +64,13 @@ class SchedulerView:
         return {j: self._states[j] for j in jobs if j in self._states}
 
     def _refresh(self, jobs: set[str]) -> None:
-        queued = self._squeue()
+        queued = self.queued()
         gone = {j for j in jobs if j not in queued}
         finished = self._sacct(gone) if gone else {}
         self._states = {**finished, **queued}
 
     def queued(self) -> dict[str, tuple[str, str]]:
         """Every job of the user in the queue now: ``{task: (state, reason)}`` (one squeue call)."""
-        return self._squeue()
-
-    def _squeue(self) -> dict[str, tuple[str, str]]:
         self.calls["squeue"] += 1
         out = subprocess.run(
             ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"], capture_output=True, text=True
@@ -121,9 +119,11 @@ def expand_array_ids(job: str) -> list[str]:
     return out
 
 
-def wait_for_jobs(view: SchedulerView, entries: list[dict], timeout_s: float | None = None) -> dict[str, str]:
-    """Block until every array task of ``entries`` has left the queue; return their final states."""
-    jobs = {t for e in entries for t in e["tasks"]}
+def wait_for_jobs(
+    view: SchedulerView, tasks: Iterable[str], timeout_s: float | None = None
+) -> dict[str, str]:
+    """Block until all of ``tasks`` (array tasks, jobs) have left the queue; return their final states."""
+    jobs = set(tasks)
     start = time.monotonic()
     while True:
         states = view.states(jobs, force=True)
@@ -147,9 +147,12 @@ class UnitStatus:
     log: str = ""
 
 
+LOCAL_FAILURES = "failed"  # <run>/failed/<stage>/<unit>.log
+
+
 def local_failure_file(run_dir: Path, stage: str, unit: str) -> Path:
     """Where a local or inline run keeps a failed unit's error (no scheduler can be asked about it later)."""
-    return Path(run_dir) / "failed" / stage / f"{unit}.log"
+    return Path(run_dir) / LOCAL_FAILURES / stage / f"{unit}.log"
 
 
 def record_local_outcome(run_dir: Path, stage: str, unit: str, error: str | None, log: str = "") -> None:
@@ -182,6 +185,8 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
     run_dir = Path(cfg.run.dir)
     latest: dict[tuple[str, str], tuple[str, str]] = {}  # (stage, unit) -> (job, log_dir)
     submitted: dict[tuple[str, str], float] = {}
+    # one listing, not a stat per unit: (stage, unit) of the local failure records
+    recorded = {(p.parent.name, p.stem) for p in (run_dir / LOCAL_FAILURES).glob("*/*.log")}
     for e in read_registry(run_dir):
         for k, name in enumerate(e["units"]):
             latest[(e["stage"], name)] = (e["tasks"][k], e["log_dir"])
@@ -200,7 +205,11 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
             if is_done(u):
                 rows.append(UnitStatus(stage, u.name, "done"))
                 continue
-            local = _local_failure(run_dir, stage, u.name, submitted.get((stage, u.name), 0.0))
+            local = (
+                _local_failure(run_dir, stage, u.name, submitted.get((stage, u.name), 0.0))
+                if (stage, u.name) in recorded
+                else None
+            )
             if local:
                 failed_groups.setdefault(u.index, u.name)
                 rows.append(UnitStatus(stage, u.name, "failed", "", *local))

@@ -210,6 +210,14 @@ class MergeResult:
     dataset: Path
     report: Path
 
+    @property
+    def rows(self) -> int:
+        return sum(m["rows"] for m in self.assemble)
+
+    def summary(self) -> str:
+        report = self.report / "report.md"
+        return f"{self.rows:,} records in {self.dataset} (card: README.md there); report: {report}"
+
 
 def run_merge(cfg: DictConfig, executor: Executor) -> MergeResult:
     inputs = find_inputs(cfg)

@@ -34,20 +34,18 @@ def run_merge_job(job: MergeJob) -> dict:
     """What the driver runs (in a Slurm job)."""
     from kun_hpc import config
     from kun_hpc.cluster.executors import make_executor
-    from kun_hpc.cluster.slurm import read_registry
     from kun_hpc.cluster.status import SchedulerView, queued_tasks, wait_for_jobs
     from kun_hpc.merge.assemble import run_merge
 
     cfg = config.load(str(Path(job.run_dir) / "config.yaml"))
     view = SchedulerView(cfg.executor.poll_interval_s)
-    left = set(queued_tasks(Path(job.run_dir), view)) - set(merge_tasks(Path(job.run_dir)))
+    queued = queued_tasks(Path(job.run_dir), view)
+    left = {t for t, (stage, _) in queued.items() if stage != MERGE_STAGE}
     if left:  # an earlier attempt of this driver was requeued while its phase arrays ran
-        entries = [e for e in read_registry(Path(job.run_dir)) if left & set(e["tasks"])]
-        wait_for_jobs(view, entries)
+        wait_for_jobs(view, left)
     result = run_merge(cfg, make_executor(cfg))
-    rows = sum(m["rows"] for m in result.assemble)
-    print(f"merge job: {rows:,} records in {result.dataset}; report: {result.report / 'report.md'}")
-    return {"dataset": str(result.dataset), "rows": rows, "job": os.environ.get("SLURM_JOB_ID", "")}
+    print(f"merge job: {result.summary()}")
+    return {"dataset": str(result.dataset), "rows": result.rows, "job": os.environ.get("SLURM_JOB_ID", "")}
 
 
 def submit_merge_job(cfg: DictConfig, executor, after: list[str]) -> str:

@@ -35,7 +35,7 @@ def dataset_counts(result: MergeResult) -> dict:
             hist[k] = hist.get(k, 0) + np.asarray(v)
     return {
         "kind": result.inputs.kind,
-        "rows": sum(m["rows"] for m in result.assemble),
+        "rows": result.rows,
         "shards": sum(1 for m in result.assemble for s in m["shards"] if s["rows"]),
         "by_corpus": dict(sorted(by_corpus.items())),
         "histograms": {k: v.tolist() for k, v in hist.items()},
