@@ -294,3 +294,88 @@ def test_reshard_quarantines_a_corrupt_input_shard(sharded, tmp_path):
     m = read_manifest(out)
     assert m["quarantined"].get("corrupt_stream") == 1
     assert m["read"] == m["records"] + 1 and m["records"] < 1004
+
+
+# ------------------------------------------------------------------------------------------ issue 12
+FIELD_TEXTS = [f"第{i}条。今天天气很好，我们一起去公园散步吧。" for i in range(10)]
+
+
+def field_corpora(tmp_path: Path) -> dict[str, Path]:
+    """Small corpora shaped like the issue 12 field reports: WuDao files behind a BOM, in the RECORDS layout
+    and with native ids that repeat across files; a WanJuan member behind a BOM and one cut short; a
+    SkyPile .zst cut after its 6th line (a zstd block per line) and a .gz behind a BOM."""
+    import gzip
+    import io
+    import json
+    import tarfile
+    import zlib
+
+    import zstandard
+
+    def dumps(o) -> str:
+        return json.dumps(o, ensure_ascii=False)
+
+    wudao = tmp_path / "wudao"
+    wudao.mkdir()
+    objs = [{"id": i, "title": f"标题{i}", "content": FIELD_TEXTS[i]} for i in range(3)]
+    (wudao / "part-0000.json").write_bytes(b"\xef\xbb\xbf" + dumps(objs).encode())
+    (wudao / "part-0001.json").write_text(dumps({"RECORDS": objs}))
+    (wudao / "part-0002.json").write_text(dumps([{**o, "uniqueKey": f"uk{o['id']}"} for o in objs]))
+
+    wanjuan = tmp_path / "wanjuan"
+    wanjuan.mkdir()
+    lines = [(dumps({"id": f"a{i}", "content": FIELD_TEXTS[i]}) + "\n").encode() for i in range(3)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("a.jsonl")
+        info.size = 3 + len(b"".join(lines))
+        tar.addfile(info, io.BytesIO(b"\xef\xbb\xbf" + b"".join(lines)))
+    (wanjuan / "part-000000.jsonl.tar.gz").write_bytes(buf.getvalue())
+    lines = [(dumps({"id": f"b{i}", "content": FIELD_TEXTS[i]}) + "\n").encode() for i in range(4)]
+    header = tarfile.TarInfo("b.jsonl")
+    header.size = len(b"".join(lines))
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    cut = c.compress(header.tobuf() + b"".join(lines[:2])) + c.flush(zlib.Z_FULL_FLUSH)  # then the file ends
+    (wanjuan / "part-000001.jsonl.tar.gz").write_bytes(cut)
+
+    skypile = tmp_path / "skypile"
+    skypile.mkdir()
+    out, ends = io.BytesIO(), []
+    with zstandard.ZstdCompressor(write_content_size=False).stream_writer(out, closefd=False) as w:
+        for t in FIELD_TEXTS:
+            w.write((dumps({"text": t}) + "\n").encode())
+            w.flush(zstandard.FLUSH_BLOCK)
+            ends.append(out.tell())
+    (skypile / "cut.jsonl.zst").write_bytes(out.getvalue()[: ends[5]])
+    body = "".join(dumps({"text": t + "另一篇。"}) + "\n" for t in FIELD_TEXTS[:2])
+    (skypile / "bom.jsonl.gz").write_bytes(gzip.compress(b"\xef\xbb\xbf" + body.encode()))
+    return {"wudao": wudao, "wanjuan": wanjuan, "skypile": skypile}
+
+
+def test_field_inputs_are_read_whole_with_unique_ids_and_exact_damage(tmp_path):
+    folders = field_corpora(tmp_path)
+    run = tmp_path / "run"
+    args = [f"run.dir={run}", "executor.kind=inline"]
+    args += [f"corpora.{i}.paths=[{folders[c]}]" for i, c in enumerate(("wudao", "wanjuan", "skypile"))]
+    assert cli.main(["shard", *args]) == 0
+    expected = {
+        "wudao": (9, {}, []),
+        "wanjuan": (6, {"corrupt_stream": 1}, [("part-000001.jsonl.tar.gz", "after b.jsonl:line 2")]),
+        "skypile": (9, {"corrupt_stream": 1}, [("cut.jsonl.zst", "after line 6")]),
+    }
+    ids = []
+    for corpus, (read, quarantined, where) in expected.items():
+        out = run / "shards" / corpus
+        m = read_manifest(out)
+        assert (m["read"], m["quarantined"]) == (read, quarantined), corpus
+        assert m["read"] == m["records"] + sum(m["quarantined"].values())
+        q = [item for p in sorted((out / "quarantine").glob("*.zst")) for item in read_quarantine(p)]
+        assert [(i["source"], i["position"]) for i in q] == where
+        ids += [r["id"] for r in records_under(out)]
+    assert len(ids) == len(set(ids)) == 9 + 5 + 8  # the dataset's id column is a key
+    wudao_ids = sorted(r["id"] for r in records_under(run / "shards" / "wudao"))
+    assert wudao_ids == sorted(
+        [f"wudao/part-000{f}.json:{i}" for f in (0, 1) for i in range(3)] + [f"wudao/uk{i}" for i in range(3)]
+    )
+    texts = sorted(r["text"] for r in records_under(run / "shards" / "skypile"))
+    assert texts == sorted(FIELD_TEXTS[:6] + [t + "另一篇。" for t in FIELD_TEXTS[:2]])  # byte-exact

@@ -8,11 +8,30 @@ piece ``items read == records + bad``.
 A line-based input larger than ``split_bytes`` is cut into pieces that separate tasks read: plain files
 by byte range (a line belongs to the piece its first byte is in), compressed files by line number
 modulo the piece count. WuDao arrays and WanJuan tars are read whole.
+
+What the readers accept and refuse (issue 12):
+
+* A UTF-8 byte order mark and blank space before the first record, in every file and in every WanJuan
+  member; UTF-16/UTF-32 text is refused whole as ``unsupported_encoding``. A byte order mark at the start
+  of a later JSONL line is damage inside the data, not a prologue: that line is ``invalid_json``.
+* WuDao: one JSON array of objects, or the array wrapped as ``{"RECORDS": [...]}``; any other layout is
+  refused whole as ``wrong_layout``, naming what the file holds.
+* Damaged or truncated zstd, gzip and tar.gz input: every complete line before the damage is kept, then
+  one ``corrupt_stream`` item "after line N" ("after <member>:line N" in a tar) names the last complete
+  line (see :mod:`kun_hpc.io.streams` for what cannot be detected).
+* Numbers: an integer id of any size becomes its exact decimal text; a kept metadata integer outside the
+  64-bit range (which the shards cannot hold exactly) refuses the record as ``number_out_of_range``; a
+  float id is ``wrong_type``.
+
+Record ids are keys across a run: ``<corpus>/<native id>``, or ``<corpus>/<content hash>`` without one.
+WuDao ids repeat from file to file in the real releases, so a WuDao record is ``<corpus>/<uniqueKey>``
+when its ``uniqueKey`` is a non-empty string, else ``<corpus>/<file name>:<native id>``.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import tarfile
@@ -29,9 +48,11 @@ from kun_hpc.io.streams import (
     CHUNK,
     STREAM_ERRORS,
     LineTooLong,
+    UnsupportedEncoding,
     compression_of,
     iter_lines,
     open_stream,
+    prologue_length,
     seek_line_start,
 )
 
@@ -49,13 +70,22 @@ LINE_BASED = ("skypile", "jsonl")
 
 @dataclass(frozen=True)
 class Fields:
+    """The native fields of a format.
+
+    ``key``: a field that, when it holds a non-empty string, is unique across the corpus and becomes the
+    id instead of ``id``. ``id_per_file``: native ids are unique only within one file (WuDao), so the id
+    names the file too (issue 12).
+    """
+
     text: str
     id: str | None
     meta: tuple[str, ...] = ()
+    key: str | None = None
+    id_per_file: bool = False
 
 
 NATIVE_FIELDS = {
-    "wudao": Fields("content", "id", ("title", "dataType", "uniqueKey")),
+    "wudao": Fields("content", "id", ("title", "dataType", "uniqueKey"), key="uniqueKey", id_per_file=True),
     "wanjuan": Fields("content", "id"),
     "skypile": Fields("text", None),
 }
@@ -116,16 +146,68 @@ def content_id(corpus: str, text: str) -> str:
     return f"{corpus}/{_xxh3_128_hex(text.encode('utf-8', 'surrogatepass'))}"
 
 
-class RecordMaker:
-    """Turns one parsed native object into a record, or a :class:`Bad` naming what is wrong with it."""
+# orjson reads an integer literal outside [-2**63, 2**64) as a float; such a float is at least this far
+# from zero, and a value there is read again by the stdlib parser to tell an integer from a float.
+_ORJSON_INT_MAX = float(2**64)
+_ORJSON_INT_MIN = float(-(2**63))
 
-    def __init__(self, corpus: str, fields: Fields, source: str):
+
+_ORJSON_INFINITY = "number is infinity"  # how orjson's error about such a number starts
+
+
+class _IntLiteral(str):
+    """An integer as the stdlib JSON parser saw it: its exact decimal text."""
+
+
+class _OutOfRange(ValueError):
+    """Says which number: "the integer <its digits>"."""
+
+
+def _past_int64(v: Any) -> bool:
+    """Whether ``v`` (as orjson parsed it) holds a float where the JSON may have held a big integer."""
+    t = type(v)
+    if t is float:
+        return v >= _ORJSON_INT_MAX or v <= _ORJSON_INT_MIN
+    if t is dict:
+        return any(_past_int64(x) for x in v.values())
+    if t is list:
+        return any(_past_int64(x) for x in v)
+    return False
+
+
+def _exact_json(raw: bytes) -> Any:
+    """``raw`` parsed by the stdlib, every integer as an :class:`_IntLiteral` (exact, any size)."""
+    return json.loads(raw, parse_int=_IntLiteral)
+
+
+def _int64_values(v: Any) -> Any:
+    """``v`` from :func:`_exact_json` with its integers as ints; :class:`_OutOfRange` (the literal) for
+    one that orjson cannot write (outside [-2**63, 2**64))."""
+    if type(v) is _IntLiteral:
+        if len(v) > 21 or not -(2**63) <= int(v) < 2**64:
+            raise _OutOfRange(f"the integer {v}")
+        return int(v)
+    if type(v) is dict:
+        return {k: _int64_values(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_int64_values(x) for x in v]
+    return v
+
+
+class RecordMaker:
+    """Turns one parsed native object into a record, or a :class:`Bad` naming what is wrong with it.
+
+    ``file_name`` (the input file's base name) prefixes native ids when ``fields.id_per_file``.
+    """
+
+    def __init__(self, corpus: str, fields: Fields, source: str, file_name: str = ""):
         self.corpus = corpus
         self.fields = fields
         self.source = source
         # the per-record path reads these instead of going through self.fields each time
-        self._text, self._id, self._meta = fields.text, fields.id, fields.meta
+        self._text, self._id, self._meta, self._key = fields.text, fields.id, fields.meta, fields.key
         self._id_prefix = f"{corpus}/"
+        self._native_prefix = f"{corpus}/{file_name}:" if fields.id_per_file else self._id_prefix
         self._src_prefix = f"{source}:"
 
     def __call__(self, obj: Any, position: str, raw: bytes) -> Item:
@@ -148,21 +230,51 @@ class RecordMaker:
         if not text or text.isspace():  # the same test as `not text.strip()`, without copying the text
             return Bad(self.source, position, "empty_text", f"'{text_field}' is empty or blank", raw)
         id_field = self._id
+        key = obj.get(self._key) if self._key else None
         native = obj.get(id_field) if id_field else None
-        if native is None or native == "":
+        if type(key) is str and key:
+            rid = self._id_prefix + key
+        elif native is None or native == "":
             rid = self._id_prefix + _xxh3_128_hex(text.encode("utf-8", "surrogatepass"))
         elif type(native) is str or type(native) is int:
-            rid = f"{self._id_prefix}{native}"
+            rid = f"{self._native_prefix}{native}"
+        elif type(native) is float:
+            exact = _exact_json(raw).get(id_field) if _past_int64(native) else native
+            if type(exact) is not _IntLiteral:
+                return Bad(
+                    self.source,
+                    position,
+                    "wrong_type",
+                    f"'{id_field}' is a float ({native!r}), not a string or an integer",
+                    raw,
+                )
+            rid = self._native_prefix + exact
         else:
             return Bad(self.source, position, "wrong_type", f"'{id_field}' is {type(native).__name__}", raw)
         rec = {"id": rid, "corpus": self.corpus, "text": text, "src": self._src_prefix + position}
         keys = self._meta
         if keys:
             meta = {}
+            inexact = False
             for k in keys:  # a plain loop: cheaper than a comprehension per record
                 v = obj.get(k)
                 if v is not None and v != "":
                     meta[k] = v
+                    if type(v) is not str and _past_int64(v):
+                        inexact = True
+            if inexact:
+                exact = _exact_json(raw)
+                for k in meta:
+                    try:
+                        meta[k] = _int64_values(exact[k])
+                    except _OutOfRange as e:
+                        return Bad(
+                            self.source,
+                            position,
+                            "number_out_of_range",
+                            f"'{k}' holds {e}, outside the 64-bit range that the shards can hold exactly",
+                            raw,
+                        )
             if meta:
                 rec["meta"] = meta
         return rec
@@ -176,6 +288,9 @@ def parse_json(raw: bytes, make: RecordMaker, position: str) -> Item:
             raw.decode("utf-8")
         except UnicodeDecodeError as u:
             return Bad(make.source, position, "invalid_utf8", f"byte {u.start}: {u.reason}", raw)
+        if str(e).startswith(_ORJSON_INFINITY):  # valid JSON, but a number no double holds
+            detail = f"a number past the range of a 64-bit float ({e})"
+            return Bad(make.source, position, "number_out_of_range", detail, raw)
         return Bad(make.source, position, "invalid_json", str(e), raw)
     return make(obj, position, raw)
 
@@ -196,30 +311,48 @@ def too_long(make: RecordMaker, position: str, item: LineTooLong, limit: int) ->
 
 
 # ----------------------------------------------------------------------------------------- line based
+def unsupported_encoding(source: str, position: str, e: UnsupportedEncoding) -> Bad:
+    return Bad(source, position, "unsupported_encoding", str(e))
+
+
 def piece_lines(piece: InputPiece, max_bytes: int) -> Iterator[tuple[str, bytes | LineTooLong] | Bad]:
-    """``(position, line)`` for each non-blank line of a piece; a damaged stream ends with a :class:`Bad`."""
+    """``(position, line)`` for each non-blank line of a piece; a damaged stream ends with a :class:`Bad`.
+
+    A problem of the whole file is reported once, by the piece that starts it (index 0): a text encoding
+    other than UTF-8 (``unsupported_encoding`` at "byte 0"), and the damage of a compressed file, which
+    every piece reads through (``corrupt_stream`` "after line N", N the file's last complete line).
+    Only piece 0 can hold the prologue (a UTF-8 byte order mark), which it skips.
+    """
     where = "line 0"
+    first = piece.index == 0
     try:
         if compression_of(piece.path) == "none":
             with open(piece.path, "rb") as f:
+                if not first:
+                    prologue_length(f.read(4))  # refuse UTF-16/32 here too, without a report of its own
                 size = os.fstat(f.fileno()).st_size
                 start = seek_line_start(f, piece.index * size // piece.count)
                 end = (piece.index + 1) * size // piece.count
-                for lineno, (off, line) in enumerate(iter_lines(f, max_bytes, start=start, end=end), 1):
+                lines = iter_lines(f, max_bytes, start=start, end=end, prologue=first)
+                for lineno, (off, line) in enumerate(lines, 1):
                     # line numbers are known only when the piece starts the file
-                    where = f"line {lineno}" if piece.index == 0 else f"byte {off}"
+                    where = f"line {lineno}" if first else f"byte {off}"
                     if line:
                         yield where, line
             return
         with open_stream(piece.path) as f:
-            for lineno, (_, line) in enumerate(iter_lines(f, max_bytes), 1):
+            for lineno, (_, line) in enumerate(iter_lines(f, max_bytes, prologue=True), 1):
+                where = f"line {lineno}"
                 if piece.count > 1 and lineno % piece.count != piece.index:
                     continue
-                where = f"line {lineno}"
                 if line:
                     yield where, line
+    except UnsupportedEncoding as e:
+        if first:
+            yield unsupported_encoding(piece.label, "byte 0", e)
     except STREAM_ERRORS as e:
-        yield corrupt_stream(piece.label, where, e)
+        if first:
+            yield corrupt_stream(piece.label, where, e)
 
 
 def _read_lines(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
@@ -248,19 +381,86 @@ def _read_lines(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterato
 _WUDAO_SEP = re.compile(rb'\}\s*,\s*(?=\{\s*"id"\s*:)')
 
 
+# The layout a published WuDao tutorial shows: the array as the value of "RECORDS" (issue 12).
+_WUDAO_RECORDS = re.compile(rb'\{\s*"RECORDS"\s*:\s*\[')
+_FIRST_KEY = re.compile(rb'\{\s*"((?:[^"\\]|\\.)*)"\s*:')
+_JSON_SCALARS = {b'"': "a JSON string", b"t": "a JSON true", b"f": "a JSON false", b"n": "a JSON null"}
+
+
+class WrongLayout(ValueError):
+    """A WuDao file that is neither an array of objects nor ``{"RECORDS": [...]}``."""
+
+
+def describe_layout(head: bytes, whole: bool) -> str:
+    """What a JSON file holds, in words, from its first bytes after the prologue (all of it when
+    ``whole``): "an empty file", "JSON Lines (one object per line)", "a JSON object with keys [...]",
+    "a JSON object whose first key is '...'", "a JSON number", ..."""
+    if not head:
+        return "an empty file"
+    if head[:1] == b"{":
+        first, nl, rest = head.partition(b"\n")
+        if nl and rest.lstrip()[:1] == b"{":
+            try:
+                if type(orjson.loads(first)) is dict:
+                    return "JSON Lines (one object per line)"
+            except orjson.JSONDecodeError:
+                pass
+        if whole:
+            try:
+                obj = orjson.loads(head)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict:
+                keys = list(obj)
+                more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+                return f"a JSON object with keys {keys[:8]}{more}"
+        m = _FIRST_KEY.match(head)
+        if m:
+            return f"a JSON object whose first key is {m.group(1).decode('utf-8', 'replace')!r}"
+        return "a JSON object"
+    if head[:1] in _JSON_SCALARS:
+        return _JSON_SCALARS[head[:1]]
+    if head[:1] in b"-0123456789":
+        return "a JSON number"
+    return f"text that starts with {head[:40].decode('utf-8', 'replace')!r}"
+
+
 def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
-    """Yield (offset, object bytes) from a JSON array stream, bounded by max_bytes."""
-    buf = b""
-    while True:
+    """Yield (offset, object bytes) from a JSON array stream, or one wrapped as ``{"RECORDS": [...]}``,
+    bounded by max_bytes. Raises :class:`UnsupportedEncoding` or :class:`WrongLayout` before the first
+    object, ``EOFError`` after the last one when the file is truncated."""
+    buf = f.read(CHUNK)
+    while len(buf) < 4:  # a short first read: look at 4 bytes unless the file is shorter
         data = f.read(CHUNK)
-        buf += data
-        stripped = buf.lstrip()
-        if stripped or not data:
+        if not data:
             break
-    if not stripped.startswith(b"["):
-        raise ValueError("not a JSON array (a WuDao file is one array of objects)")
-    pos = len(buf) - len(stripped) + 1  # file offset of buf[0]
-    buf = stripped[1:]
+        buf += data
+    pos = prologue_length(buf)  # file offset of buf[0]
+    buf = buf[pos:]
+    at_end = False
+    while True:  # enough of the start to tell the layout (at most 2 * CHUNK held)
+        stripped = buf.lstrip()
+        pos += len(buf) - len(stripped)
+        buf = stripped
+        if len(buf) >= CHUNK:
+            break
+        data = f.read(CHUNK)
+        if not data:
+            at_end = True
+            break
+        buf += data
+    wrapped = _WUDAO_RECORDS.match(buf)
+    if buf.startswith(b"["):
+        n = 1
+    elif wrapped:
+        n = wrapped.end()
+    else:
+        raise WrongLayout(
+            f"the file holds {describe_layout(buf, at_end)}, not a JSON array of objects: a WuDao file is "
+            'one array ([{...}, ...]), or one wrapped as {"RECORDS": [...]}'
+        )
+    pos += n
+    buf = buf[n:]
     skip_head: bytes | None = None  # set while skipping an object longer than max_bytes
     skip_start = 0
     while True:
@@ -285,15 +485,21 @@ def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong
             break
         buf += data
     tail = buf.rstrip()
-    closed = tail.endswith(b"]")
-    if closed:
+    closed = True
+    if wrapped:  # "]" then the "}" of the wrapping object
+        closed = tail.endswith(b"}") and tail[:-1].rstrip().endswith(b"]")
+        if closed:
+            tail = tail[:-1].rstrip()
+    closed = closed and tail.endswith(b"]")
+    if tail.endswith(b"]"):  # an object ends with "}": a last "]" can only close the array
         tail = tail[:-1].rstrip()
     if skip_head is not None:
         yield skip_start, LineTooLong(skip_head, pos + len(tail) - skip_start)
     elif tail:
         yield pos, tail
     if not closed:
-        raise EOFError("the array is not closed: the file is truncated")
+        end = "]}" if wrapped else "]"
+        raise EOFError(f"the array is not closed (no final {end!r}): the file is truncated")
 
 
 def _read_wudao(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
@@ -306,31 +512,81 @@ def _read_wudao(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterato
                     yield parse_json(obj, make, where)
                 else:
                     yield too_long(make, where, obj, max_bytes)
-    except (*STREAM_ERRORS, ValueError) as e:
+    except UnsupportedEncoding as e:
+        yield unsupported_encoding(make.source, where, e)
+    except WrongLayout as e:
+        yield Bad(make.source, where, "wrong_layout", str(e))
+    except STREAM_ERRORS as e:
         yield corrupt_stream(make.source, where, e)
 
 
 # ----------------------------------------------------------------------------------------- WanJuan
+# The tar layer is walked here rather than by tarfile.open(mode="r|"): tarfile reads a member's data
+# ahead in blocks and, when the stream fails inside one, drops the lines already decoded in it.
+class _TarCursor:
+    """The part of a TarFile that :meth:`tarfile.TarInfo.fromtarfile` reads a header through: the
+    decoded stream, tarfile's defaults for names, and where the next header starts (``offset``)."""
+
+    def __init__(self, fileobj: Any):
+        self.fileobj = fileobj
+        self.encoding = tarfile.ENCODING
+        self.errors = "surrogateescape"
+        self.pax_headers: dict[str, str] = {}
+        self.offset = 0
+
+
+class _MemberData:
+    """The ``size`` data bytes of the member at the stream's position; the stream ending first is
+    truncation."""
+
+    def __init__(self, stream: Any, size: int, name: str):
+        self._stream, self._left, self._name = stream, size, name
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._stream.read(min(n, self._left))
+        if not data:
+            raise EOFError(f"the archive ends inside member {self._name}: it is truncated")
+        self._left -= len(data)
+        return data
+
+    def skip(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
 def _read_wanjuan(piece: InputPiece, make: RecordMaker, max_bytes: int) -> Iterator[Item]:
     where = "start"
     try:
-        with open(piece.path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                where = f"{member.name}"
-                if not member.name.endswith(".jsonl"):
-                    yield Bad(make.source, where, "unexpected_member", "not a .jsonl member; skipped")
-                    continue
-                stream = tar.extractfile(member)
-                # small reads: a truncated archive loses only the lines of the last read
-                for lineno, (_, line) in enumerate(iter_lines(stream, max_bytes, chunk=64 * 1024), 1):
-                    where = f"{member.name}:line {lineno}"
-                    if type(line) is bytes:
-                        if line.strip():
-                            yield parse_json(line, make, where)
-                    else:
-                        yield too_long(make, where, line, max_bytes)
+        with open_stream(piece.path) as stream:
+            cursor = _TarCursor(stream)
+            while True:
+                try:
+                    member = tarfile.TarInfo.fromtarfile(cursor)  # type: ignore[arg-type]
+                except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):
+                    break  # the end-of-archive blocks, or the data ending at a header
+                name = member.name
+                if member.isfile() and not name.endswith(".jsonl"):
+                    yield Bad(make.source, name, "unexpected_member", "not a .jsonl member; skipped")
+                elif member.isfile():
+                    where = f"{name}:line 0"
+                    body = _MemberData(stream, member.size, name)
+                    try:
+                        for lineno, (_, line) in enumerate(iter_lines(body, max_bytes, prologue=True), 1):
+                            where = f"{name}:line {lineno}"
+                            if type(line) is bytes:
+                                if line.strip():
+                                    yield parse_json(line, make, where)
+                            else:
+                                yield too_long(make, where, line, max_bytes)
+                    except UnsupportedEncoding as e:
+                        yield unsupported_encoding(make.source, name, e)
+                    body.skip()
+                # what is left of the member, and its padding up to the next header
+                _MemberData(stream, cursor.offset - stream.tell(), name).skip()
+            while stream.read(CHUNK):  # to the end of the compressed stream, whose check may still fail
+                pass
     except STREAM_ERRORS as e:
         yield corrupt_stream(make.source, where, e)
 
@@ -346,8 +602,9 @@ READERS: dict[str, Callable[[InputPiece, RecordMaker, int], Iterator[Item]]] = {
 def read_piece(
     piece: InputPiece, corpus: str, fmt: str, fields: Fields, max_record_bytes: int
 ) -> Iterator[Item]:
-    """Stream the records and bad items of one input piece."""
-    make = RecordMaker(corpus, fields, piece.label)
+    """Stream the records and bad items of one input piece (see the module docstring for what is
+    accepted, refused and quarantined, by reason). Raises ``FileNotFoundError`` if the file is gone."""
+    make = RecordMaker(corpus, fields, piece.label, os.path.basename(piece.path))
     if not os.path.exists(piece.path):
         raise FileNotFoundError(piece.path)
     return READERS[fmt](piece, make, max_record_bytes)
