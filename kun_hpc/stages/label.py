@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.inference import Generation
 from kun_hpc.stages.base import Rejected
-from kun_hpc.stages.llm import LLMStage, bad_generation
+from kun_hpc.stages.llm import LLMStage, accept_output
 from kun_hpc.stages.rules import Drop, RuleSet
 
 
@@ -26,12 +26,11 @@ class Label(LLMStage):
         return {"rules": OmegaConf.to_container(cfg.rules)} if cfg.label.apply_rules else {}
 
     def accept(self, record: dict, g: Generation) -> dict | Rejected:
-        row = {**record, "instruction": g.text}
-        bad = bad_generation(g, self.reject_truncated)
-        if bad:
-            return Rejected(row, *bad)
+        row = accept_output(record, "instruction", g, self.reject_truncated)
+        if isinstance(row, Rejected):
+            return row
         if self.rules is not None:
-            cleaned = self.rules.instruction(g.text)
+            cleaned = self.rules.instruction(row["instruction"])
             if isinstance(cleaned, Drop):
                 return Rejected(row, cleaned.reason, cleaned.detail)
             row["instruction"] = cleaned

@@ -5,12 +5,21 @@ template file, sorted longest first and handed to the engine in a single call, s
 chunk at once (make ``pipeline.chunk_records`` several times ``engine.max_num_seqs``: the batch drains at
 each chunk's end). Sampled outputs do not depend on which records share a chunk or a batch: each record gets
 its own seed, derived from its id, so a unit resumed after a kill makes the same outputs as a fault-free run.
+A prompt is a :class:`~kun_hpc.inference.Prompt`: only the template file's own ``<|im_start|>`` /
+``<|im_end|>`` are control tokens; the record's text, instruction or answer is encoded as plain text even
+where it holds such a token's text (issue 12).
+
+What a model writes is cleaned as the filter cleans its input (issue 12): :func:`output_text` applies
+:func:`kun_hpc.filtering.clean.strip_controls` (line breaks to ``\\n``, every other control and format
+character removed), and a record lists in ``output_cleaned`` each field (``instruction``, ``answer``) that
+cleaning changed.
 
 Bad model output is a :class:`Rejected` with a reason, never a crash: ``prompt_too_long`` (over
 ``max_prompt_tokens`` or the engine's ``max_model_len``), ``output_too_long`` (cut at ``max_new_tokens``
-without a stop, when ``reject_truncated``), ``empty_output``, ``invalid_utf8`` (byte-level tokens that do not
-form characters decode to U+FFFD), and ``missing_field`` for an input record without the fields the prompt
-needs.
+without a stop, when ``reject_truncated``), ``empty_output`` (nothing but whitespace once cleaned),
+``invalid_utf8`` (byte-level tokens that do not form characters decode to U+FFFD: the model's fault, since
+the filter rejects input holding one as ``damaged_text``), and ``missing_field`` for an input record without
+the fields the prompt needs.
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ import xxhash
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.config import file_sha256, find_file
+from kun_hpc.filtering.clean import strip_controls
 from kun_hpc.inference import (
     FINISH_LENGTH,
     FINISH_PROMPT_TOO_LONG,
     Engine,
     EngineSpec,
     Generation,
+    Prompt,
     SamplingSpec,
     load_engine,
 )
@@ -42,7 +53,9 @@ PLACEHOLDER = re.compile(r"\{(text|instruction)\}")
 
 class PromptTemplate:
     """A prompt template file: its text with ``{text}`` / ``{instruction}`` placeholders, substituted in one
-    pass (a record's text holding ``{instruction}`` stays as it is)."""
+    pass (a record's text holding ``{instruction}`` stays as it is). :meth:`prompt` keeps the template's
+    literal text (whose ``<|im_start|>`` / ``<|im_end|>`` are control tokens) apart from the values
+    (data: encoded as plain text whatever they hold, issue 12); :meth:`render` is its text."""
 
     def __init__(self, text: str, path: Path | None = None):
         self.text = text
@@ -71,8 +84,18 @@ class PromptTemplate:
             )
         return template
 
+    def prompt(self, **values: str) -> Prompt:
+        """The template filled with ``values`` (one per placeholder; KeyError for a missing one)."""
+        parts: list[tuple[str, bool]] = []
+        at = 0
+        for m in PLACEHOLDER.finditer(self.text):
+            parts += [(self.text[at : m.start()], False), (values[m.group(1)], True)]
+            at = m.end()
+        return Prompt((*parts, (self.text[at:], False)))
+
     def render(self, **values: str) -> str:
-        return PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
+        """The text of :meth:`prompt`."""
+        return self.prompt(**values).text
 
 
 def record_seed(stage: str, record: Mapping[str, Any], base: int) -> int:
@@ -81,17 +104,37 @@ def record_seed(stage: str, record: Mapping[str, Any], base: int) -> int:
     return xxhash.xxh64_intdigest(f"{stage}\0{key}".encode(), seed=base) & 0x7FFF_FFFF
 
 
-def bad_generation(g: Generation, reject_truncated: bool) -> tuple[str, str] | None:
-    """(reason, detail) when a generation is unusable, else None."""
+def output_text(g: Generation) -> str:
+    """What the model wrote, cleaned like the filter's input: :func:`strip_controls` (issue 12)."""
+    return strip_controls(g.text)
+
+
+def bad_generation(g: Generation, reject_truncated: bool, text: str | None = None) -> tuple[str, str] | None:
+    """(reason, detail) when a generation is unusable, else None; ``text`` is its :func:`output_text`
+    (computed here when not given)."""
+    if text is None:
+        text = output_text(g)
     if g.finish_reason == FINISH_PROMPT_TOO_LONG:
         return "prompt_too_long", f"{g.num_prompt_tokens} prompt tokens leave no room to generate"
     if reject_truncated and g.finish_reason == FINISH_LENGTH:
         return "output_too_long", f"{len(g.token_ids)} tokens without a stop"
-    if not g.text.strip():
-        return "empty_output", ""
-    if "\ufffd" in g.text:
-        return "invalid_utf8", g.text[:200]
+    if not text.strip():
+        return "empty_output", f"nothing left once cleaned: {g.text[:200]!r}" if g.text.strip() else ""
+    if "\ufffd" in text:
+        return "invalid_utf8", text[:200]
     return None
+
+
+def accept_output(record: dict, field: str, g: Generation, reject_truncated: bool) -> dict | Rejected:
+    """``record`` with ``field`` set to the generation's :func:`output_text` -- and ``field`` appended to its
+    ``output_cleaned`` list when cleaning changed the text -- or that row rejected by
+    :func:`bad_generation`."""
+    text = output_text(g)
+    row = {**record, field: text}
+    if text != g.text:
+        row["output_cleaned"] = [*record.get("output_cleaned", []), field]
+    bad = bad_generation(g, reject_truncated, text)
+    return Rejected(row, *bad) if bad else row
 
 
 def plain(section: Any) -> dict:
@@ -153,9 +196,9 @@ class LLMStage(Stage):
     def process_stream(self, batches: Iterator[list[dict]]) -> Iterator[list[dict | Rejected]]:
         """Each chunk's prompts, longest first, go to the engine as one group of :meth:`infer_stream`:
         vLLM queues the next chunk while the last sequences of this one decode."""
-        prepared: deque[tuple[list, list[tuple[int, str, dict]]]] = deque()
+        prepared: deque[tuple[list, list[tuple[int, Prompt, dict]]]] = deque()
 
-        def groups() -> Iterator[tuple[list[str], list[int]]]:
+        def groups() -> Iterator[tuple[list[Prompt], list[int]]]:
             for batch in batches:
                 out, todo = self._prepare(batch)
                 prepared.append((out, todo))
@@ -168,11 +211,11 @@ class LLMStage(Stage):
                 out[i] = self.accept(r, res)
             yield out
 
-    def _prepare(self, batch: list[dict]) -> tuple[list, list[tuple[int, str, dict]]]:
+    def _prepare(self, batch: list[dict]) -> tuple[list, list[tuple[int, Prompt, dict]]]:
         """Results known before inference (rejections) and what to infer: (index in batch, prompt, record
         as the prompt saw it), longest prompt first."""
         out: list[dict | Rejected | None] = [None] * len(batch)
-        todo: list[tuple[int, str, dict]] = []
+        todo: list[tuple[int, Prompt, dict]] = []
         for i, r in enumerate(batch):
             missing = [f for f in self.needs if not isinstance(r.get(f), str)]
             if missing:
@@ -192,14 +235,15 @@ class LLMStage(Stage):
                 else:
                     fits.append(item)
             todo = fits
-        todo.sort(key=lambda t: -len(t[1]))  # longest first; ties keep their input order
+        todo.sort(key=lambda t: -len(t[1].text))  # longest first; ties keep their input order
         return out, todo
 
-    def prompt(self, record: dict) -> tuple[str, dict] | Rejected:
-        """The prompt for a record and the fields to set on it before :meth:`accept` (or a rejection)."""
-        return self.template.render(**{f: record[f] for f in self.needs}), {}
+    def prompt(self, record: dict) -> tuple[Prompt, dict] | Rejected:
+        """The prompt for a record (the record's fields are its data parts) and the fields to set on it
+        before :meth:`accept` (or a rejection)."""
+        return self.template.prompt(**{f: record[f] for f in self.needs}), {}
 
-    def infer_stream(self, groups: Iterator[tuple[list[str], list[int]]]) -> Iterator[list[Any]]:
+    def infer_stream(self, groups: Iterator[tuple[list[Prompt], list[int]]]) -> Iterator[list[Any]]:
         """The engine call, one result list per group of (prompts, seeds): generation by default."""
         return self.engine.generate_stream(groups, self.sampling)
 

@@ -16,9 +16,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from kun_hpc.inference import Generation
+from kun_hpc.inference import Generation, Prompt
 from kun_hpc.stages.base import Rejected
-from kun_hpc.stages.llm import LLMStage, bad_generation
+from kun_hpc.stages.llm import LLMStage, bad_generation, output_text
 
 GOOD, BAD, BOTH, UNPARSEABLE = "good", "bad", "both", "unparseable"
 
@@ -54,7 +54,7 @@ class Point(LLMStage):
     def _verdict_token(self, word: str) -> int:
         """The token id of ``word`` right after a prompt + ``verdict_open``; refuses a tokenizer that would
         merge it with what comes before (the score would then read the wrong token)."""
-        probe = self.template.render(instruction="测试") + self.open
+        probe = self.template.prompt(instruction="测试") + self.open
         base, full = self.engine.encode([probe, probe + word])
         if len(full) != len(base) + 1 or full[: len(base)] != base:
             raise ValueError(
@@ -63,10 +63,11 @@ class Point(LLMStage):
             )
         return full[-1]
 
-    def infer_stream(self, groups: Iterator[tuple[list[str], list[int]]]) -> Iterator[list[Any]]:
+    def infer_stream(self, groups: Iterator[tuple[list[Prompt], list[int]]]) -> Iterator[list[Any]]:
         if self.mode != "calibrated":
             return super().infer_stream(groups)
-        # one prefill step per prompt: nothing decodes, so nothing drains at a chunk's end
+        # one prefill step per prompt: nothing decodes, so nothing drains at a chunk's end; verdict_open is
+        # configuration, so it joins the prompt as template text
         return (
             self.engine.next_token_logprobs([p + self.open for p in prompts], self.candidates)
             for prompts, _ in groups
@@ -76,14 +77,15 @@ class Point(LLMStage):
         if self.mode == "calibrated":
             return self._accept_score(record, result)
         g: Generation = result
-        bad = bad_generation(g, self.reject_truncated)
+        text = output_text(g)  # cleaned first: a zero-width space inside 【好】 does not hide the tag
+        bad = bad_generation(g, self.reject_truncated, text)
         if bad:
             return Rejected(record, *bad)
-        verdict = parse_verdict(g.text, *self.tags)
+        verdict = parse_verdict(text, *self.tags)
         row = {**record, "verdict": self.words[verdict]}
         if verdict == GOOD:
             return row
-        return Rejected(row, f"verdict_{verdict}", g.text[:200])
+        return Rejected(row, f"verdict_{verdict}", text[:200])
 
     def _accept_score(self, record: dict, lps: list[float] | None) -> dict | Rejected:
         if lps is None:

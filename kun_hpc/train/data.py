@@ -10,13 +10,15 @@ one). Each pair becomes one example (prompt, target):
   instruction; target = the output.
 
 The target ends with ``<|im_end|>``, the stop the inference stages use. The prompt is tokenized as the
-engines tokenize prompts (``add_special_tokens=True``) and the target on its own, so a trained model sees at
-inference exactly the tokens it was trained on.
+engines tokenize prompts (:func:`kun_hpc.inference.encode_prompts`, ``add_special_tokens=True``) and the
+target on its own, so a trained model sees at inference exactly the tokens it was trained on. The pair's
+text is data in both: a special token's text in it (``<|im_end|>`` inside an output) is encoded as plain
+text, and the only special tokens are the template's and the target's closing ``<|im_end|>`` (issue 12).
 
 Cleaning: NFC, line breaks to ``\\n``, control characters out, outer whitespace stripped. Then, per task, one
 target per prompt: a pair whose prompt was seen already is rejected as ``duplicate``. Accounting holds as
 everywhere: ``in = out + rejected (empty_instruction, empty_output, duplicate, too_long) + quarantined
-(invalid_json, not_an_object, missing_field, wrong_type, invalid_utf8)``.
+(invalid_json, not_an_object, missing_field, wrong_type, invalid_utf8, unsupported_encoding)``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import xxhash
 from omegaconf import DictConfig
 
 from kun_hpc.config import find_file
+from kun_hpc.inference.prompt import Prompt, encode_prompts
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
+from kun_hpc.io.streams import UnsupportedEncoding, iter_lines, prologue_length
 from kun_hpc.stages.llm import PromptTemplate
 
 END_OF_TURN = "<|im_end|>"  # ends every target: the stop string of the inference stages
@@ -111,16 +115,25 @@ def _format(path: Path, fmt: str) -> str:
 
 
 def read_seed(paths: list[str], fmt: str = "auto") -> Iterator[SeedPair | Bad]:
-    """Every seed item of the files, in order, as a :class:`SeedPair` or a :class:`Bad`."""
+    """Every seed item of the files, in order, as a :class:`SeedPair` or a :class:`Bad`.
+
+    A UTF-8 byte order mark and blank space before the first item are skipped; a UTF-16/UTF-32 file is one
+    ``unsupported_encoding`` item at "byte 0" (issue 12, the same rule as the corpus readers).
+    """
     for path in seed_files(paths):
         src = str(path)
-        if _format(path, fmt) == "jsonl":
-            with open(path, "rb") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        yield _parse(line, src, f"line {n}")
+        try:
+            if _format(path, fmt) == "jsonl":
+                with open(path, "rb") as f:
+                    for n, (_, line) in enumerate(iter_lines(f, 1 << 62, prologue=True), 1):
+                        if line.strip():  # type: ignore[union-attr]
+                            yield _parse(line, src, f"line {n}")  # type: ignore[arg-type]
+                continue
+            data = path.read_bytes()
+            data = data[prologue_length(data[:4]) :]
+        except UnsupportedEncoding as e:
+            yield Bad(src, "byte 0", "unsupported_encoding", str(e))
             continue
-        data = path.read_bytes()
         try:
             items = orjson.loads(data)
         except orjson.JSONDecodeError as e:
@@ -176,11 +189,11 @@ def task_template(cfg: DictConfig, task: str) -> PromptTemplate:
     return PromptTemplate.load(find_file(cfg.train.chat_template), "", ("text",))
 
 
-def example(pair: SeedPair, task: str, template: PromptTemplate) -> tuple[str, str]:
-    """(prompt, target) of a pair for a task."""
+def example(pair: SeedPair, task: str, template: PromptTemplate) -> tuple[Prompt, Prompt]:
+    """(prompt, target) of a pair for a task; the pair's text is their data part."""
     if task == "label":
-        return template.render(text=pair.output), pair.full_instruction + END_OF_TURN
-    return template.render(text=pair.full_instruction), pair.output + END_OF_TURN
+        return template.prompt(text=pair.output), Prompt.of_data(pair.full_instruction) + END_OF_TURN
+    return template.prompt(text=pair.full_instruction), Prompt.of_data(pair.output) + END_OF_TURN
 
 
 def check_chatml(tokenizer: Any) -> None:
@@ -193,11 +206,12 @@ def check_chatml(tokenizer: Any) -> None:
         )
 
 
-def encode(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
-    """Prompt ids as the inference engines make them, target ids on their own."""
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    t = tokenizer(target, add_special_tokens=False)["input_ids"]
-    return list(p), list(t)
+def encode(tokenizer: Any, prompt: Prompt, target: Prompt) -> tuple[list[int], list[int]]:
+    """Prompt ids as the inference engines make them, target ids on their own (no added BOS/EOS); a special
+    token's text in the data parts is plain text in both (issue 12)."""
+    (p,) = encode_prompts(tokenizer, [prompt], add_special_tokens=True)
+    (t,) = encode_prompts(tokenizer, [target], add_special_tokens=False)
+    return p, t
 
 
 def data_path(out_dir: str | Path, task: str) -> Path:
@@ -234,8 +248,8 @@ def build_sft_set(cfg: DictConfig, task: str, tokenizer: Any, out_dir: str | Pat
                 reason = "empty_output"
             else:
                 prompt, target = example(item, task, template)
-                key = xxhash.xxh3_64_intdigest(prompt.encode())
-                row.update(prompt=prompt, target=target)
+                key = xxhash.xxh3_64_intdigest(prompt.text.encode())
+                row.update(prompt=prompt.text, target=target.text)
                 if key in seen:
                     reason = "duplicate"
                 else:
