@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import math
 import random
@@ -15,6 +16,7 @@ import re
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,15 @@ from kun_hpc.filtering.chain import FilterChain
 from kun_hpc.filtering.clean import Cleaner, canon
 from kun_hpc.filtering.ngram import build_arpa, lm_tokens
 from kun_hpc.filtering.perplexity import KenLMScorer, LMScorer
-from kun_hpc.filtering.segment import BOUNDARIES, split_span
+from kun_hpc.filtering.segment import (
+    BOUNDARIES,
+    CLAUSE_MARKS,
+    DOTS,
+    NUMBER_SEPARATORS,
+    SENTENCE_MARKS,
+    segment_texts,
+    split_span,
+)
 from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.base import Rejected, run_unit
 from kun_hpc.stages.filter import FilterStage, calibration_path
@@ -38,9 +48,17 @@ import make_tiny_model
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 POETRY = REPO / "shards" / "sample" / "poetry" / "poems-2000.jsonl.zst"
-REASONS = {"empty", "too_long", "too_short", "low_cjk", "dup_lines", "dup_ngrams", "ppl_tail", "ppl_middle"}
-# where a unit may end: after a sentence or clause boundary, or before a space/newline (see segment.py)
-BOUNDARY_END = re.compile(r"(?:[。！？!?；;….，,、：:]|[。！？!?；;….，,、：:][”’\"'」』）)》】〕\]]+)$")
+REASONS = {
+    "damaged_text",
+    "empty",
+    "too_long",
+    "too_short",
+    "low_cjk",
+    "dup_lines",
+    "dup_ngrams",
+    "ppl_tail",
+    "ppl_middle",
+}
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -143,6 +161,8 @@ def test_segmentation_fits_the_budget_and_loses_no_text(
             assert canon(chain.cleaner.fixed(doc["text"])) == ""
             continue
         records = [u.record if type(u) is Rejected else u for u in units]
+        # where a unit may end: after a sentence or clause boundary, or before a space/newline
+        ends = {m.end() for lv in (2, 3) for m in BOUNDARIES[lv].finditer(cleaned)}
         assert [r["pos"] for r in records] == list(range(len(records)))
         assert all(r["id"] == f"{doc['id']}#{r['pos']}" and r["parent"] == doc["id"] for r in records)
         # the spans tile the cleaned text: in order, disjoint, only whitespace between them
@@ -165,13 +185,187 @@ def test_segmentation_fits_the_budget_and_loses_no_text(
                 assert r["tokens"] <= max_tokens, r
             if len(records) > 1 and r["span"][1] < len(cleaned):
                 e = r["span"][1]
-                assert cleaned[e] in " \n" or BOUNDARY_END.search(r["text"]), r["text"][-20:]
+                assert cleaned[e] in " \n" or e in ends, r["text"][-20:]
         units_all += records
     assert multi > (10 if max_tokens == 512 else len(docs) // 4)
     # token counts are the model tokenizer's own (with the special tokens it adds, as the engines encode)
     texts = [r["text"] for r in units_all]
     assert [r["tokens"] for r in units_all] == [len(x) for x in hf_tokenizer(texts)["input_ids"]]
     assert chain.counter.count(texts[:50]) == [chain.counter.count([t])[0] for t in texts[:50]]
+
+
+# issue 12, kind 6: sentence and clause marks come from Unicode, not from a hand list
+SENTENCES = ("甲乙丙丁戊己庚", "一二三四五六七", "天地玄黄宇宙洪")
+
+
+def char_count(texts: Sequence[str]) -> list[int]:
+    """A counter of one token per character, so budgets in the tests below are exact."""
+    return [len(t) for t in texts]
+
+
+def cut(text: str, budget: int) -> list[tuple[str, bool]]:
+    """(text, too_long) of each segment of ``text``, checking that the spans cover every non-whitespace
+    character in order."""
+    (segs,) = segment_texts([text], budget, char_count)
+    assert "".join("".join(text[s.start : s.end] for s in segs).split()) == "".join(text.split())
+    assert all(a.end <= b.start and not text[a.end : b.start].strip() for a, b in itertools.pairwise(segs))
+    return [(text[s.start : s.end], s.too_long) for s in segs]
+
+
+def test_sentence_and_clause_marks_are_derived_from_unicode():
+    # Sentence_Terminal with its full-width, small and vertical forms; ellipses by name or NFKC (‥ is "..")
+    terminals = "。！？｡‼⁇⁈⁉︒︕︖﹗﹖!?؟।"
+    ellipses = "…⋯⋮︙᠁‥︰"
+    assert set(terminals + ellipses + ";；﹔︔") <= SENTENCE_MARKS
+    assert {".", "．", "﹒", "․"} == DOTS and not DOTS & SENTENCE_MARKS  # cut only outside numbers
+    assert set(",，﹐︐:：﹕︓") == NUMBER_SEPARATORS and set("、﹑︑､") == CLAUSE_MARKS
+    # LAO ELLIPSIS is a letter; commas, quotes, middle dots and ideographs end no sentence
+    assert not set("ຯ，、：“”「」·・中a") & SENTENCE_MARKS
+
+
+@pytest.mark.parametrize(
+    "mark", ["⋯⋯", "……", "。", "．", "｡", "！？", "‼", "⁇", "︒", "...", "；", "。”", "！」", "？』）", "……’"]
+)
+def test_sentences_end_after_every_chinese_terminal_and_keep_their_closing_quotes(mark):
+    doc = "".join(s + mark for s in SENTENCES)
+    budget = len(SENTENCES[0] + mark)  # one sentence fits, two do not
+    assert cut(doc, budget) == [(s + mark, False) for s in SENTENCES]
+    spaced = f" {SENTENCES[0]}{mark} \n{SENTENCES[1]}{mark}  {SENTENCES[2]}{mark}\n"
+    assert cut(spaced, budget) == [(s + mark, False) for s in SENTENCES]
+
+
+def test_closing_quotes_and_brackets_stay_with_the_sentence_they_close():
+    doc = "他说：“你好！”她答：「再见。」。他们走了⋯⋯）"
+    assert cut(doc, 9) == [("他说：“你好！”", False), ("她答：「再见。」。", False), ("他们走了⋯⋯）", False)]
+
+
+def test_numbers_and_names_are_never_cut_at_their_dots_commas_colons():
+    for whole in ("圆周率是3.14159也是无理数", "圆周率是３．１４１５９也是无理数", "网址是www.example.com吧"):
+        assert cut(whole, 10) == [(whole, True)]  # no boundary outside the number: too_long, not cut inside
+    assert cut("第一句话是这样.第二句话3.14.第三句", 10) == [
+        ("第一句话是这样.", False),
+        ("第二句话3.14.", False),
+        ("第三句", False),
+    ]
+    assert cut("价格是1,000元、时间是10:30分，网址www.example.com", 12) == [
+        ("价格是1,000元、", False),
+        ("时间是10:30分，", False),
+        ("网址www.example.com", True),
+    ]
+    assert cut("说明：e.g.例如...and so on", 9) == [
+        ("说明：e.g.", False),
+        ("例如...", False),
+        ("and so on", False),
+    ]
+
+
+def test_the_cjk_marks_case_is_cut_into_units_within_the_budget(tiny_model, hf_tokenizer):
+    """The issue's case (cjk-marks): 40 sentences ending in ⋯⋯ were rejected whole as too_long."""
+    sentence = "我们在这里讨论的是一个没有任何逗号也没有句号的长句子它只在末尾使用省略号⋯⋯"
+    # the duplicate n-gram rule rightly drops 40 copies of one sentence: off, to see every unit
+    chain = FilterChain(filter_cfg(tiny_model, "filter.rules.max_dup_ngram_frac=1"))
+    (units,) = chain.cheap([{"id": "m", "text": sentence * 40}])
+    n = len(hf_tokenizer(sentence)["input_ids"])
+    k = 512 // n  # sentences per full unit (token counts add up across ⋯⋯ with this tokenizer)
+    assert len(hf_tokenizer(sentence * k)["input_ids"]) == k * n
+    assert [type(u) for u in units] == [dict] * len(units)
+    assert [u["text"] for u in units] == [sentence * k] * (40 // k) + [sentence * (40 % k)] * (40 % k > 0)
+    assert all(u["tokens"] == len(hf_tokenizer(u["text"])["input_ids"]) <= 512 for u in units)
+
+
+# issue 12, kind 9: damaged input is rejected where it enters, with its own reason
+FFFD = "U+FFFD REPLACEMENT CHARACTER"
+
+
+def test_damaged_documents_are_rejected_before_cleaning_with_character_and_offset(tiny_model):
+    chain = FilterChain(filter_cfg(tiny_model, "filter.min_tokens=4"))
+    good = "广州北回归线标志塔位于中国广东省从化区太平镇，是中国最具有代表性的天文地理标志塔之一。"
+    docs = [
+        {"id": "fffd", "text": good[:10] + "\ufffd" + good[10:]},
+        {"id": "two", "text": "\ufffd" + good + "\ufffd"},
+        {"id": "nonchar", "text": good[:3] + "\ufffe" + good[3:]},
+        {"id": "surrogate", "text": good + "\ud800"},  # only through the API: orjson refuses it in a file
+        {"id": "ftfy", "text": "ä¸?æ–‡ç»´åŸºç™¾ç§‘"},  # mojibake that lost a byte: ftfy writes U+FFFD
+        {"id": "good", "text": good},
+    ]
+    out = chain.cheap(docs)
+    assert [len(units) for units in out] == [1] * 6 and type(out[-1][0]) is dict
+    assert [(u.record, u.reason, u.detail) for (u,) in out[:-1]] == [
+        (docs[0], "damaged_text", f"{FFFD} at offset 10 of the text (1 damaged character in all)"),
+        (docs[1], "damaged_text", f"{FFFD} at offset 0 of the text (2 damaged characters in all)"),
+        (
+            docs[2],
+            "damaged_text",
+            "U+FFFE (noncharacter) at offset 3 of the text (1 damaged character in all)",
+        ),
+        (
+            docs[3],
+            "damaged_text",
+            f"U+D800 (unpaired surrogate) at offset {len(good)} of the text (1 damaged character in all)",
+        ),
+        (docs[4], "damaged_text", f"{FFFD} at offset 0 of the cleaned text (1 damaged character in all)"),
+    ]
+
+
+def test_damaged_text_and_cjk_marks_through_the_filter_stage_keep_the_accounting(tmp_path, tiny_model):
+    marks = ["⋯⋯", "……", "‼", "⁇", "︒", "｡", "．", "！？", "。”"]
+    sentences = [
+        "春天来了河边的柳树发芽了",
+        "孩子们在草地上放着五颜六色的风筝",
+        "老人坐在门口一边晒太阳一边聊天",
+        "远处传来火车的汽笛声",
+        "田野里的油菜花开得金黄一片",
+        "小河里的鱼儿游来游去",
+        "农民伯伯正忙着播种新的希望",
+        "燕子从南方飞回来在屋檐下筑巢",
+        "一场春雨过后空气格外清新",
+    ]
+    story = "".join(s + m for s, m in zip(sentences, marks, strict=True))
+    good = "广州北回归线标志塔位于中国广东省从化区太平镇，是中国最具有代表性的天文地理标志塔之一。"
+    texts = {
+        "story": story,
+        "good": good,
+        "fffd": good[:10] + "\ufffd" + good[10:],
+        "two": "\ufffd" + good + "\ufffd",
+        "nonchar": good[:3] + "\ufffe" + good[3:],
+        "ftfy": "ä¸?æ–‡ç»´åŸºç™¾ç§‘",
+    }
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts.values()))
+    preset = tmp_path / "p.yaml"
+    preset.write_text(
+        f"run: {{dir: {tmp_path / 'run'}}}\nexecutor: {{kind: inline}}\n"
+        f"corpora: [{{name: docs, format: jsonl, paths: [{corpus}]}}]\n"
+        "pipeline: {stages: [filter], chunk_records: 4}\n"
+        f"filter: {{tokenizer: {tiny_model}, max_tokens: 64, min_tokens: 4}}\n"
+    )
+    assert cli.main(["run", str(preset)]) == 0
+    (marker,) = [json.loads(p.read_text()) for p in (tmp_path / "run" / "done" / "filter").glob("*.json")]
+    root = tmp_path / "run" / "stages" / "filter"
+    (shard,) = kept_shards(root)
+    kept = list(read_shard(shard))
+    rejected = list(read_shard(root / "rejected" / shard.relative_to(root)))
+    assert marker["in"] == 6 and marker["out"] == 2 and marker["quarantined"] == {}
+    assert marker["rejected"] == {"damaged_text": 4}
+    assert marker["units"] == {"made": len(kept) + 4, "out": len(kept), "rejected": {"damaged_text": 4}}
+    assert {r["text"]: (r["reject"]["reason"], r["reject"]["detail"]) for r in rejected} == {
+        texts["fffd"]: ("damaged_text", f"{FFFD} at offset 10 of the text (1 damaged character in all)"),
+        texts["two"]: ("damaged_text", f"{FFFD} at offset 0 of the text (2 damaged characters in all)"),
+        texts["nonchar"]: (
+            "damaged_text",
+            "U+FFFE (noncharacter) at offset 3 of the text (1 damaged character in all)",
+        ),
+        texts["ftfy"]: (
+            "damaged_text",
+            f"{FFFD} at offset 0 of the cleaned text (1 damaged character in all)",
+        ),
+    }
+    # the story is cut after its marks into units within the budget, in order, losing nothing
+    units = [r for r in kept if r["text"] != good]
+    assert len(units) > 1 and all(r["tokens"] <= 64 for r in units)
+    assert "".join(r["text"] for r in units) == story
+    ends = [s + m for s, m in zip(sentences, marks, strict=True)]
+    assert all(any(r["text"].endswith(e) for e in ends) for r in units)
 
 
 def test_rules_have_reason_codes_and_run_cheapest_first(tiny_model):

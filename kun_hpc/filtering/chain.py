@@ -1,6 +1,10 @@
 """The filter chain: raw documents in, units (kept, or rejected with a reason) out, cheapest steps first.
 
-Per document: clean -> (``empty`` if nothing is left) -> segment into units of <= ``max_tokens`` tokens
+Per document: ``damaged_text`` when the text holds a U+FFFD, an unpaired surrogate or a noncharacter (issue
+12: damage from an earlier bad decode is rejected here, where it enters, not blamed on a model later; the
+whole document goes, since the bytes it was decoded from were not what its source declared) -> clean ->
+``damaged_text`` again when cleaning made a U+FFFD (ftfy marks mojibake that lost bytes with one) ->
+(``empty`` if nothing is left) -> segment into units of <= ``max_tokens`` tokens
 (``too_long`` for a piece with no boundary left) -> cheap rules in order (``too_short``, ``low_cjk``,
 ``dup_lines``, ``dup_ngrams``) -> perplexity, on the survivors only, batched over every document of the call
 -> bucket, and ``ppl_<bucket>`` for the dropped buckets.
@@ -18,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from kun_hpc.filtering.buckets import Cutoffs
-from kun_hpc.filtering.clean import Cleaner
+from kun_hpc.filtering.clean import Cleaner, find_damage
 from kun_hpc.filtering.perplexity import Scorer, make_scorer
 from kun_hpc.filtering.rules import build_rules, first_failure
 from kun_hpc.filtering.segment import segment_texts
@@ -79,12 +83,32 @@ class FilterChain:
     def cheap(self, docs: list[dict]) -> list[list[Result]]:
         """Clean, segment and apply the cheap rules: per document, its units (kept ones have no ``ppl``)."""
         t0 = time.perf_counter()
-        cleaned = [self.cleaner(d["text"]) if isinstance(d.get("text"), str) else "" for d in docs]
+        damaged: list[str | None] = [None] * len(docs)
+        cleaned: list[str] = []
+        for i, d in enumerate(docs):
+            text = d.get("text")
+            if not isinstance(text, str):
+                cleaned.append("")
+                continue
+            damage = find_damage(text)
+            if damage is None:
+                text = self.cleaner(text)
+                damage = find_damage(text)
+                where = "cleaned text"
+            else:
+                where = "text"
+            if damage is not None:
+                damaged[i] = damage.describe(where)
+                text = ""  # nothing to segment
+            cleaned.append(text)
         t1 = time.perf_counter()
         segments = segment_texts(cleaned, self.fcfg.max_tokens, self.counter.count)
         t2 = time.perf_counter()
         out: list[list[Result]] = []
-        for doc, text, segs in zip(docs, cleaned, segments, strict=True):
+        for doc, text, segs, damage in zip(docs, cleaned, segments, damaged, strict=True):
+            if damage is not None:
+                out.append([Rejected(doc, "damaged_text", damage)])
+                continue
             if not segs:
                 why = "no text left after cleaning" if isinstance(doc.get("text"), str) else "no text field"
                 out.append([Rejected(doc, "empty", why)])

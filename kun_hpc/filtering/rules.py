@@ -3,7 +3,7 @@
 A rule looks at one unit record (``text`` and ``tokens`` are set) and returns ``None`` to keep it or a short
 detail string to reject it. Rules run in the order given, cheapest first; a unit is rejected by the first
 rule that fails, so the perplexity scorer only ever sees units every rule kept. Segmentation's own rejection
-(``too_long``) and the document-level ``empty`` come before all of them.
+(``too_long``) and the document-level ``damaged_text`` and ``empty`` come before all of them.
 """
 
 from __future__ import annotations

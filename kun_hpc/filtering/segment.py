@@ -1,12 +1,25 @@
 """Cut cleaned documents into self-contained units of at most ``max_tokens`` tokens.
 
 A document that fits is one unit. A longer one is cut at the coarsest boundary that splits
-it -- paragraphs (lines), then sentences (after 。！？；…!?; and any closing quotes or brackets),
-then clauses (after ，、：,:), then spaces -- each piece going one level finer only while it is
-still over the budget. Consecutive pieces are then packed greedily back into units up to the budget, so
-units are as long as the budget allows and end at the coarsest boundary available. A piece with no
+it -- paragraphs (lines), then sentences, then clauses, then spaces -- each piece going one level finer only
+while it is still over the budget. Consecutive pieces are then packed greedily back into units up to the
+budget, so units are as long as the budget allows and end at the coarsest boundary available. A piece with no
 boundary left that is still too long (a 600-token run-on sentence, a table without punctuation) becomes a
 ``too_long`` segment: rejected with its text, never cut mid-sentence and never dropped silently.
+
+The marks are derived from Unicode, not listed by hand (issue 12: a hand list missed ``⋯⋯``):
+
+* sentences end after a run of Unicode's ``Sentence_Terminal`` characters (。！？｡．!? ‼ ⁇ ︒ ﹗ ...), of
+  characters whose NFKC form is made of them (‥ … ︙), of ellipses (punctuation or symbols named
+  ``... ELLIPSIS``: … ⋯ ⋮ ︙ ᠁) and of semicolons (; and its NFKC forms ；﹔︔);
+* clauses end after a run of commas, enumeration commas and colons (, 、 : and their NFKC forms ，﹐︐ 、﹑︑､
+  ：﹕︓), a reasoned list since Unicode has no clause property;
+* the closing brackets and quotes that follow (categories Pe and Pf, and " ' ＂ ＇) stay with the sentence or
+  clause they close.
+
+A full stop, comma or colon whose NFKC form is ``.``, ``,`` or ``:`` does not cut between two letters or
+digits (3.14, ３．１４, 1,000, 10:30, www.example.com stay whole), while a run of two or more such dots
+(``...``) always cuts.
 
 Every unit is a contiguous span of the cleaned text, trimmed of spaces and newlines; the spans of a
 document's segments cover all of its non-whitespace characters, in order. Token counts are computed on the
@@ -16,16 +29,63 @@ additive), batched over all documents of a call.
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import regex
+
+# Planes 0 and 1 hold every punctuation and symbol character Unicode assigns (planes 2-3 are ideographs).
+_PLANES_0_1 = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x20000)))
+# the characters that NFKC changes: full-width, small and vertical presentation forms, ligatures, ...
+_NFKC = {
+    c: unicodedata.normalize("NFKC", c)
+    for c in regex.findall(r"\P{Decomposition_Type=None}", _PLANES_0_1)
+    if unicodedata.normalize("NFKC", c) != c
+}
+
+
+def _made_of(marks: set[str]) -> set[str]:
+    """``marks`` and every character whose NFKC form is non-empty and made only of ``marks`` (‼ for !)."""
+    return marks | {c for c, n in _NFKC.items() if n and all(x in marks for x in n)}
+
+
+def _forms_of(base: str) -> set[str]:
+    """``base`` and the characters whose NFKC form is exactly ``base`` (full-width, small, vertical)."""
+    return {base} | {c for c, n in _NFKC.items() if n == base}
+
+
+def _class(chars: set[str] | frozenset[str]) -> str:
+    return "[" + "".join(regex.escape(c) for c in sorted(chars)) + "]"
+
+
+# dots cut like other terminals, except between two letters or digits (3.14); two or more always cut
+DOTS = frozenset(_forms_of("."))
+_ELLIPSES = {c for c in regex.findall(r"[\p{P}\p{S}]", _PLANES_0_1) if "ELLIPSIS" in unicodedata.name(c, "")}
+_STERM = set(regex.findall(r"\p{Sentence_Terminal}", _PLANES_0_1))
+SENTENCE_MARKS = frozenset((_made_of(_STERM) | _forms_of(";") | _ELLIPSES) - DOTS)
+# commas and colons do not cut between two letters or digits (1,000, 10:30); enumeration commas always cut
+NUMBER_SEPARATORS = frozenset(_forms_of(",") | _forms_of(":"))
+CLAUSE_MARKS = frozenset(_forms_of("、"))
+# closing brackets and quotes (Pe, Pf) and the straight quotes, which close as often as they open
+_CLOSE = r"(?:[\p{Pe}\p{Pf}]|" + _class(_forms_of('"') | _forms_of("'")) + ")*"
+_ALNUM = r"[\p{Nd}\p{Latin}\p{Greek}\p{Cyrillic}]"
+
+
+def _between_alnum(chars: frozenset[str]) -> str:
+    """One of ``chars`` unless it sits between two letters or digits."""
+    c = _class(chars)
+    return f"(?:(?<!{_ALNUM}){c}|{c}(?!{_ALNUM}))"
+
+
 # level -> where to cut (after each match); level 0 is the whole document
-BOUNDARIES: dict[int, re.Pattern[str]] = {
-    1: re.compile(r"\n+"),
-    2: re.compile(r"(?:[。！？!?；;]|…+|\.{3,})+[”’\"'」』）)》】〕\]]*"),
-    3: re.compile(r"[，,、：:]+[”’\"'」』）)》】〕\]]*"),
-    4: re.compile(r" +"),
+BOUNDARIES: dict[int, regex.Pattern[str]] = {
+    1: regex.compile(r"\n+"),
+    2: regex.compile(
+        rf"(?:(?:{_class(SENTENCE_MARKS)}|{_class(DOTS)}{{2,}}|{_between_alnum(DOTS)})+{_CLOSE})+"
+    ),
+    3: regex.compile(rf"(?:(?:{_class(CLAUSE_MARKS)}|{_between_alnum(NUMBER_SEPARATORS)})+{_CLOSE})+"),
+    4: regex.compile(r" +"),
 }
 LEVEL_NAMES = ("document", "paragraph", "sentence", "clause", "space")
 _TRIM = " \n"

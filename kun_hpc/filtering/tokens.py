@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kun_hpc.text_libraries import versions
+
 
 class TokenizerNotFound(FileNotFoundError):
     pass
@@ -47,4 +49,4 @@ class TokenCounter:
         return [len(e.ids) for e in self._encode(list(texts), add_special_tokens=self.add_special_tokens)]
 
     def info(self) -> dict:
-        return {"tokenizer": str(self.path.resolve())}
+        return {"tokenizer": str(self.path.resolve()), **versions("tokenizers")}
