@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from kun_hpc.text_libraries import t2s_converter
+
 _FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 
 
@@ -32,9 +34,7 @@ def make_normalizer(section: Mapping[str, Any]) -> Callable[[str], str]:
     drop = _drop_table(bool(section["punctuation"]), bool(section["whitespace"]))
     convert = None
     if section["t2s"]:
-        import opencc
-
-        convert = opencc.OpenCC(str(section["opencc_config"]).removesuffix(".json")).convert
+        convert = t2s_converter(str(section["opencc_config"]))
 
     def normalize(text: str) -> str:
         if width:

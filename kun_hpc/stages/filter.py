@@ -35,6 +35,7 @@ from kun_hpc.filtering.tokens import TokenizerNotFound, tokenizer_file
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.base import Rejected, Stage
+from kun_hpc.text_libraries import t2s_converter
 
 CALIBRATION = Path("filter") / "calibration.json"
 
@@ -56,7 +57,8 @@ class FilterStage(Stage):
 
     def provenance(self) -> dict:
         info = self.chain.info()
-        return {k: info[k] for k in ("tokenizer", "max_tokens", "perplexity", "cutoffs") if k in info}
+        keys = ("tokenizer", "tokenizers", "max_tokens", "clean", "perplexity", "cutoffs")
+        return {k: info[k] for k in keys if k in info}
 
     @classmethod
     def hash_inputs(cls, cfg: DictConfig) -> dict:
@@ -64,6 +66,8 @@ class FilterStage(Stage):
 
     @classmethod
     def before_run(cls, cfg: DictConfig, executor: Any, log_dir: Path) -> None:
+        if cfg.filter.clean.t2s:  # a release that corrupts text fails here once, before any unit is submitted
+            t2s_converter(cfg.filter.clean.opencc_config)
         ensure_calibration(cfg, executor, log_dir)
 
 
