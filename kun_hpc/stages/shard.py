@@ -1,9 +1,11 @@
 """``kun-hpc shard``: native corpus files -> ``<output>/<corpus>/part-XXXXX.jsonl.zst`` + manifest.
 
 Map: one unit per input piece (a file, or a byte/line range of a big one) writes its own run of shards
-and a marker with its counts into ``<output>/<corpus>/_work``. Finalize: parts are renamed to one global
-numbering in unit order, quarantine files are collected, and ``manifest.json`` is written. A re-run
-skips units with a valid marker, so a killed run resumes where it stopped.
+and a marker with its counts into ``<output>/<corpus>/_work``; a record whose id the unit let through
+already is quarantined as ``duplicate_id``. Finalize: ids repeated across units are quarantined too (the
+first, in unit order, stays; kun_hpc/io/record_ids.py), parts are renamed to one global numbering in unit
+order, quarantine files are collected, and ``manifest.json`` is written. A re-run skips units with a valid
+marker, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import orjson
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.cluster.executors import Executor
 from kun_hpc.config import config_hash
 from kun_hpc.io.atomic import atomic_write_bytes
-from kun_hpc.io.quarantine import Quarantine
+from kun_hpc.io.quarantine import Bad, Quarantine
 from kun_hpc.io.readers import Fields, InputPiece, expand_paths, fields_for, plan_pieces, read_piece
+from kun_hpc.io.record_ids import UnitIds, repeated_across
 from kun_hpc.io.shards import (
     MANIFEST,
     RollingShardWriter,
     ShardInfo,
     input_info,
     read_manifest,
+    read_shard,
     shard_name,
     write_manifest,
 )
@@ -57,6 +62,16 @@ def _marker(work: Path, unit: str) -> Path:
     return work / f"{unit}.done.json"
 
 
+def _ids(work: Path, unit: str) -> Path:
+    return work / f"{unit}.ids.npy"
+
+
+def duplicate_id(source: str, record: dict, first: str) -> Bad:
+    """The quarantine entry of a record whose id was let through already (at ``first``, a ``src``)."""
+    position = record["src"].removeprefix(f"{source}:")
+    return Bad(source, position, "duplicate_id", f"id {record['id']!r} already at {first}", record["text"])
+
+
 def load_marker(work: Path, unit: str, cfg_hash: str) -> dict | None:
     """A unit's marker, if it exists and was written under the same config hash."""
     path = _marker(work, unit)
@@ -76,13 +91,18 @@ def shard_unit(u: ShardUnit) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
     writer = RollingShardWriter(out, u.records_per_shard, u.bytes_per_shard, u.zstd_level)
     quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.jsonl.zst")
+    ids = UnitIds()
     read = 0
-    write, add = writer.write, quarantine.add
+    write, add, first_seen = writer.write, quarantine.add, ids.first_seen
     try:
         for item in read_piece(u.piece, u.corpus, u.fmt, u.fields, u.max_record_bytes):
             read += 1
             if type(item) is dict:
-                write(item)
+                first = first_seen(item["id"], item["src"])
+                if first is None:
+                    write(item)
+                else:
+                    add(duplicate_id(u.piece.label, item, first))
             else:
                 add(item)
     except BaseException:
@@ -90,6 +110,7 @@ def shard_unit(u: ShardUnit) -> dict:
         raise
     shards = writer.close()
     quarantine.close()
+    ids.save(_ids(work, u.unit))
     written = sum(s.records for s in shards)
     if read != written + quarantine.total:  # would be a bug in a reader or writer, never bad input
         raise RuntimeError(f"{u.unit}: accounting broken: read {read} != {written} + {quarantine.total}")
@@ -141,6 +162,7 @@ def shard_config_hash(cfg: DictConfig, corpus: DictConfig) -> str:
     keep = ("name", "format", "paths", "text_field", "id_field", "meta_fields")
     return config_hash(
         {
+            "layout": 2,  # 2: ids are checked for repeats (issue 12); a unit of layout 1 is redone
             "corpus": {k: OmegaConf.to_container(corpus)[k] for k in keep},
             "shard": [
                 s.records_per_shard,
@@ -156,8 +178,10 @@ def shard_config_hash(cfg: DictConfig, corpus: DictConfig) -> str:
 def finalize(
     out: Path, units: list[ShardUnit], markers: list[dict], inputs: list[dict], cfg_hash: str
 ) -> dict:
-    """Give the units' parts one numbering in unit order, gather quarantine, write the manifest."""
+    """Quarantine ids repeated across units, give the units' parts one numbering in unit order, gather
+    quarantine, write the manifest."""
     work = out / WORK
+    quarantine_repeats_across(work, units, markers)
     shards: list[ShardInfo] = []
     quarantined: Counter[str] = Counter()
     for old in out.glob("part-*.jsonl.zst"):
@@ -170,8 +194,7 @@ def finalize(
             (work / u.unit / s["name"]).replace(out / info.name)
             shards.append(info)
         quarantined.update(m["quarantined"])
-        q = work / QUARANTINE / f"{u.unit}.jsonl.zst"
-        if q.exists():
+        for q in sorted((work / QUARANTINE).glob(f"{u.unit}*.jsonl.zst")):
             q.replace(out / QUARANTINE / q.name)
     manifest = write_manifest(
         out,
@@ -184,6 +207,54 @@ def finalize(
     )
     shutil.rmtree(work)
     return manifest
+
+
+def quarantine_repeats_across(work: Path, units: list[ShardUnit], markers: list[dict]) -> None:
+    """Quarantine, as ``duplicate_id``, every record whose id an earlier unit let through: the units' parts
+    are rewritten without them and their markers updated. Hash matches (:func:`repeated_across`) are
+    confirmed on the ids themselves, so a hash collision removes nothing."""
+    arrays = [np.load(_ids(work, u.unit), mmap_mode="r") for u in units]
+    flagged = repeated_across(arrays)
+    if not any(len(f) for f in flagged):
+        return
+    candidates = np.unique(np.concatenate([a[f] for a, f in zip(arrays, flagged, strict=True) if len(f)]))
+    seen: dict[str, str] = {}  # candidate id -> where it was first let through
+    for u, m, hashes in zip(units, markers, arrays, strict=True):
+        hits = set(np.flatnonzero(np.isin(hashes, candidates)).tolist())
+        if not hits:
+            continue
+        parts = [work / u.unit / s["name"] for s in m["shards"]]
+        repeats: dict[int, str] = {}
+        for i, rec in enumerate(r for part in parts for r in read_shard(part)):
+            if i in hits:
+                first = seen.setdefault(rec["id"], rec["src"])
+                if first != rec["src"]:
+                    repeats[i] = first
+        if repeats:
+            _rewrite_without(work, u, m, parts, repeats)
+
+
+def _rewrite_without(work: Path, u: ShardUnit, marker: dict, parts: list[Path], drop: dict[int, str]) -> None:
+    """Rewrite a unit's parts without the records at ``drop`` (index -> first position), quarantining them;
+    the marker is updated on disk."""
+    fresh = work / f"{u.unit}.rewrite"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()  # it stays empty when every record goes
+    writer = RollingShardWriter(fresh, u.records_per_shard, u.bytes_per_shard, u.zstd_level)
+    quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.across-units.jsonl.zst")
+    for i, rec in enumerate(r for part in parts for r in read_shard(part)):
+        if i in drop:
+            quarantine.add(duplicate_id(u.piece.label, rec, drop[i]))
+        else:
+            writer.write(rec)
+    shards = writer.close()
+    quarantine.close()
+    shutil.rmtree(work / u.unit)
+    fresh.replace(work / u.unit)
+    marker["shards"] = [asdict(s) for s in shards]
+    marker["records"] = sum(s.records for s in shards)
+    marker["quarantined"] = dict(Counter(marker["quarantined"]) + quarantine.counts)
+    atomic_write_bytes(_marker(work, u.unit), orjson.dumps(marker))
 
 
 def run_shard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[StepReport]:
