@@ -8,7 +8,10 @@ its hash are saved in each run directory (:func:`save_resolved`).
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ class ConfigError(ValueError):
 class CorpusConfig:
     name: str = MISSING  # names its shard folder, its records' corpus field and its report rows
     format: str = MISSING  # one of CORPUS_FORMATS
-    paths: list[str] = MISSING  # files, folders or globs; relative paths are relative to the working dir
+    paths: list[str] = MISSING  # files, folders or globs; relative: under the working dir, else the repo
     text_field: str = "text"  # jsonl only: where the text is
     id_field: str | None = None  # jsonl only: native id field; None: content hash
     meta_fields: list[str] = field(default_factory=list)  # jsonl only: native fields kept under "meta"
@@ -315,6 +318,7 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
         # same folders from any working directory
         cfg.run.dir = str(Path(OmegaConf.select(cfg, "run.dir")).expanduser().resolve())
         OmegaConf.resolve(cfg)
+        absolute_paths(cfg)
         _fill_template_hashes(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e)) from None
@@ -345,6 +349,56 @@ def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
     for inc in includes:
         layers += preset_layers(path.parent / str(inc), (*seen, path))
     return [*layers, layer]
+
+
+# Files the run reads, and folders it writes: made absolute when the config loads, so that a command works
+# from any working directory and a run's saved config names the same files wherever it is read (issue 12).
+INPUT_PATHS = (
+    "label.engine.model",
+    "point.engine.model",
+    "answer.engine.model",
+    "label.template",
+    "point.template",
+    "answer.template",
+    "filter.tokenizer",
+    "filter.perplexity.engine.model",
+    "filter.perplexity.kenlm_model",
+    "train.base_model",
+    "train.chat_template",
+)
+OUTPUT_PATHS = ("shard.output", "reshard.input", "reshard.output", "train.output", "merge.output")
+_GLOB = re.compile(r"[*?[]")
+
+
+def input_path(path: str) -> str:
+    """An input path as an absolute one: found under the working dir, else under the repo (as
+    :func:`find_file`; a glob: where it matches). A path found in neither stays as written, so an error names
+    it as the user wrote it (and a hub id stays recognisable)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for root in (Path.cwd(), REPO_ROOT):
+        found = glob.glob(str(root / p), recursive=True) if _GLOB.search(path) else (root / p).exists()
+        if found:
+            return os.path.normpath(root / p)
+    return path
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Make the config's input paths (:data:`INPUT_PATHS`, ``corpora[i].paths``, ``train.seed_data``) and
+    output folders (:data:`OUTPUT_PATHS`, relative to the working dir) absolute, in place."""
+    for key in INPUT_PATHS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, input_path(value))
+    for key in OUTPUT_PATHS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
+    lists = [c.paths for c in cfg.corpora if not OmegaConf.is_missing(c, "paths")]
+    for paths in [*lists, cfg.train.seed_data]:
+        for i, value in enumerate(paths):
+            paths[i] = input_path(str(value))
 
 
 def _fill_template_hashes(cfg: DictConfig) -> None:

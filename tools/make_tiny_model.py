@@ -138,7 +138,9 @@ def build_tiny_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        _build(tmp, recipe, **{k: v for k, v in recipe.items() if k != "builder_version"})
+        args = {k: v for k, v in recipe.items() if k != "builder_version"}
+        # the recipe names the sample relative to the repo; read it from there, whatever the working dir
+        _build(tmp, recipe, **{**args, "sample_dir": str(Path(sample_dir).resolve())})
         for f in tmp.iterdir():
             f.chmod(0o644)
         _swap_in(tmp, out)

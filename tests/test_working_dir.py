@@ -1,0 +1,100 @@
+"""Every tool and command works from any working directory (issue 12, kind 10): relative paths of a preset
+are found under the working dir, else under the repo, and a run's saved config names them absolutely."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+TOOLS = sorted(p for p in (REPO / "tools").glob("*.py") if "__main__" in p.read_text(encoding="utf-8"))
+KUN_HPC = [sys.executable, "-m", "kun_hpc.cli"]
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_make_tiny_model_runs_outside_the_repo(tmp_path):
+    out = run([sys.executable, str(REPO / "tools" / "make_tiny_model.py"), "--out", "tiny"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "tiny" / "tokenizer.json").is_file()
+    recipe = json.loads((tmp_path / "tiny" / "tiny_model.json").read_text(encoding="utf-8"))
+    assert recipe["sample_dir"] == "shards/sample"  # the fingerprint stays repo-relative
+    # the same recipe built from the repo root is the same tokenizer
+    sys.path.insert(0, str(REPO / "tools"))
+    import make_tiny_model
+
+    texts = [t for t in make_tiny_model.sample_texts() if t.strip()]
+    vocab = make_tiny_model.train_tokenizer(texts, 8000).get_vocab()
+    assert (
+        json.loads((tmp_path / "tiny" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        == vocab
+    )
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda p: p.name)
+def test_every_tool_starts_outside_the_repo(tool, tmp_path):
+    out = run([sys.executable, str(tool), "--help"], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout
+
+
+@pytest.mark.parametrize("tool", ["render_config_reference.py", "render_plans.py"])
+def test_doc_renderers_check_the_repo_docs_from_anywhere(tool, tmp_path):
+    out = run([sys.executable, str(REPO / "tools" / tool), "--check"], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_the_default_preset_shards_the_sample_from_any_directory(tmp_path):
+    """The same run from the repo root and from elsewhere (a relative run dir each): same shards; the saved
+    config names absolute paths, so `status` works from a third directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    manifests = {}
+    for name, cwd in (("repo", REPO), ("elsewhere", elsewhere)):
+        run_dir = tmp_path / f"run-{name}"
+        rel = Path("..") / run_dir.name if cwd == elsewhere else run_dir
+        out = run([*KUN_HPC, "shard", f"run.dir={rel}"], cwd)
+        assert out.returncode == 0, out.stderr[-3000:]
+        manifests[name] = {
+            c: orjson.loads((run_dir / "shards" / c / "manifest.json").read_bytes())
+            for c in ("wudao", "wanjuan", "skypile")
+        }
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        for corpus in saved["corpora"]:
+            assert corpus["paths"] == [str(REPO / "shards" / "sample" / corpus["name"])]
+        assert saved["label"]["template"] == str(REPO / "configs" / "prompts" / "label.txt")
+        assert saved["train"]["seed_data"] == [str(REPO / "shards" / "sample" / "seed")]
+        assert saved["shard"]["output"] == str(run_dir / "shards")
+    for corpus, m in manifests["repo"].items():
+        other = manifests["elsewhere"][corpus]
+        assert m["records"] == other["records"] > 0
+        assert [s["sha256"] for s in m["shards"]] == [s["sha256"] for s in other["shards"]]
+    status = [run([*KUN_HPC, "status", str(tmp_path / "run-elsewhere")], cwd) for cwd in (Path("/"), REPO)]
+    assert [s.returncode for s in status] == [0, 0], status[0].stderr[-3000:]
+    assert status[0].stdout == status[1].stdout
+    assert "kun-hpc status" in status[0].stdout
+
+
+def test_a_path_found_nowhere_stays_as_written(tmp_path, monkeypatch):
+    from kun_hpc import config
+
+    monkeypatch.chdir(tmp_path)
+    assert config.input_path("Qwen/Qwen2-7B-Instruct") == "Qwen/Qwen2-7B-Instruct"
+    assert config.input_path("configs/prompts/label.txt") == str(REPO / "configs" / "prompts" / "label.txt")
+    (tmp_path / "configs" / "prompts").mkdir(parents=True)
+    (tmp_path / "configs" / "prompts" / "label.txt").write_text("{text}", encoding="utf-8")
+    assert config.input_path("configs/prompts/label.txt") == str(
+        tmp_path / "configs" / "prompts" / "label.txt"
+    )
+    assert config.input_path("shards/sample/sky*/*.jsonl") == str(
+        REPO / "shards" / "sample" / "sky*" / "*.jsonl"
+    )
