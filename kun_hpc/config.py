@@ -262,7 +262,11 @@ class PointConfig(LLMStageConfig):
 @dataclass
 class AnswerConfig(LLMStageConfig):
     template: str = "configs/prompts/answer.txt"
-    max_prompt_tokens: int | None = 512  # the instruction is cut (by tokens) so that the prompt fits
+    # the whole prompt (template + unit + instruction), in the Answer model's tokens (Kun: 512); the filter
+    # cuts units and Label drops instructions so that it fits (kun_hpc/stages/answer.py AnswerBudget)
+    max_prompt_tokens: int | None = 512
+    # the room kept for the instruction: units are cut to max_prompt_tokens - the template - this
+    instruction_tokens: int = 64
 
 
 def find_file(path: str | Path) -> Path:
@@ -519,6 +523,14 @@ def validate_kun(cfg: DictConfig) -> None:
                 "prompt template file not found",
                 OmegaConf.select(sec, "template", default=None, throw_on_missing=False),
             )
+    a = cfg.answer
+    _check(
+        a.instruction_tokens >= 1
+        and (a.max_prompt_tokens is None or a.instruction_tokens < a.max_prompt_tokens),
+        "answer.instruction_tokens",
+        "must be >= 1 and < answer.max_prompt_tokens",
+        a.instruction_tokens,
+    )
     p = cfg.point
     _check(p.mode in POINT_MODES, "point.mode", f"must be one of {POINT_MODES}", p.mode)
     _check(0 <= p.threshold <= 1, "point.threshold", "must be in [0, 1]", p.threshold)

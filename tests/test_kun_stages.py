@@ -37,7 +37,7 @@ from kun_hpc.inference import (
 )
 from kun_hpc.io.shards import file_sha256, list_shards, read_shard
 from kun_hpc.pipeline import make_stage
-from kun_hpc.stages.answer import Answer
+from kun_hpc.stages.answer import Answer, AnswerBudget
 from kun_hpc.stages.base import Rejected
 from kun_hpc.stages.label import Label
 from kun_hpc.stages.llm import PromptTemplate, record_seed
@@ -433,28 +433,109 @@ def test_model_output_is_cleaned_like_filter_input_and_a_replacement_char_stays_
     assert (verdicts[1].reason, verdicts[1].detail) == ("invalid_utf8", "【好\ufffd】")
 
 
-def test_answer_cuts_the_instruction_by_tokens_to_fit_512(hf, texts):
+def test_answer_never_cuts_an_instruction_a_prompt_over_budget_is_rejected_whole(hf, texts):
     stage = _stage(Answer, "answer", ScriptedEngine(hf.tokenizer, {"": gen("好的答案")}))
     text = max(texts, key=len)
-    n_text = len(hf.encode([stage.template.render(text=text, instruction="")])[0])
-    assert 200 < n_text < 480
-    instruction = "".join(texts)[:3000]  # far too long: must be cut
-    prompt, fields = stage.prompt({"text": text, "instruction": instruction})
-    cut = fields["instruction"]
-    assert cut and instruction.startswith(cut) and len(cut) < len(instruction)
-    n = len(hf.encode([prompt])[0])
-    assert 500 <= n <= 512, n  # as much of the instruction as fits
-    assert prompt == stage.template.prompt(text=text, instruction=cut)
     short = "长城有多长？"
-    assert stage.prompt({"text": text, "instruction": short}) == (
-        stage.template.prompt(text=text, instruction=short),
-        {},
+    instruction = "".join(texts)[:3000]  # far over the 512-token prompt
+    (kept, over) = stage.process(
+        [
+            {"id": "x", "text": text, "instruction": short},
+            {"id": "y", "text": text, "instruction": instruction},
+        ]
     )
-    (out,) = stage.process([{"id": "x", "text": text, "instruction": instruction}])
-    assert out["instruction"] == cut and out["answer"] == "好的答案"
-    too_long = {"id": "y", "text": "".join(texts)[:2000], "instruction": short}
-    (out,) = stage.process([too_long])
-    assert isinstance(out, Rejected) and out.reason == "prompt_too_long"
+    assert kept == {"id": "x", "text": text, "instruction": short, "answer": "好的答案"}
+    n = len(hf.tokenizer(stage.template.render(text=text, instruction=instruction))["input_ids"])
+    assert isinstance(over, Rejected) and (over.reason, over.detail) == (
+        "prompt_too_long",
+        f"{n} > 512 tokens",
+    )
+    assert over.record["instruction"] == instruction  # whole, never cut
+    assert [str(p) for p in stage.engine.calls[0][0]] == [stage.template.render(text=text, instruction=short)]
+
+
+def budget_for(tok, instruction_tokens: int = 64, max_prompt_tokens: int = 512) -> AnswerBudget:
+    cfg = config.load(None, [])
+    template = PromptTemplate.load(config.find_file(cfg.answer.template), "", Answer.needs)
+    return AnswerBudget(template, tok, max_prompt_tokens, instruction_tokens)
+
+
+def test_the_answer_budget_counts_prompts_as_the_engine_does(hf, texts):
+    tok = hf.tokenizer
+    budget = budget_for(tok)
+    bare = budget.template.text.replace("{text}", "").replace("{instruction}", "")
+    assert budget.unit_room() == 512 - 64 - len(tok(bare)["input_ids"])
+    pairs = [(t, t[:40]) for t in texts]
+    assert budget.prompt_tokens(*zip(*pairs, strict=True)) == [
+        len(hf.encode([budget.template.prompt(text=t, instruction=q)])[0]) for t, q in pairs
+    ]
+    # units_too_long: exactly the texts whose prompt with an empty instruction is over 512 - 64
+    short = budget_for(tok, instruction_tokens=64, max_prompt_tokens=300)
+    n = [len(tok(short.template.render(text=t, instruction=""))["input_ids"]) for t in texts]
+    why = short.units_too_long(texts)
+    assert [w is not None for w in why] == [k > 300 - 64 for k in n]
+    assert 0 < sum(w is not None for w in why) < len(texts)
+    k = next(i for i, w in enumerate(why) if w)
+    assert why[k] == (
+        f"the Answer prompt holds {n[k]} tokens with it and an empty instruction: over 236 = "
+        "answer.max_prompt_tokens 300 - answer.instruction_tokens 64"
+    )
+
+
+def test_the_filter_cuts_units_so_that_answer_never_drops_one_for_length(hf, tiny_model):
+    """Units cut under the Answer budget: every kept unit's Answer prompt, with an instruction of
+    ``answer.instruction_tokens`` tokens, fits 512 (counted here on the tokenizer directly); without the
+    budget some units would not (the issue's 497-510-token units)."""
+    from kun_hpc.filtering.chain import FilterChain
+
+    tok = hf.tokenizer
+    budget = budget_for(tok)
+    fcfg = config.load(None, [f"filter.tokenizer={tiny_model}", "filter.min_tokens=1"]).filter
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(make_tiny_model.sample_texts())]
+    plain = [u for units in FilterChain(fcfg).process(docs) for u in units if not isinstance(u, Rejected)]
+    chain = FilterChain(fcfg, budget=budget)
+    kept = [u for units in chain.process(docs) for u in units if not isinstance(u, Rejected)]
+    assert chain.max_tokens == budget.unit_room() < 512
+
+    def answer_tokens(unit: str) -> int:
+        return len(tok(budget.template.render(text=unit, instruction=""))["input_ids"])
+
+    assert max(answer_tokens(u["text"]) for u in kept) <= 512 - 64
+    assert max(answer_tokens(u["text"]) for u in plain) > 512 - 64  # the fault the budget removes
+    assert sum(len(u["text"]) for u in kept) >= 0.95 * sum(len(u["text"]) for u in plain)  # cut, not lost
+    assert chain.info()["answer_budget"] == {"max_prompt_tokens": 512, "instruction_tokens": 64}
+
+
+def test_a_budget_that_leaves_no_unit_is_refused(hf, tiny_model):
+    from kun_hpc.filtering.chain import FilterChain
+
+    for bad in ("0", "512", "600"):
+        with pytest.raises(config.ConfigError) as e:
+            config.load(None, [f"answer.instruction_tokens={bad}"])
+        assert str(e.value) == (
+            f"config key 'answer.instruction_tokens': must be >= 1 and < answer.max_prompt_tokens (got {bad})"
+        )
+    fcfg = config.load(None, [f"filter.tokenizer={tiny_model}"]).filter  # min_tokens 16
+    with pytest.raises(ValueError) as e:
+        FilterChain(fcfg, budget=budget_for(hf.tokenizer, instruction_tokens=490))
+    assert str(e.value) == (
+        "config key 'answer.instruction_tokens': the Answer prompt (answer.max_prompt_tokens 512, its "
+        "template, 490 tokens for the instruction) leaves 4 tokens to a unit, fewer than filter.min_tokens 16"
+    )
+
+
+def test_label_rejects_an_instruction_the_answer_prompt_cannot_hold(hf, texts):
+    label = _stage(Label, "label", ScriptedEngine(hf.tokenizer, {}))
+    label.budget = budget_for(hf.tokenizer)
+    text = max(texts, key=len)
+    room = 512 - len(hf.tokenizer(label.budget.template.render(text=text, instruction=""))["input_ids"])
+    fits, over = "请介绍一下长城。", "请介绍一下长城的历史，" * room
+    kept = label.accept({"id": "a", "text": text}, gen(fits))
+    assert kept == {"id": "a", "text": text, "instruction": fits}
+    dropped = label.accept({"id": "b", "text": text}, gen(over))
+    n = len(hf.tokenizer(label.budget.template.render(text=text, instruction=over))["input_ids"])
+    assert isinstance(dropped, Rejected) and dropped.reason == "answer_prompt_too_long"
+    assert dropped.detail == f"the Answer prompt would hold {n} tokens > answer.max_prompt_tokens 512"
 
 
 # ------------------------------------------------------------- text from data is never a control token
@@ -473,7 +554,7 @@ def _sent(stage) -> list[list[int]]:
 
 def test_stage_prompts_encode_special_token_text_of_data_as_plain_text(hf):
     """Label (unit text), Point reference and calibrated (instruction), Answer (text and instruction, whole
-    and cut to fit 512 tokens): every prompt sent holds its template's special tokens and no others, and
+    and over 512 tokens): every prompt sent holds its template's special tokens and no others, and
     the data's <|endoftext|> / <|im_start|> / <|im_end|> text is its plain pieces (issue 12)."""
     tok = hf.tokenizer
     datas = [d for s in SPECIALS for d in (f"{s}开头的文字", f"中间{s}的文字{s}", f"以{s}结尾{s}")]
@@ -500,18 +581,17 @@ def test_stage_prompts_encode_special_token_text_of_data_as_plain_text(hf):
     want = sorted(expected_ids(tok, answer.template.text, text=t, instruction=q) for t, q in pairs)
     assert _sent(answer) == want
 
-    # an instruction far over the 512-token prompt is cut by plain tokens: the cut is a prefix of it, the
-    # prompt holds the template's special tokens only and fills the budget
+    # an instruction far over the 512-token prompt is rejected whole, its special-token text counted plain
     long = "".join(f"第{k}步：{SPECIALS[k % 3]}然后继续。" for k in range(200))
-    cut_stage = _stage(Answer, "answer", RecordingEngine(tok, {"": gen("长城很长。")}))
-    (row,) = cut_stage.process([{"id": "c", "text": "长城的正文", "instruction": long}])
-    cut = row["instruction"]
-    assert long.startswith(cut) and 100 < len(cut) < len(long) and any(s in cut for s in SPECIALS)
-    (ids,) = _sent(cut_stage)
-    assert ids == expected_ids(tok, cut_stage.template.text, text="长城的正文", instruction=cut)
-    assert 500 <= len(ids) <= 512
-    grown = expected_ids(tok, cut_stage.template.text, text="长城的正文", instruction=long[: len(cut) + 8])
-    assert len(grown) > 512  # a longer prefix would not have fitted
+    over_stage = _stage(Answer, "answer", RecordingEngine(tok, {"": gen("长城很长。")}))
+    (row,) = over_stage.process([{"id": "c", "text": "长城的正文", "instruction": long}])
+    n = len(expected_ids(tok, over_stage.template.text, text="长城的正文", instruction=long))
+    assert (row.reason, row.detail, row.record["instruction"]) == (
+        "prompt_too_long",
+        f"{n} > 512 tokens",
+        long,
+    )
+    assert over_stage.engine.calls == [([], [])]  # nothing sent
 
 
 def test_clean_prompts_encode_token_for_token_as_before(hf):
@@ -720,6 +800,8 @@ def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greed
     assert seen["label"]["in"] == 40
     assert all(seen[s]["out"] > 0 for s in CHAIN), seen  # records make it through every stage
     assert set(seen["point"]["rejected"]) <= {"score_below_threshold"}
+    # no record reaches Answer to be dropped for a length Label could know (issue 12, kind 7)
+    assert "prompt_too_long" not in seen["answer"]["rejected"]
     kept = [r for p in stage_files(hf_greedy_run, "rules")[0] for r in read_shard(p)]
     for r in kept:
         assert r["verdict"] == "好" and 0.5 <= r["score"] <= 1 and r["answer"].strip() == r["answer"]
@@ -728,6 +810,7 @@ def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greed
         assert prov["model"] == str(tiny_model.resolve()) and prov["backend"] == "transformers"
         assert prov["sampling"]["temperature"] == 0 and len(prov["config_hash"]) == 16
         assert prov["template_sha256"] and r["prov"]["point"]["mode"] == "calibrated"
+        assert prov["answer_max_prompt_tokens"] == 512  # Label checked the Answer budget
 
 
 @pytest.mark.vllm

@@ -6,8 +6,9 @@ whole document goes, since the bytes it was decoded from were not what its sourc
 ``damaged_text`` again when cleaning made a U+FFFD (ftfy marks mojibake that lost bytes with one) ->
 (``empty`` if nothing is left) -> segment into units of <= ``max_tokens`` tokens
 (``too_long`` for a piece with no boundary left) -> cheap rules in order (``too_short``, ``low_cjk``,
-``dup_lines``, ``dup_ngrams``) -> perplexity, on the survivors only, batched over every document of the call
--> bucket, and ``ppl_<bucket>`` for the dropped buckets.
+``dup_lines``, ``dup_ngrams``) -> with an Answer budget, ``too_long`` for a unit whose Answer prompt would
+leave too little room for its instruction -> perplexity, on the survivors only, batched over every document
+of the call -> bucket, and ``ppl_<bucket>`` for the dropped buckets.
 
 A unit record is its parent's record with ``id = <parent id>#<pos>``, ``parent``, ``pos`` (0-based, over
 every unit the document was cut into, kept or rejected), ``text``, ``span`` (``[start, end)`` in the cleaned
@@ -34,7 +35,12 @@ Result = dict | Rejected
 
 class FilterChain:
     """``fcfg`` is the ``filter`` config section (see :class:`kun_hpc.config.FilterConfig`); ``tokenizer``
-    overrides ``fcfg.tokenizer`` (the stage passes the Label model's folder when that is None)."""
+    overrides ``fcfg.tokenizer`` (the stage passes the Label model's folder when that is None).
+
+    ``budget`` (a :class:`kun_hpc.stages.answer.AnswerBudget`, when the run has an Answer stage): units are
+    cut to at most ``min(fcfg.max_tokens, budget.unit_room())`` tokens, and a unit whose real Answer prompt
+    still leaves less than the instruction's room is rejected here as ``too_long``, not after the GPU stages
+    (issue 12, kind 7). Raises ValueError when that room is below ``fcfg.min_tokens``."""
 
     def __init__(
         self,
@@ -42,8 +48,18 @@ class FilterChain:
         cutoffs: Cutoffs | None = None,
         scorer: Scorer | None = None,
         tokenizer: str | None = None,
+        budget: Any = None,
     ):
         self.fcfg = fcfg
+        self.budget = budget
+        self.max_tokens = int(fcfg.max_tokens) if budget is None else min(fcfg.max_tokens, budget.unit_room())
+        if self.max_tokens < fcfg.min_tokens:
+            raise ValueError(
+                f"config key 'answer.instruction_tokens': the Answer prompt (answer.max_prompt_tokens "
+                f"{budget.max_prompt_tokens}, its template, {budget.instruction_tokens} tokens for the "
+                f"instruction) leaves {self.max_tokens} tokens to a unit, fewer than filter.min_tokens "
+                f"{fcfg.min_tokens}"
+            )
         c = fcfg.clean
         self.cleaner = Cleaner(c.fix_unicode, c.t2s, c.opencc_config)
         tokenizer = tokenizer or fcfg.tokenizer
@@ -72,12 +88,17 @@ class FilterChain:
     def info(self) -> dict:
         return {
             **self.counter.info(),
-            "max_tokens": self.fcfg.max_tokens,
+            "max_tokens": self.max_tokens,
+            **({"answer_budget": self._budget_info()} if self.budget is not None else {}),
             "clean": self.cleaner.info(),
             "rules": [{"name": r.name, **r.info()} for r in self.rules],
             **({"perplexity": self.scorer.info()} if self.scorer is not None else {}),
             **({"cutoffs": self.cutoffs.to_dict()} if self.cutoffs is not None else {}),
         }
+
+    def _budget_info(self) -> dict:
+        b = self.budget
+        return {"max_prompt_tokens": b.max_prompt_tokens, "instruction_tokens": b.instruction_tokens}
 
     # ------------------------------------------------------------------------------------------ steps
     def cheap(self, docs: list[dict]) -> list[list[Result]]:
@@ -102,7 +123,7 @@ class FilterChain:
                 text = ""  # nothing to segment
             cleaned.append(text)
         t1 = time.perf_counter()
-        segments = segment_texts(cleaned, self.fcfg.max_tokens, self.counter.count)
+        segments = segment_texts(cleaned, self.max_tokens, self.counter.count)
         t2 = time.perf_counter()
         out: list[list[Result]] = []
         for doc, text, segs, damage in zip(docs, cleaned, segments, damaged, strict=True):
@@ -127,15 +148,27 @@ class FilterChain:
                     "tokens": seg.tokens,
                 }
                 if seg.too_long:
-                    detail = f"{seg.tokens} tokens > {self.fcfg.max_tokens} and no boundary left to cut at"
+                    detail = f"{seg.tokens} tokens > {self.max_tokens} and no boundary left to cut at"
                     units.append(Rejected(unit, "too_long", detail))
                     continue
                 failed = first_failure(self.rules, unit)
                 units.append(unit if failed is None else Rejected(unit, *failed))
             out.append(units)
+        if self.budget is not None:
+            self._check_budget(out)
         t3 = time.perf_counter()
         self.timings.update({"clean": t1 - t0, "segment": t2 - t1, "rules": t3 - t2})
         return out
+
+    def _check_budget(self, out: list[list[Result]]) -> None:
+        """Reject as ``too_long`` the kept units whose Answer prompt leaves too little to the instruction."""
+        kept = [
+            (d, k) for d, units in enumerate(out) for k, u in enumerate(units) if not isinstance(u, Rejected)
+        ]
+        why = self.budget.units_too_long([out[d][k]["text"] for d, k in kept])  # type: ignore[index]
+        for (d, k), detail in zip(kept, why, strict=True):
+            if detail is not None:
+                out[d][k] = Rejected(out[d][k], "too_long", detail)  # type: ignore[arg-type]
 
     def process(self, docs: list[dict]) -> list[list[Result]]:
         """The whole chain: :meth:`cheap`, then perplexity and buckets on the surviving units."""

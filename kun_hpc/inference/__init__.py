@@ -12,6 +12,7 @@ from kun_hpc.inference.engine import (
     PromptTooLong,
     SamplingSpec,
     load_engine,
+    load_tokenizer,
     resolve_model_path,
 )
 from kun_hpc.inference.prompt import Prompt, PromptLike, encode_prompts, special_tokens
@@ -31,6 +32,7 @@ __all__ = [
     "SamplingSpec",
     "encode_prompts",
     "load_engine",
+    "load_tokenizer",
     "resolve_model_path",
     "special_tokens",
 ]

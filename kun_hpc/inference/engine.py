@@ -362,6 +362,16 @@ def check_seeds(seeds: Sequence[int] | None, n: int, sampling: SamplingSpec) -> 
     return seeds
 
 
+def load_tokenizer(model: str | os.PathLike, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face tokenizer of a local model folder, as both engines load it (no hub access):
+    for counting a prompt's tokens without loading the model."""
+    from transformers import AutoTokenizer
+
+    go_offline()
+    path = resolve_model_path(model)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+
+
 def load_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
     """Load the model ``spec`` names with the backend it names (local folders only)."""
     if not isinstance(spec, EngineSpec):

@@ -15,7 +15,6 @@ import torch
 from tokenizers.decoders import DecodeStream
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -31,6 +30,7 @@ from kun_hpc.inference.engine import (
     Generation,
     SamplingSpec,
     check_prompts,
+    load_tokenizer,
     resolved_dtype,
 )
 from kun_hpc.inference.prompt import PromptLike
@@ -49,9 +49,7 @@ class HFEngine(Engine):
         self.spec = spec
         self.model_path = path
         self.device = _device(spec.device)
-        self._tokenizer = AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=spec.trust_remote_code
-        )
+        self._tokenizer = load_tokenizer(path, spec.trust_remote_code)
         kwargs: dict[str, Any] = {
             "dtype": TORCH_DTYPES.get(resolved_dtype(spec, path), "auto"),
             "local_files_only": True,

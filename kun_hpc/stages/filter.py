@@ -34,6 +34,7 @@ from kun_hpc.filtering.chain import FilterChain
 from kun_hpc.filtering.tokens import TokenizerNotFound, tokenizer_file
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.shards import list_shards, read_shard
+from kun_hpc.stages.answer import AnswerBudget
 from kun_hpc.stages.base import Rejected, Stage
 from kun_hpc.text_libraries import t2s_converter
 
@@ -57,12 +58,12 @@ class FilterStage(Stage):
 
     def provenance(self) -> dict:
         info = self.chain.info()
-        keys = ("tokenizer", "tokenizers", "max_tokens", "clean", "perplexity", "cutoffs")
+        keys = ("tokenizer", "tokenizers", "max_tokens", "answer_budget", "clean", "perplexity", "cutoffs")
         return {k: info[k] for k in keys if k in info}
 
     @classmethod
     def hash_inputs(cls, cfg: DictConfig) -> dict:
-        return {"tokenizer": str(Path(tokenizer_path(cfg)).resolve())}
+        return {"tokenizer": str(Path(tokenizer_path(cfg)).resolve()), **AnswerBudget.hash_inputs(cfg)}
 
     @classmethod
     def before_run(cls, cfg: DictConfig, executor: Any, log_dir: Path) -> None:
@@ -90,7 +91,10 @@ def tokenizer_path(cfg: DictConfig) -> str:
 
 
 def make_chain(cfg: DictConfig, cutoffs: Cutoffs | None = None) -> FilterChain:
-    return FilterChain(cfg.filter, cutoffs, tokenizer=tokenizer_path(cfg))
+    """The run's filter chain: its tokenizer, and the Answer stage's budget when the run has one."""
+    return FilterChain(
+        cfg.filter, cutoffs, tokenizer=tokenizer_path(cfg), budget=AnswerBudget.from_config(cfg)
+    )
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -107,6 +111,7 @@ def calibration_key(cfg: DictConfig) -> str:
     """What the cut-offs depend on: the filter settings and the shards (their config and the corpora)."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("filter", "shard", "corpora")}
     parts["tokenizer"] = str(Path(tokenizer_path(cfg)).resolve())
+    parts.update(AnswerBudget.hash_inputs(cfg))  # the budget decides where units are cut
     # sorted keys: the config a worker reloads from config.yaml has its dicts' keys sorted
     return config_hash(OmegaConf.create(parts))
 

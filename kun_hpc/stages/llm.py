@@ -18,8 +18,8 @@ Bad model output is a :class:`Rejected` with a reason, never a crash: ``prompt_t
 ``max_prompt_tokens`` or the engine's ``max_model_len``), ``output_too_long`` (cut at ``max_new_tokens``
 without a stop, when ``reject_truncated``), ``empty_output`` (nothing but whitespace once cleaned),
 ``invalid_utf8`` (byte-level tokens that do not form characters decode to U+FFFD: the model's fault, since
-the filter rejects input holding one as ``damaged_text``), and ``missing_field`` for an input record without
-the fields the prompt needs.
+the filter rejects input holding one as ``damaged_text``, as the stage itself does for an input record whose
+prompt fields hold one), and ``missing_field`` for an input record without the fields the prompt needs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import xxhash
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.config import file_sha256, find_file
-from kun_hpc.filtering.clean import strip_controls
+from kun_hpc.filtering.clean import find_damage, strip_controls
 from kun_hpc.inference import (
     FINISH_LENGTH,
     FINISH_PROMPT_TOO_LONG,
@@ -150,7 +150,6 @@ class LLMStage(Stage):
 
     name = "llm"
     needs: tuple[str, ...] = ("text",)
-    budget_in_prompt = False  # True: prompt() keeps within max_prompt_tokens itself
 
     def __init__(self, cfg: DictConfig, options: Any = None):
         super().__init__(cfg, options)
@@ -221,12 +220,16 @@ class LLMStage(Stage):
             if missing:
                 out[i] = Rejected(r, "missing_field", ",".join(missing))
                 continue
+            damage = next(((f, d) for f in self.needs if (d := find_damage(r[f])) is not None), None)
+            if damage is not None:  # input the filter did not see (no filter stage): not the model's fault
+                out[i] = Rejected(r, "damaged_text", damage[1].describe(f"record's {damage[0]}"))
+                continue
             made = self.prompt(r)
             if isinstance(made, Rejected):
                 out[i] = made
             else:
                 todo.append((i, made[0], {**r, **made[1]}))
-        if todo and self.max_prompt_tokens and not self.budget_in_prompt:
+        if todo and self.max_prompt_tokens:
             fits = []
             for item, ids in zip(todo, self.engine.encode([p for _, p, _ in todo]), strict=True):
                 if len(ids) > self.max_prompt_tokens:
