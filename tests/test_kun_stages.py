@@ -506,6 +506,32 @@ def test_the_filter_cuts_units_so_that_answer_never_drops_one_for_length(hf, tin
     assert chain.info()["answer_budget"] == {"max_prompt_tokens": 512, "instruction_tokens": 64}
 
 
+def test_damaged_input_that_skipped_the_filter_is_rejected_before_the_model(hf):
+    """A record whose prompt field already holds U+FFFD is not sent: the model is not blamed for it."""
+    engine = ScriptedEngine(hf.tokenizer, {"": gen("长城很长。")})
+    answer = _stage(Answer, "answer", engine)
+    batch = [
+        {"id": "a", "text": "长城\ufffd的历史", "instruction": "介绍长城"},
+        {"id": "b", "text": "长城的历史", "instruction": "介绍\ufffe长城"},
+        {"id": "c", "text": "长城的历史", "instruction": "介绍长城"},
+    ]
+    out = answer.process(batch)
+    assert [(o.reason, o.detail) for o in out[:2]] == [
+        (
+            "damaged_text",
+            "U+FFFD REPLACEMENT CHARACTER at offset 2 of the record's text (1 damaged character in all)",
+        ),
+        (
+            "damaged_text",
+            "U+FFFE (noncharacter) at offset 2 of the record's instruction (1 damaged character in all)",
+        ),
+    ]
+    assert out[2]["answer"] == "长城很长。"
+    assert [str(p) for p in engine.calls[0][0]] == [
+        answer.template.render(text="长城的历史", instruction="介绍长城")
+    ]
+
+
 def test_a_budget_that_leaves_no_unit_is_refused(hf, tiny_model):
     from kun_hpc.filtering.chain import FilterChain
 
