@@ -3,7 +3,8 @@ record gets ``answer``. Text and instruction are the prompt's data: a special to
 text (issue 12).
 
 The prompt must fit ``answer.max_prompt_tokens`` (512 in Kun). No record may be dropped here for a length an
-earlier, cheaper stage could know (issue 12, kind 7), so :class:`AnswerBudget` is checked before: the filter
+earlier, cheaper stage could know (issue 12, kind 7), so :class:`AnswerBudget` is checked before, whenever
+the config names an Answer model (also in an invocation whose ``pipeline.stages`` stops earlier): the filter
 cuts units so that the prompt with an empty instruction leaves ``answer.instruction_tokens`` for the
 instruction, and Label rejects an instruction with which the whole prompt would not fit
 (``answer_prompt_too_long``). An instruction is never cut: a prompt over the budget here (a record made under
@@ -53,10 +54,11 @@ class AnswerBudget:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> AnswerBudget | None:
-        """The budget of the run's Answer stage; None when Answer is not in ``pipeline.stages`` or has no
-        ``max_prompt_tokens``. Loads the Answer model's tokenizer (not the model)."""
+        """The budget of the run's Answer stage; None when the config names no Answer model or no
+        ``max_prompt_tokens``. Loads the Answer model's tokenizer (not the model): raises
+        :class:`~kun_hpc.inference.ModelPathError` when ``answer.engine.model`` is not a model folder."""
         a = cfg.answer
-        if not active(cfg) or a.max_prompt_tokens is None:
+        if not configured(cfg):
             return None
         template = PromptTemplate.load(find_file(a.template), str(a.template_sha256), Answer.needs)
         tokenizer = load_tokenizer(find_file(a.engine.model), bool(a.engine.trust_remote_code))
@@ -65,7 +67,7 @@ class AnswerBudget:
     @staticmethod
     def hash_inputs(cfg: DictConfig) -> dict:
         """What the budget depends on, for the config hash of the stages that apply it (filter, label)."""
-        if not active(cfg) or cfg.answer.max_prompt_tokens is None:
+        if not configured(cfg):
             return {}
         a = cfg.answer
         keep = {"max_prompt_tokens": a.max_prompt_tokens, "instruction_tokens": a.instruction_tokens}
@@ -106,8 +108,13 @@ class AnswerBudget:
         ]
 
 
-def active(cfg: DictConfig) -> bool:
-    """Whether the run's pipeline has the Answer stage."""
-    return any(s.rsplit(":", 1)[-1].lower() == Answer.name for s in cfg.pipeline.stages) and not (
-        OmegaConf.is_missing(cfg.answer.engine, "model")
+def configured(cfg: DictConfig) -> bool:
+    """Whether the config budgets an Answer stage: it names an Answer model and ``max_prompt_tokens``. That,
+    not this invocation's ``pipeline.stages``, decides: a run that filters and labels first and answers
+    later cuts the same units and keeps the same config hashes."""
+    a = cfg.answer
+    return (
+        not OmegaConf.is_missing(a.engine, "model")
+        and bool(a.engine.model)
+        and a.max_prompt_tokens is not None
     )
