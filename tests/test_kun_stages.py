@@ -319,7 +319,9 @@ def gen(text: str, finish: str = FINISH_STOP) -> Generation:
 
 
 def _stage(cls, key: str, engine: Engine, *overrides: str):
-    cfg = config.load(None, [f"{k}.engine.model=m" for k in LLM_STAGES] + list(overrides))
+    """The stage on ``engine``; only its own model is named (``m``), so Label checks no Answer budget unless
+    a test gives it one."""
+    cfg = config.load(None, [f"{key}.engine.model=m", *overrides])
     stage = cls(cfg, cfg[key])
     stage.engine = engine
     stage.setup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 import tracemalloc
 import zlib
@@ -210,13 +211,19 @@ def test_wudao_bad_object_in_the_middle_does_not_lose_its_neighbours(tmp_path, s
 
 
 def test_truncated_wudao_file(tmp_path, sample):
-    src = sample / "wudao" / "part-0000.json"
-    path = tmp_path / "part-cut.json"
-    path.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    recs, bad = read_all([path], "wudao", "wudao")
-    assert 0 < len(recs) < 650
-    assert reasons(bad) == ["invalid_json", "corrupt_stream"]
-    assert "truncated" in bad[-1].detail
+    """Cut mid-object: every whole object before the cut is kept, the cut one is the damage itself (one
+    corrupt_stream, as a cut JSONL line); cut right after an object, that object is whole and kept."""
+    data = (sample / "wudao" / "part-0000.json").read_bytes()
+    objs = json.loads(data)
+    ends = [m.end() for m in re.finditer(rb"\}(?=\s*,\s*\{\s*\"id\"|\s*\]\s*$)", data)]
+    assert len(ends) == len(objs)  # where each object ends, found independently of the reader
+    for cut in (len(data) // 2, ends[40], ends[40] + 1, ends[40] - 1):
+        path = tmp_path / "part-cut.json"
+        path.write_bytes(data[:cut])
+        recs, bad = read_all([path], "wudao", "wudao")
+        whole = sum(1 for e in ends if e <= cut)
+        assert [r["text"] for r in recs] == [o["content"] for o in objs[:whole]], cut
+        assert reasons(bad) == ["corrupt_stream"] and "truncated" in bad[-1].detail
 
 
 def test_wudao_file_that_is_not_an_array(tmp_path):
@@ -464,7 +471,7 @@ def test_a_truncated_records_file_keeps_its_whole_objects(tmp_path, end, kept, l
     path.write_text(body)
     recs, bad = read_all([path], "wudao", "wudao")
     assert [r["text"] for r in recs] == TEXTS[:kept]
-    assert [b.reason for b in bad] == ["invalid_json"] * (10 - kept) + ["corrupt_stream"]
+    assert [b.reason for b in bad] == ["corrupt_stream"]  # the cut object is the damage, counted once
     assert bad[-1].detail == f"EOFError: {last}; the rest is unreadable"
 
 

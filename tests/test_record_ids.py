@@ -166,3 +166,46 @@ def test_wudao_files_whose_native_ids_repeat_give_a_dataset_with_unique_ids(tmp_
     assert len(rows) == 6 and len(set(ids)) == 6
     report = orjson.loads((run / "merge" / "report" / "report.json").read_bytes())
     assert report["funnel"][0]["in"] == 6 and report["funnel"][-1]["out"] == 6
+
+
+def test_files_of_the_same_name_in_two_folders_are_told_apart(tmp_path):
+    """Records name their file relative to the corpus's common folder: WuDao ids of same-named files differ,
+    and a repeat at the same line of a same-named file is still a repeat."""
+    root = tmp_path / "in"
+    for sub, text in (("a", "甲"), ("b", "乙")):
+        (root / "wd" / sub).mkdir(parents=True)
+        docs = [{"id": i, "content": f"{text}文件第{i}篇。"} for i in range(2)]
+        (root / "wd" / sub / "part-0000.json").write_text(
+            json.dumps(docs, ensure_ascii=False), encoding="utf-8"
+        )
+        (root / "jl" / sub).mkdir(parents=True)
+        (root / "jl" / sub / "x.jsonl").write_text(
+            jsonl([{"id": i, "text": f"{text}第{i}行。"} for i in range(2)]), encoding="utf-8"
+        )
+        (root / "hs" / sub).mkdir(parents=True)
+        (root / "hs" / sub / "x.jsonl").write_text(jsonl([{"text": "同一段话。"}]), encoding="utf-8")
+
+    def run(name: str, fmt: str, *extra: str) -> tuple[list[dict], list[dict]]:
+        folder = root / name
+        args = [f"run.dir={tmp_path / name}", "executor.kind=inline"]
+        args += [f"corpora=[{{name: {name}, format: {fmt}, paths: [{folder}]}}]", *extra]
+        assert cli.main(["shard", *args]) == 0
+        return kept_and_quarantined(tmp_path / name / "shards" / name)
+
+    kept, quarantined = run("wd", "wudao")
+    assert [(r["id"], r["src"].split(":")[0]) for r in kept] == [
+        ("wd/a/part-0000.json:0", "a/part-0000.json"),
+        ("wd/a/part-0000.json:1", "a/part-0000.json"),
+        ("wd/b/part-0000.json:0", "b/part-0000.json"),
+        ("wd/b/part-0000.json:1", "b/part-0000.json"),
+    ]
+    assert quarantined == []
+    kept, quarantined = run("jl", "jsonl", "corpora.0.id_field=id")
+    assert [r["text"] for r in kept] == ["甲第0行。", "甲第1行。"]
+    assert [(q["source"], q["position"], q["detail"]) for q in quarantined] == [
+        ("b/x.jsonl", "line 1", "id 'jl/0' already at a/x.jsonl:line 1"),
+        ("b/x.jsonl", "line 2", "id 'jl/1' already at a/x.jsonl:line 2"),
+    ]
+    kept, quarantined = run("hs", "skypile")
+    assert [r["src"] for r in kept] == ["a/x.jsonl:line 1"]
+    assert [(q["source"], q["reason"]) for q in quarantined] == [("b/x.jsonl", "duplicate_id")]

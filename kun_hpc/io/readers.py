@@ -25,7 +25,8 @@ What the readers accept and refuse (issue 12):
 
 Record ids are keys across a run: ``<corpus>/<native id>``, or ``<corpus>/<content hash>`` without one.
 WuDao ids repeat from file to file in the real releases, so a WuDao record is ``<corpus>/<uniqueKey>``
-when its ``uniqueKey`` is a non-empty string, else ``<corpus>/<file name>:<native id>``.
+when its ``uniqueKey`` is a non-empty string, else ``<corpus>/<file>:<native id>``, ``<file>`` being the
+file's path under the folder all the corpus's files share (:attr:`InputPiece.name`; also in ``src``).
 """
 
 from __future__ import annotations
@@ -99,15 +100,22 @@ def fields_for(
 
 @dataclass(frozen=True)
 class InputPiece:
-    """A whole input file, or one of ``count`` pieces of it."""
+    """A whole input file, or one of ``count`` pieces of it. ``name``: the file's path relative to the
+    folder that holds all of its corpus's files (:func:`plan_pieces`; its base name when not given), so two
+    files of one corpus never share a name: records name their file by it (``src``, WuDao ids)."""
 
     path: str
     index: int = 0
     count: int = 1
+    name: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return self.name or os.path.basename(self.path)
 
     @property
     def label(self) -> str:
-        name = os.path.basename(self.path)
+        name = self.file_name
         return name if self.count == 1 else f"{name}[{self.index + 1}/{self.count}]"
 
 
@@ -132,10 +140,13 @@ def expand_paths(patterns: list[str] | tuple[str, ...], fmt: str) -> list[Path]:
 
 
 def plan_pieces(files: list[Path], fmt: str, split_bytes: int) -> list[InputPiece]:
+    """The pieces tasks read, each file named relative to the folder all ``files`` share."""
+    root = os.path.commonpath([str(f.parent) for f in files]) if files else ""
     pieces = []
     for f in files:
         count = max(1, -(-f.stat().st_size // split_bytes)) if fmt in LINE_BASED else 1
-        pieces.extend(InputPiece(str(f), i, count) for i in range(count))
+        name = os.path.relpath(f, root)
+        pieces.extend(InputPiece(str(f), i, count, name) for i in range(count))
     return pieces
 
 
@@ -197,7 +208,7 @@ def _int64_values(v: Any) -> Any:
 class RecordMaker:
     """Turns one parsed native object into a record, or a :class:`Bad` naming what is wrong with it.
 
-    ``file_name`` (the input file's base name) prefixes native ids when ``fields.id_per_file``.
+    ``file_name`` (:attr:`InputPiece.file_name`) prefixes native ids when ``fields.id_per_file``.
     """
 
     def __init__(self, corpus: str, fields: Fields, source: str, file_name: str = ""):
@@ -425,6 +436,13 @@ def describe_layout(head: bytes, whole: bool) -> str:
     return f"text that starts with {head[:40].decode('utf-8', 'replace')!r}"
 
 
+def _whole_object(data: bytes) -> bool:
+    try:
+        return type(orjson.loads(data)) is dict
+    except orjson.JSONDecodeError:
+        return False
+
+
 def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
     """Yield (offset, object bytes) from a JSON array stream, or one wrapped as ``{"RECORDS": [...]}``,
     bounded by max_bytes. Raises :class:`UnsupportedEncoding` or :class:`WrongLayout` before the first
@@ -493,9 +511,11 @@ def _wudao_objects(f, max_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong
     closed = closed and tail.endswith(b"]")
     if tail.endswith(b"]"):  # an object ends with "}": a last "]" can only close the array
         tail = tail[:-1].rstrip()
+    if not closed and tail.endswith(b","):  # cut right after an object and its separator
+        tail = tail[:-1].rstrip()
     if skip_head is not None:
         yield skip_start, LineTooLong(skip_head, pos + len(tail) - skip_start)
-    elif tail:
+    elif tail and (closed or _whole_object(tail)):  # a truncated file's cut object is the damage itself
         yield pos, tail
     if not closed:
         end = "]}" if wrapped else "]"
@@ -604,7 +624,7 @@ def read_piece(
 ) -> Iterator[Item]:
     """Stream the records and bad items of one input piece (see the module docstring for what is
     accepted, refused and quarantined, by reason). Raises ``FileNotFoundError`` if the file is gone."""
-    make = RecordMaker(corpus, fields, piece.label, os.path.basename(piece.path))
+    make = RecordMaker(corpus, fields, piece.label, piece.file_name)
     if not os.path.exists(piece.path):
         raise FileNotFoundError(piece.path)
     return READERS[fmt](piece, make, max_record_bytes)

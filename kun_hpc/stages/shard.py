@@ -218,8 +218,8 @@ def quarantine_repeats_across(work: Path, units: list[ShardUnit], markers: list[
     if not any(len(f) for f in flagged):
         return
     candidates = np.unique(np.concatenate([a[f] for a, f in zip(arrays, flagged, strict=True) if len(f)]))
-    seen: dict[str, str] = {}  # candidate id -> where it was first let through
-    for u, m, hashes in zip(units, markers, arrays, strict=True):
+    seen: dict[str, tuple[int, int, str]] = {}  # candidate id -> (unit, record, src) that let it through
+    for k, (u, m, hashes) in enumerate(zip(units, markers, arrays, strict=True)):
         hits = set(np.flatnonzero(np.isin(hashes, candidates)).tolist())
         if not hits:
             continue
@@ -227,9 +227,9 @@ def quarantine_repeats_across(work: Path, units: list[ShardUnit], markers: list[
         repeats: dict[int, str] = {}
         for i, rec in enumerate(r for part in parts for r in read_shard(part)):
             if i in hits:
-                first = seen.setdefault(rec["id"], rec["src"])
-                if first != rec["src"]:
-                    repeats[i] = first
+                first = seen.setdefault(rec["id"], (k, i, rec["src"]))
+                if first[:2] != (k, i):
+                    repeats[i] = first[2]
         if repeats:
             _rewrite_without(work, u, m, parts, repeats)
 
