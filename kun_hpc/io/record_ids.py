@@ -24,11 +24,6 @@ _hash128 = xxhash.xxh3_128_intdigest
 _hash64 = xxhash.xxh3_64_intdigest
 
 
-def id_hash(record_id: str) -> int:
-    """The 64-bit hash a unit saves for an id (xxh3_64 of its UTF-8 bytes)."""
-    return _hash64(record_id.encode("utf-8", "surrogatepass"))
-
-
 class UnitIds:
     """The ids one shard unit let through, in order.
 

@@ -1,8 +1,8 @@
 """Label: instruction back-translation. The Label model reads a text and writes the instruction it would
 answer; the record gets ``instruction``. Kun's instruction post-rules (the ``rules`` section) run right away
 when ``label.apply_rules``, so Point never pays for an instruction the rules would drop. For the same reason,
-when the run has an Answer stage, an instruction with which the Answer prompt would not fit its
-``max_prompt_tokens`` is rejected here as ``answer_prompt_too_long`` (issue 12, kind 7)."""
+when the config names an Answer model (kun_hpc/stages/answer.py), an instruction with which the Answer prompt
+would not fit its ``max_prompt_tokens`` is rejected here as ``answer_prompt_too_long`` (issue 12, kind 7)."""
 
 from __future__ import annotations
 
