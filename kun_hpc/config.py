@@ -701,11 +701,13 @@ SURVIVOR_KEYS = ("score", "length", "id")
 
 @dataclass
 class NormalizeConfig:
-    """What two texts may differ in and still count as the same (kun_hpc/merge/normalize.py)."""
+    """The dedup key of a text: what two texts may differ in and still count as the same content
+    (kun_hpc/merge/normalize.py; the rule with examples: docs/merge.md)."""
 
     width: bool = True  # full-width ASCII and the ideographic space -> half width (NFKC on those only)
-    punctuation: bool = True  # drop punctuation and symbols (Unicode P* and S* categories)
-    whitespace: bool = True  # drop all whitespace (Chinese has no word spaces to keep)
+    # punctuation separates like whitespace (a run of both is one space); symbols, # % & * / \ @ _ - and
+    # . , : between digits stay. false: punctuation is compared as it is
+    punctuation: bool = True
     lowercase: bool = True  # Latin letters compare case-insensitively
     t2s: bool = False  # OpenCC Traditional -> Simplified
     opencc_config: str = "t2s"  # OpenCC config name: t2s, tw2s, hk2s, ...
@@ -713,17 +715,23 @@ class NormalizeConfig:
 
 @dataclass
 class DedupConfig:
-    """Exact and MinHash-LSH near-duplicate removal (kun_hpc/merge/dedup.py), raw and at merge."""
+    """Exact and verified MinHash-LSH near-duplicate removal (kun_hpc/merge/dedup.py), raw and at merge.
+    What the defaults catch, with the S-curves: docs/merge.md."""
 
     raw: bool = False  # dedup the shards before the per-shard stages (their input is then <run>/dedup_raw)
-    exact: bool = True  # drop records whose normalised key text equals another's (duplicate_exact)
-    near: bool = True  # drop MinHash-LSH near duplicates (near_duplicate)
+    exact: bool = True  # drop records whose key equals another's (duplicate_exact)
+    near: bool = True  # drop verified near duplicates (near_duplicate)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    ngram: int = 5  # character n-gram shingles
-    bands: int = 14  # LSH bands
-    rows: int = 8  # bands * rows MinHash permutations; Jaccard threshold about (1/bands)**(1/rows)
+    ngram: int = 3  # character n-gram shingles of the key (separators removed)
+    threshold: float = 0.5  # a candidate is a near duplicate when the n-gram Jaccard of the keys reaches this
+    # ... and the numbers and symbols of the two keys agree this well (difflib ratio of their sequences)
+    symbol_threshold: float = 0.8
+    permutations: int = 120  # MinHash values per record
+    bands: int = 40  # LSH bands of a short text (rows = permutations / bands)
+    long_bands: int = 20  # LSH bands of a text with at least long_shingles distinct n-grams
+    long_shingles: int = 200
     seed: int = 1  # seeds the MinHash permutations: change it and clusters may change
-    partitions: int = 4  # bucket tasks; each holds about 1/partitions of all band keys in memory
+    partitions: int = 16  # bucket tasks; each holds about 1/partitions of all band keys in memory
     shards_per_task: int = 1  # signature and apply tasks
     batch_docs: int = 2048  # documents hashed per numpy batch (bounds a signature task's memory)
     # the survivor of a cluster: the first key that differs decides (highest score, longest, smallest id)
@@ -747,9 +755,15 @@ class MergeConfig:
 
 def validate_dedup(cfg: DictConfig) -> None:
     d = cfg.dedup
-    for key in ("ngram", "bands", "rows", "partitions", "shards_per_task", "batch_docs"):
+    for key in ("ngram", "permutations", "bands", "long_bands", "long_shingles", "partitions",
+                "shards_per_task", "batch_docs"):  # fmt: skip
         _check(d[key] >= 1, f"dedup.{key}", "must be >= 1", d[key])
-    _check(d.bands * d.rows <= 1024, "dedup.bands", "bands * rows must be <= 1024", d.bands * d.rows)
+    for key in ("threshold", "symbol_threshold"):
+        _check(0 < d[key] <= 1, f"dedup.{key}", "must be in (0, 1]", d[key])
+    _check(d.permutations <= 1024, "dedup.permutations", "must be <= 1024", d.permutations)
+    for key in ("bands", "long_bands"):
+        why = f"must divide dedup.permutations ({d.permutations}) into bands of equal rows"
+        _check(d.permutations % d[key] == 0, f"dedup.{key}", why, d[key])
     keep = list(d.keep)
     _check(bool(keep) and set(keep) <= set(SURVIVOR_KEYS), "dedup.keep", f"must list some of {SURVIVOR_KEYS}",
            keep)  # fmt: skip

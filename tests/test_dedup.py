@@ -236,10 +236,11 @@ def test_bad_lines_are_quarantined_and_counted(tmp_path):
 
 def test_minhash_signatures_do_not_depend_on_batching(planted):
     texts = [*[r["text"] for r in read_shard(planted[1][0])][:50], "短", "", "四个字儿"]
-    h = MinHasher(5, 14, 8, 1)
-    together = h.signatures(texts)
-    alone = [h.signatures([t])[0] for t in texts]
-    assert all((together[i] == alone[i]).all() for i in range(len(texts)))
+    h = MinHasher(3, 120, 1)
+    together, distinct = h.signatures(texts)
+    alone = [h.signatures([t]) for t in texts]
+    assert all((together[i] == alone[i][0][0]).all() for i in range(len(texts)))
+    assert distinct.tolist() == [len({t[i : i + 3] for i in range(max(len(t) - 2, 1))} - {""}) for t in texts]
     assert (together[len(texts) - 2] == 0xFFFFFFFF).all()  # empty: no shingles
 
 

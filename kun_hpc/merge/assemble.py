@@ -41,8 +41,19 @@ from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, 
 PAIR_STAGES = ("answer", "rules")
 LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1 << 62]
 SCORE_BINS = [round(i / 20, 2) for i in range(21)]
-PAIR_FIELDS = ("id", "corpus", "instruction", "output", "score", "verdict", "ppl", "prov")
-TEXT_FIELDS = ("id", "corpus", "text", "score", "ppl", "prov")
+PAIR_FIELDS = (
+    "id",
+    "corpus",
+    "instruction",
+    "output",
+    "score",
+    "verdict",
+    "ppl",
+    "dup_count",
+    "dup_corpora",
+    "prov",
+)
+TEXT_FIELDS = ("id", "corpus", "text", "score", "ppl", "dup_count", "dup_corpora", "prov")
 
 
 @dataclass
@@ -134,6 +145,8 @@ def to_row(rec: dict, kind: str) -> dict:
         "corpus": str(rec.get("corpus", "")),
         "score": float(score) if isinstance(score, (int, float)) else None,
         "ppl": float(ppl) if isinstance(ppl, (int, float)) else None,
+        "dup_count": int(rec.get("dup_count") or 0),  # copies the dedup passes removed in its favour
+        "dup_corpora": sorted(rec.get("dup_corpora") or []),  # the corpora those copies came from
         "prov": orjson.dumps(rec.get("prov", {}), option=orjson.OPT_SORT_KEYS).decode(),
     }
     if kind == "pairs":
@@ -147,7 +160,12 @@ def to_row(rec: dict, kind: str) -> dict:
 def arrow_schema(kind: str):
     import pyarrow as pa
 
-    types = {"score": pa.float64(), "ppl": pa.float64()}
+    types = {
+        "score": pa.float64(),
+        "ppl": pa.float64(),
+        "dup_count": pa.int64(),
+        "dup_corpora": pa.list_(pa.string()),
+    }
     names = PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS
     return pa.schema([(n, types.get(n, pa.string())) for n in names])
 

@@ -1,29 +1,49 @@
-"""Exact and near-duplicate removal across every shard of every corpus, as four global phases.
+"""Exact and near-duplicate removal across every shard of every corpus, as four global phases (issue 13).
 
 ::
 
-    signatures (array, per shard group)  normalise the key text; its xxh3-128 (exact) and MinHash band
-                                          keys (near), per shard in ``partitions`` files by key % partitions
-    buckets    (array, per partition)    partition t of every shard: sort by (band, key); equal keys -> pairs
-    clusters   (one task)                union-find over the pairs; a survivor per cluster; removal lists
-    apply      (array, per shard group)  kept records -> output shard, removed -> rejected (reason, survivor)
+    signatures (array, per shard group)  the dedup key of each record (kun_hpc/merge/normalize.py), its
+                                          xxh3-128 (exact) and MinHash LSH band keys (near), per shard in
+                                          ``partitions`` files by key % partitions; the keys themselves
+    buckets    (array, per partition)    partition t of every shard: equal keys -> candidate pairs, each
+                                          checked against the true n-gram Jaccard of the two keys
+    clusters   (one task)                components of the verified pairs; survivors; removal lists
+    apply      (array, per shard group)  kept records -> output shard (with ``dup_count``/``dup_corpora``),
+                                          removed -> rejected (reason, survivor, similarity)
 
-Memory per task is bounded whatever the corpus size: a signature task holds one shard's keys, a bucket task
-``1/partitions`` of all keys, the cluster task only the documents that have a duplicate, an apply task one
-shard's removal list. Exact duplicates go through the same buckets (band ``EXACT``, keyed by the 128-bit
-hash).
+**Candidates.** A record's shingles are the character ``ngram``-grams of its key without separators. Its
+``permutations`` MinHash values are cut into ``bands`` bands when it has fewer than ``long_shingles``
+distinct shingles (short texts: a poem, an instruction), into ``long_bands`` bands when it has more, and
+into both when it is within reach of the boundary (at least ``threshold * long_shingles``: two texts of
+Jaccard ``>= threshold`` have shingle counts within that ratio, so every such pair shares a banding). Exact
+duplicates share their xxh3-128 key; a record whose key already occurred in its shard adds no band keys
+(its exact key joins it to the first one). LSH is generous on purpose: every candidate is verified.
 
-The survivor of a cluster is chosen by ``dedup.keep`` (highest ``score``, else longest, else smallest id,
-then input order): it depends only on the cluster, never on how the work was cut into tasks, and the
-clusters are the connected components of "shares an exact hash or a band key", which no partitioning
-changes. A removed record is ``duplicate_exact`` when its normalised text equals its survivor's, else
-``near_duplicate``; its rejected line carries the survivor's id. Records without the key (no instruction
-yet) or whose normalised key is empty are never removed.
+**Verification.** A candidate pair is a near duplicate only when the exact Jaccard similarity of the two
+shingle sets is at least ``threshold``, and the sequences of numbers and symbols of the two keys agree (a
+``difflib`` ratio of at least ``symbol_threshold``: ``3+5`` and ``3-5`` differ however alike the rest is).
+Equal keys are exact duplicates. The buckets markers count candidates, verified pairs and the two kinds of
+rejection.
+
+**Survivors.** Records with equal keys form classes; classes are taken in ``dedup.keep`` order of their
+best record (highest ``score``, else longest, else smallest id, then input order). A class is kept when no
+verified pair links it to a class kept before; otherwise all its records are removed as ``near_duplicate``
+of the most similar kept class's best record. The other records of a kept class are ``duplicate_exact`` of
+its best. So every removed record is itself similar to its survivor (no chains: a ~ b ~ c does not remove c
+for a when c is not similar to a). Nothing depends on how the work was cut into tasks (tested).
+
+Records whose key is empty (an instruction that is only punctuation, ``。``) or missing are rejected as
+``no_content``. Memory per task is bounded: a signature task holds one batch, a bucket task ``1/partitions``
+of all keys, the cluster task the verified pairs and the records in them, an apply task one shard's lists.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import io
 import math
+import mmap
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,16 +57,18 @@ import zstandard
 
 from kun_hpc.cluster.phases import Phase, PhaseUnit
 from kun_hpc.config import config_hash
-from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
 from kun_hpc.io.shards import ZstdJsonlWriter
-from kun_hpc.merge.minhash import MinHasher
-from kun_hpc.merge.normalize import make_normalizer
-from kun_hpc.stages.base import _input_items, check_accounting
+from kun_hpc.merge.minhash import MinHasher, mix64
+from kun_hpc.merge.normalize import make_normalizer, shingle_text, symbols
+from kun_hpc.stages.base import _input_items, check_accounting, read_marker
 
-EXACT = np.uint16(0xFFFF)  # the band number of exact-hash entries
-ENTRY = np.dtype([("band", "<u2"), ("k1", "<u8"), ("k2", "<u8"), ("doc", "<u4")])
-REASONS = {"exact": "duplicate_exact", "near": "near_duplicate"}
+ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # a bucket entry: 12 bytes
+PAIR = np.dtype([("a", "<u8"), ("b", "<u8"), ("sim", "<f4")])  # a verified pair of global ids
+EXACT_TAG = np.uint64(0xE7AC7)  # mixed into exact keys so they never equal a band key
+ALL_PAIRS_UP_TO = 8  # a bucket of at most this many records checks every pair; a bigger one a star + a chain
+REASONS = {"exact": "duplicate_exact", "near": "near_duplicate", "empty": "no_content"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,7 @@ class DedupJob:
 
 
 def key_text(record: dict, key: str) -> str | None:
-    """What a record is compared by; None when it has no such field (it is then never removed)."""
+    """What a record is compared by; None when it has no such field (it is then ``no_content``)."""
     if key == "pair":
         ins, out = record.get("instruction"), record.get("answer", record.get("output"))
         return None if not isinstance(ins, str) or not isinstance(out, str) else f"{ins}\n\x00\n{out}"
@@ -89,125 +111,251 @@ def _records(path: str) -> Iterator[tuple[int, dict | Bad, bytes]]:
             yield i, Bad(Path(path).name, where, "invalid_json", str(e), line), line
 
 
+def _dedups(st: dict) -> bool:
+    return bool(st["exact"] or st["near"])
+
+
 # ------------------------------------------------------------------------------------------- signatures
 def signature_unit(args: tuple[DedupJob, list[int]]) -> dict:
     job, shards = args
-    st = job.settings
-    normalize = make_normalizer(st["normalize"])
-    hasher = MinHasher(st["ngram"], st["bands"], st["rows"], st["seed"])
     totals: Counter[str] = Counter()
     for s in shards:
-        _shard_signatures(job, s, normalize, hasher, totals)
+        _shard_signatures(job, s, totals)
     return {"counts": dict(totals)}
 
 
-def _hash_batch(docs: list[int], texts: list[str], hasher: MinHasher, st: dict) -> tuple[list, np.ndarray]:
-    """The bucket entries of a batch (exact and/or band keys) and its 128-bit exact hashes (2 columns)."""
-    d = np.array(docs, dtype=np.uint32)
-    digests = [xxhash.xxh3_128_intdigest(t.encode()) for t in texts]
-    h = np.array([(x >> 64, x & (2**64 - 1)) for x in digests], dtype=np.uint64).reshape(-1, 2)
-    entries = []
-    if st["exact"]:
-        e = np.zeros(len(d), dtype=ENTRY)
-        e["band"], e["k1"], e["k2"], e["doc"] = EXACT, h[:, 0], h[:, 1], d
-        entries.append(e)
-    if st["near"]:
-        keys = hasher.band_keys(hasher.signatures(texts))
-        e = np.zeros(keys.shape, dtype=ENTRY)
-        e["band"] = np.arange(hasher.bands, dtype=np.uint16)[None, :]
-        e["k1"], e["doc"] = keys, d[:, None]
-        entries.append(e.ravel())
-    return entries, h
+def _band_entries(rows: list[int], keys: list[str], hasher: MinHasher, st: dict) -> np.ndarray:
+    """The band entries of a batch: the short banding, the long one, or both, by distinct shingles."""
+    sig, distinct = hasher.signatures([shingle_text(k) for k in keys])
+    r = np.array(rows, dtype=np.uint32)
+    out = []
+    short = distinct < st["long_shingles"]
+    long = distinct >= st["threshold"] * st["long_shingles"]
+    for tag, (bands, which) in enumerate(((st["bands"], short), (st["long_bands"], long))):
+        if which.any():
+            k = hasher.band_keys(sig[which], bands, tag)
+            e = np.zeros(k.shape, dtype=ENTRY)
+            e["key"], e["row"] = k, r[which][:, None]
+            out.append(e.ravel())
+    return np.concatenate(out) if out else np.zeros(0, ENTRY)
 
 
-def _shard_signatures(job: DedupJob, s: int, normalize, hasher: MinHasher, totals: Counter) -> None:
+class _Partitions:
+    """``partitions`` entry files of one shard, appended batch by batch, renamed into place on close."""
+
+    def __init__(self, folder: Path, parts: int, stack: contextlib.ExitStack):
+        self.parts = parts
+        self.files = [stack.enter_context(atomic_open(folder / f"part-{t:04d}.bin")) for t in range(parts)]
+
+    def write(self, entries: np.ndarray) -> None:
+        which = entries["key"] % np.uint64(self.parts)
+        for t, f in enumerate(self.files):
+            f.write(entries[which == t].tobytes())
+
+
+def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
     st = job.settings
-    entries: list[np.ndarray] = []
-    hashes: list[np.ndarray] = []
-    ids: list[str] = []
-    cols: dict[str, list] = {"doc": [], "length": [], "score": []}
-    docs: list[int] = []
-    texts: list[str] = []
-    for i, rec, _ in _records(job.inputs[s]):
-        totals["in"] += 1
-        if type(rec) is Bad:
-            totals["quarantined"] += 1
-            continue
-        raw = key_text(rec, job.key)
-        norm = normalize(raw) if raw is not None else ""
-        if not norm:
-            totals["no_key" if raw is None else "empty_key"] += 1
-            continue
-        score = rec.get("score")
-        cols["doc"].append(i)
-        cols["length"].append(len(raw))
-        cols["score"].append(float(score) if isinstance(score, (int, float)) else math.nan)
-        ids.append(str(rec.get("id", "")))
-        docs.append(i)
-        texts.append(norm)
-        if len(docs) >= st["batch_docs"]:
-            e, h = _hash_batch(docs, texts, hasher, st)
-            entries += e
-            hashes.append(h)
-            docs, texts = [], []
-    if docs:
-        e, h = _hash_batch(docs, texts, hasher, st)
-        entries += e
-        hashes.append(h)
-    totals["hashed"] += len(ids)
+    normalize = make_normalizer(st["normalize"])
+    hasher = MinHasher(st["ngram"], st["permutations"], st["seed"])
     folder = job.sig_dir(s)
     folder.mkdir(parents=True, exist_ok=True)
-    allk = np.concatenate(entries) if entries else np.zeros(0, dtype=ENTRY)
-    parts = st["partitions"]
-    which = allk["k1"] % np.uint64(parts)
-    for t in range(parts):
-        _save(folder / f"part-{t:04d}.npy", allk[which == t])
-    h = np.concatenate(hashes) if hashes else np.zeros((0, 2), np.uint64)
+    cols: dict[str, list] = {"line": [], "length": [], "score": [], "h1": [], "h2": []}
+    meta: dict[str, Any] = {"id": [], "corpus": [], "dups": {}, "no_content": []}
+    seen: set[int] = set()
+    batch_rows: list[int] = []
+    batch_keys: list[str] = []
+    stored = io.BytesIO()
+    offsets = [0]
+    exact_rows: list[int] = []
+    exact_low: list[int] = []
+
+    def flush() -> None:
+        if exact_rows:
+            e = np.zeros(len(exact_rows), ENTRY)
+            e["key"], e["row"] = mix64(np.array(exact_low, dtype=np.uint64) ^ EXACT_TAG), exact_rows
+            parts.write(e)
+        if batch_rows:
+            parts.write(_band_entries(batch_rows, batch_keys, hasher, st))
+        exact_rows.clear()
+        exact_low.clear()
+        batch_rows.clear()
+        batch_keys.clear()
+
+    with contextlib.ExitStack() as stack:
+        parts = _Partitions(folder, st["partitions"], stack)
+        for i, rec, _ in _records(job.inputs[s]):
+            totals["in"] += 1
+            if type(rec) is Bad:
+                totals["quarantined"] += 1
+                continue
+            raw = key_text(rec, job.key)
+            key = normalize(raw) if raw is not None else ""
+            if not key:
+                if _dedups(st):
+                    meta["no_content"].append([i, raw is None])
+                    totals["no_content"] += 1
+                continue
+            row = len(cols["line"])
+            digest = xxhash.xxh3_128_intdigest(key.encode())
+            score = rec.get("score")
+            cols["line"].append(i)
+            cols["length"].append(len(raw))
+            cols["score"].append(float(score) if isinstance(score, (int, float)) else math.nan)
+            cols["h1"].append(digest >> 64)
+            cols["h2"].append(digest & (2**64 - 1))
+            meta["id"].append(str(rec.get("id", "")))
+            meta["corpus"].append(str(rec.get("corpus", "")))
+            if rec.get("dup_count"):
+                meta["dups"][row] = [int(rec["dup_count"]), list(rec.get("dup_corpora") or [])]
+            encoded = key.encode()
+            stored.write(encoded)
+            offsets.append(offsets[-1] + len(encoded))
+            if st["exact"]:
+                exact_rows.append(row)
+                exact_low.append(digest & (2**64 - 1))
+                if digest in seen:  # the first record with this key carries the band keys for both
+                    totals["repeated_in_shard"] += 1
+                    continue
+                seen.add(digest)
+            if st["near"]:
+                batch_rows.append(row)
+                batch_keys.append(key)
+            if len(batch_rows) >= st["batch_docs"] or len(exact_rows) >= st["batch_docs"]:
+                flush()
+        flush()
+    totals["hashed"] += len(cols["line"])
     table = {
-        "doc": np.array(cols["doc"], dtype=np.uint32),
+        "line": np.array(cols["line"], dtype=np.uint32),
         "length": np.array(cols["length"], dtype=np.int64),
         "score": np.array(cols["score"], dtype=np.float64),
-        "h1": h[:, 0].copy(),
-        "h2": h[:, 1].copy(),
+        "h1": np.array(cols["h1"], dtype=np.uint64),
+        "h2": np.array(cols["h2"], dtype=np.uint64),
+        "offsets": np.array(offsets, dtype=np.int64),
     }
     for name, arr in table.items():
         _save(folder / f"docs.{name}.npy", arr)
-    atomic_write_bytes(folder / "ids.json.zst", zstandard.compress(orjson.dumps(ids)))
+    atomic_write_bytes(folder / "keys.bin", stored.getvalue())
+    atomic_write_bytes(
+        folder / "meta.json.zst", zstandard.compress(orjson.dumps(meta, option=orjson.OPT_NON_STR_KEYS))
+    )
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _load_meta(folder: Path) -> dict:
+    return orjson.loads(zstandard.decompress((folder / "meta.json.zst").read_bytes()))
+
+
 # ----------------------------------------------------------------------------------------------- buckets
+class _Keys:
+    """Random access to every shard's stored keys (memory-mapped: a task touches only the pages it reads)."""
+
+    def __init__(self, job: DedupJob):
+        self.job = job
+        self.maps: dict[int, tuple[mmap.mmap | bytes, np.ndarray]] = {}
+        self.cache: dict[int, tuple[str, frozenset, list[str]]] = {}
+        self.n = job.settings["ngram"]
+
+    def key(self, gid: int) -> tuple[str, frozenset, list[str]]:
+        """(key, its shingle set, its numbers and symbols) of a global id."""
+        hit = self.cache.get(gid)
+        if hit is not None:
+            return hit
+        s, row = gid >> 32, gid & 0xFFFFFFFF
+        if s not in self.maps:
+            folder = self.job.sig_dir(s)
+            offsets = np.load(folder / "docs.offsets.npy", mmap_mode="r")
+            with open(folder / "keys.bin", "rb") as f:
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else b""
+            self.maps[s] = (data, offsets)
+        data, offsets = self.maps[s]
+        key = bytes(data[int(offsets[row]) : int(offsets[row + 1])]).decode()
+        text, n = shingle_text(key), self.n
+        value = (key, frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1))), symbols(key))
+        if len(self.cache) >= 1 << 16:
+            self.cache.clear()
+        self.cache[gid] = value
+        return value
+
+
+def similarity(
+    a: tuple[str, frozenset, list[str]], b: tuple[str, frozenset, list[str]], st: dict
+) -> tuple[float, str]:
+    """(Jaccard similarity of the shingle sets, verdict): ``exact`` (equal keys), ``near``,
+    ``below_threshold`` or ``symbols_differ``."""
+    if a[0] == b[0]:
+        return 1.0, "exact"
+    sa, sb = a[1], b[1]
+    inter = len(sa & sb)
+    jaccard = inter / (len(sa) + len(sb) - inter)
+    if not st["near"] or jaccard < st["threshold"]:
+        return jaccard, "below_threshold"
+    if a[2] != b[2]:
+        ratio = difflib.SequenceMatcher(None, a[2], b[2], autojunk=False).ratio()
+        if ratio < st["symbol_threshold"]:
+            return jaccard, "symbols_differ"
+    return jaccard, "near"
+
+
+def _candidates(key: np.ndarray, gid: np.ndarray) -> np.ndarray:
+    """Candidate pairs (a < b) of sorted (key, gid) entries: every pair of a small bucket; a star from the
+    first member and a chain through consecutive members of a big one."""
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sizes = np.diff(np.r_[starts, len(key)])
+    out = []
+    for m in range(2, ALL_PAIRS_UP_TO + 1):
+        first = starts[sizes == m]
+        if len(first):
+            i, j = np.triu_indices(m, 1)
+            out.append(np.stack([gid[first[:, None] + i].ravel(), gid[first[:, None] + j].ravel()], axis=1))
+    big = sizes > ALL_PAIRS_UP_TO
+    if big.any():
+        member = np.repeat(np.arange(len(starts))[big], sizes[big])
+        pos = np.concatenate([np.arange(s, s + n) for s, n in zip(starts[big], sizes[big], strict=True)])
+        later = pos != starts[member]
+        out.append(np.stack([gid[starts[member][later]], gid[pos[later]]], axis=1))  # star
+        out.append(np.stack([gid[pos[later] - 1], gid[pos[later]]], axis=1))  # chain
+    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.uint64)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
 def bucket_unit(args: tuple[DedupJob, int]) -> dict:
-    """Partition t of every shard's keys: documents with an equal (band, key) become pairs (a star per
-    group: its first member with each other one)."""
+    """Partition t of every shard's keys: records with an equal key are candidate pairs; the verified ones
+    (with their similarity) go to ``pairs/part-t.npy``."""
     job, t = args
-    chunks, shard_of = [], []
+    keys, gids = [], []
     for s in range(len(job.inputs)):
-        e = np.load(job.sig_dir(s) / f"part-{t:04d}.npy")
-        chunks.append(e)
-        shard_of.append(np.full(len(e), s, dtype=np.uint64))
-    e = np.concatenate(chunks) if chunks else np.zeros(0, dtype=ENTRY)
-    gid = (np.concatenate(shard_of) << np.uint64(32)) | e["doc"].astype(np.uint64) if chunks else e["doc"]
-    pairs = np.zeros((0, 2), np.uint64)
-    if len(gid):  # no entries at all when nothing reached this pass
-        order = np.lexsort((gid, e["k2"], e["k1"], e["band"]))
-        e, gid = e[order], gid[order]
-        b, k1, k2 = e["band"], e["k1"], e["k2"]
-        same = (b[1:] == b[:-1]) & (k1[1:] == k1[:-1]) & (k2[1:] == k2[:-1])
-        starts = np.flatnonzero(np.r_[True, ~same])
-        head = np.repeat(gid[starts], np.diff(np.r_[starts, len(gid)]))
-        keep = head != gid
-        if keep.any():
-            pairs = np.unique(np.stack([head[keep], gid[keep]], axis=1), axis=0)
-    _save(Path(job.work) / "pairs" / f"part-{t:04d}.npy", pairs.astype(np.uint64))
-    return {"entries": len(e), "pairs": len(pairs)}
+        e = np.fromfile(job.sig_dir(s) / f"part-{t:04d}.bin", dtype=ENTRY)
+        keys.append(e["key"])
+        gids.append((np.uint64(s) << np.uint64(32)) | e["row"].astype(np.uint64))
+    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    gid = np.concatenate(gids) if gids else np.zeros(0, np.uint64)
+    del keys, gids
+    order = np.lexsort((gid, key))
+    candidates = _candidates(key[order], gid[order])
+    entries = len(key)
+    del key, gid, order
+    store, verdicts = _Keys(job), Counter()
+    verified = np.zeros(len(candidates), dtype=PAIR)
+    n = 0
+    for a, b in candidates.tolist():
+        sim, verdict = similarity(store.key(a), store.key(b), job.settings)
+        verdicts[verdict] += 1
+        if verdict in ("exact", "near"):
+            verified[n] = (a, b, sim)
+            n += 1
+    _save(Path(job.work) / "pairs" / f"part-{t:04d}.npy", verified[:n])
+    return {
+        "entries": entries,
+        "candidates": len(candidates),
+        "verified": n,
+        "rejected": {k: verdicts[k] for k in ("below_threshold", "symbols_differ")},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- clusters
@@ -246,51 +394,107 @@ def _survivor_key(order: list[str]):
     return key
 
 
+def _load_pairs(job: DedupJob) -> np.ndarray:
+    files = sorted((Path(job.work) / "pairs").glob("part-*.npy"))
+    pairs = np.concatenate([np.load(f) for f in files]) if files else np.zeros(0, PAIR)
+    if len(pairs):  # a pair that shares keys in two partitions was verified in both
+        _, first = np.unique(np.stack([pairs["a"], pairs["b"]], axis=1), axis=0, return_index=True)
+        pairs = pairs[np.sort(first)]
+    return pairs
+
+
+def resolve(members: list[dict], edges: dict[tuple[int, int], float], order: list[str]) -> list[tuple]:
+    """The removals of one component: ``(removed, survivor, reason, similarity)`` member dicts.
+
+    ``members`` have ``gid``, ``h`` (the key's hash) and the survivor-rule fields; ``edges`` maps verified
+    gid pairs to their similarity. Equal keys form a class; classes in survivor order are kept unless a
+    verified pair links them to a class kept before (see the module docstring)."""
+    rank = _survivor_key(order)
+    classes: dict[tuple, list[dict]] = {}
+    for m in sorted(members, key=rank):
+        classes.setdefault(m["h"], []).append(m)
+    class_of = {m["gid"]: h for h, group in classes.items() for m in group}
+    links: dict[tuple, dict[tuple, float]] = {}
+    for (a, b), sim in edges.items():
+        ca, cb = class_of[a], class_of[b]
+        if ca != cb:
+            links.setdefault(ca, {})[cb] = max(sim, links.get(ca, {}).get(cb, 0.0))
+            links.setdefault(cb, {})[ca] = max(sim, links.get(cb, {}).get(ca, 0.0))
+    kept: list[tuple] = []  # in survivor order
+    out = []
+    for h, group in classes.items():
+        near = [(sim, -kept.index(k), k) for k, sim in links.get(h, {}).items() if k in kept]
+        if not near:
+            kept.append(h)
+            out += [(m, group[0], REASONS["exact"], 1.0) for m in group[1:]]
+            continue
+        sim, _, best = max(near)
+        out += [(m, classes[best][0], REASONS["near"], sim) for m in group]
+    return out
+
+
 def cluster_unit(args: tuple[DedupJob, int]) -> dict:
     job, _ = args
-    files = sorted((Path(job.work) / "pairs").glob("part-*.npy"))
-    pairs = np.concatenate([np.load(f).reshape(-1, 2) for f in files]) if files else np.zeros((0, 2))
-    pairs = pairs.astype(np.uint64)
+    pairs = _load_pairs(job)
     removals: dict[int, dict[int, list]] = {s: {} for s in range(len(job.inputs))}
+    absorbed: dict[int, dict[int, list]] = {s: {} for s in range(len(job.inputs))}
     reasons: Counter[str] = Counter()
-    clusters = 0
+    clusters = split = 0
     if len(pairs):
-        nodes, comp = components(pairs)
+        ab = np.stack([pairs["a"], pairs["b"]], axis=1)
+        nodes, comp = components(ab)
         members = _member_info(job, nodes)
         by_comp: dict[int, list[dict]] = {}
         for n, c in zip(nodes.tolist(), comp.tolist(), strict=True):
             by_comp.setdefault(c, []).append(members[n])
-        key = _survivor_key(list(job.settings["keep"]))
-        for group in by_comp.values():
+        edges_of: dict[int, dict[tuple[int, int], float]] = {}
+        where = dict(zip(nodes.tolist(), comp.tolist(), strict=True))
+        for a, b, sim in zip(pairs["a"].tolist(), pairs["b"].tolist(), pairs["sim"].tolist(), strict=True):
+            edges_of.setdefault(where[a], {})[(a, b)] = sim
+        order = list(job.settings["keep"])
+        for c, group in by_comp.items():
             clusters += 1
-            group.sort(key=key)
-            first = group[0]
-            for m in group[1:]:
-                reason = REASONS["exact" if m["h"] == first["h"] else "near"]
+            removed = resolve(group, edges_of[c], order)
+            split += len(group) - len(removed) > 1
+            totals: dict[int, list] = {}
+            for m, survivor, reason, sim in removed:
                 reasons[reason] += 1
-                removals[m["gid"] >> 32][m["gid"] & 0xFFFFFFFF] = [reason, first["id"]]
-    for s, rem in removals.items():
+                removals[m["gid"] >> 32][m["line"]] = [reason, survivor["id"], round(float(sim), 4)]
+                count, corpora = totals.setdefault(survivor["gid"], [0, set()])
+                totals[survivor["gid"]][0] = count + 1 + m["dup_count"]
+                corpora.update([m["corpus"], *m["dup_corpora"]])
+            for g, (count, corpora) in totals.items():
+                absorbed[g >> 32][members[g]["line"]] = [count, sorted(corpora)]
+    for s in removals:
         path = Path(job.work) / "remove" / f"{s:05d}.json.zst"
-        atomic_write_bytes(path, zstandard.compress(orjson.dumps(rem, option=orjson.OPT_NON_STR_KEYS)))
-    return {"pairs": len(pairs), "clusters": clusters, "removed": dict(reasons)}
+        body = {"remove": removals[s], "absorb": absorbed[s]}
+        atomic_write_bytes(path, zstandard.compress(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)))
+    return {"pairs": len(pairs), "clusters": clusters, "kept_apart": split, "removed": dict(reasons)}
 
 
 def _member_info(job: DedupJob, nodes: np.ndarray) -> dict[int, dict]:
-    """Survivor-rule fields of the documents in a cluster, read shard by shard (only the needed rows)."""
+    """Survivor-rule fields of the records in a cluster, read shard by shard (only the needed rows)."""
     out: dict[int, dict] = {}
     shards = nodes >> np.uint64(32)
     for s in np.unique(shards).tolist():
         folder = job.sig_dir(s)
-        docs = np.load(folder / "docs.doc.npy")
-        want = (nodes[shards == s] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        rows = np.searchsorted(docs, want)
-        cols = {c: np.load(folder / f"docs.{c}.npy")[rows] for c in ("length", "score", "h1", "h2")}
-        ids = orjson.loads(zstandard.decompress((folder / "ids.json.zst").read_bytes()))
-        for j, (d, r) in enumerate(zip(want.tolist(), rows.tolist(), strict=True)):
-            gid = (s << 32) | d
+        rows = (nodes[shards == s] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        cols = {
+            c: np.load(folder / f"docs.{c}.npy", mmap_mode="r")[rows]
+            for c in ("line", "length", "score", "h1", "h2")
+        }
+        meta = _load_meta(folder)
+        dups = meta["dups"]
+        for j, r in enumerate(rows.tolist()):
+            gid = (s << 32) | r
+            count, corpora = dups.get(str(r), [0, []])
             out[gid] = {
                 "gid": gid,
-                "id": ids[r],
+                "line": int(cols["line"][j]),
+                "id": meta["id"][r],
+                "corpus": meta["corpus"][r],
+                "dup_count": count,
+                "dup_corpora": corpora,
                 "length": int(cols["length"][j]),
                 "score": float(cols["score"][j]),
                 "h": (int(cols["h1"][j]), int(cols["h2"][j])),
@@ -299,14 +503,22 @@ def _member_info(job: DedupJob, nodes: np.ndarray) -> dict[int, dict]:
 
 
 # ------------------------------------------------------------------------------------------------- apply
+def _no_content_detail(key: str, missing: bool) -> str:
+    if missing:
+        return f"the record has no {key} to compare"
+    return f"its {key} is only punctuation and whitespace: no content left to compare or keep"
+
+
 def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
     """Each shard of the group: kept records to its output, removed ones to its rejected file."""
     job, shards = args
     reports = []
     for s in shards:
-        rem = orjson.loads(
+        body = orjson.loads(
             zstandard.decompress((Path(job.work) / "remove" / f"{s:05d}.json.zst").read_bytes())
         )
+        rem, absorb = body["remove"], body["absorb"]
+        empty = {str(i): missing for i, missing in _load_meta(job.sig_dir(s))["no_content"]}
         level = int(job.settings.get("zstd_level", 3))
         out = ZstdJsonlWriter(job.outputs[s], level)
         rej = ZstdJsonlWriter(job.rejected[s], level)
@@ -315,18 +527,33 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
         try:
             for i, rec, line in _records(job.inputs[s]):
                 counts["in"] += 1
+                i = str(i)
                 if type(rec) is Bad:
                     counts["quarantined"][rec.reason] += 1
                     bad.write(rec.to_dict())
-                elif str(i) in rem:
-                    reason, survivor = rem[str(i)]
+                elif i in empty:
+                    counts["rejected"][REASONS["empty"]] += 1
+                    detail = _no_content_detail(job.key, empty[i])
+                    rej.write(
+                        {**rec, "reject": {"stage": job.name, "reason": REASONS["empty"], "detail": detail}}
+                    )
+                elif i in rem:
+                    reason, survivor, sim = rem[i]
                     counts["rejected"][reason] += 1
-                    detail = f"duplicate of {survivor} (by {job.key})"
-                    reject = {"stage": job.name, "reason": reason, "detail": detail, "survivor": survivor}
+                    what = "copy" if reason == REASONS["exact"] else f"near copy (n-gram Jaccard {sim:.2f})"
+                    detail = f"{what} of {survivor} (by {job.key})"
+                    reject = {"stage": job.name, "reason": reason, "detail": detail, "survivor": survivor,
+                              "similarity": sim}  # fmt: skip
                     rej.write({**rec, "reject": reject})
                 else:
                     counts["out"] += 1
-                    out.write_line(line if line.endswith(b"\n") else line + b"\n")
+                    if i in absorb:
+                        count, corpora = absorb[i]
+                        rec["dup_count"] = int(rec.get("dup_count") or 0) + count
+                        rec["dup_corpora"] = sorted(set(rec.get("dup_corpora") or []) | set(corpora))
+                        out.write(rec)
+                    else:
+                        out.write_line(line if line.endswith(b"\n") else line + b"\n")
             info = out.close()
             rej.close()
             bad.close()
@@ -352,6 +579,29 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
         "quarantined": dict(sum((Counter(r["quarantined"]) for r in reports), Counter())),
         "shards": reports,
     }
+
+
+def dedup_stats(run_dir: str | Path, name: str, partitions: int) -> dict:
+    """What the buckets and clusters markers of dedup ``name`` say (for the report): candidate pairs checked,
+    verified and rejected by reason, clusters, those that kept more than one record apart, and removals by
+    reason. Counts of units without a marker are missing from the sums."""
+    out: dict[str, Any] = {
+        "candidates": 0,
+        "verified": 0,
+        "rejected": Counter(),
+        "clusters": 0,
+        "kept_apart": 0,
+    }
+    phase = f"{name}.buckets"
+    for t in range(partitions):
+        m = read_marker(run_dir, phase, f"{phase}-{t:05d}") or {}
+        out["candidates"] += m.get("candidates", 0)
+        out["verified"] += m.get("verified", 0)
+        out["rejected"].update(m.get("rejected", {}))
+    m = read_marker(run_dir, f"{name}.clusters", f"{name}.clusters-00000") or {}
+    out.update(clusters=m.get("clusters", 0), kept_apart=m.get("kept_apart", 0), removed=m.get("removed", {}))
+    out["rejected"] = dict(out["rejected"])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ phases

@@ -57,6 +57,15 @@ def shard_row(cfg: DictConfig) -> dict:
     return row
 
 
+def dedup_rows(cfg: DictConfig, result: MergeResult) -> dict[str, dict]:
+    """Per dedup pass (raw, then each merge pass): candidates checked and rejected, removals by reason."""
+    from kun_hpc.merge.dedup import dedup_stats
+    from kun_hpc.merge.raw import PHASE
+
+    names = ([PHASE] if cfg.dedup.raw else []) + [f"merge-dedup-{key}" for key, _ in result.dedup]
+    return {n: dedup_stats(cfg.run.dir, n, cfg.dedup.partitions) for n in names}
+
+
 def funnel(cfg: DictConfig, result: MergeResult) -> list[dict]:
     from kun_hpc.merge.raw import PHASE, raw_job
 
@@ -145,8 +154,9 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
     rows = funnel(cfg, result)
     ds = dataset_counts(result)
     plots = _plots(folder, rows, ds)
-    report = {"run": str(cfg.run.dir), "dataset": ds, "funnel": rows, "missing": result.inputs.missing,
-              "plots": plots}  # fmt: skip
+    dedup = dedup_rows(cfg, result)
+    report = {"run": str(cfg.run.dir), "dataset": ds, "funnel": rows, "dedup": dedup,
+              "missing": result.inputs.missing, "plots": plots}  # fmt: skip
     atomic_write_bytes(folder / "report.json", orjson.dumps(report, option=orjson.OPT_INDENT_2))
     header = ["step", "in", "out", "rejected + quarantined by reason"]
     table = [[r["step"], f"{r['in']:,}", f"{r['out']:,}", _reasons(r)] for r in rows]
@@ -161,6 +171,9 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
                + ", ".join(result.inputs.missing), ""]  # fmt: skip
     md += ["## Funnel", "", *_md_table(header, table), "", "## Records out by corpus", ""]
     md += [*_md_table(["step", *corpora], by_corpus), ""]
+    dedup_header, dedup_table = _dedup_table(cfg, dedup)
+    if dedup_table:
+        md += ["## Dedup", "", DEDUP_NOTE.format(**cfg.dedup), "", *_md_table(dedup_header, dedup_table), ""]
     md += [f"![{p}]({p})" for p in plots]
     atomic_write_bytes(folder / "report.md", ("\n".join(md) + "\n").encode())
     body = [f"<h1>Merge report: {html.escape(cfg.run.name)}</h1>",
@@ -168,10 +181,35 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
     if result.inputs.missing:
         body.append(f"<p><b>Partial merge</b>: missing {html.escape(', '.join(result.inputs.missing))}</p>")
     body += ["<h2>Funnel</h2>", _html_table(header, table), "<h2>Records out by corpus</h2>"]
-    body += [_html_table(["step", *corpora], by_corpus), *[f'<p><img src="{p}"></p>' for p in plots]]
+    body.append(_html_table(["step", *corpora], by_corpus))
+    if dedup_table:
+        body += ["<h2>Dedup</h2>", f"<p>{html.escape(DEDUP_NOTE.format(**cfg.dedup))}</p>"]
+        body.append(_html_table(dedup_header, dedup_table))
+    body += [f'<p><img src="{p}"></p>' for p in plots]
     page = "<!doctype html><meta charset=utf-8><title>merge report</title>" + "\n".join(body)
     atomic_write_bytes(folder / "report.html", page.encode())
     return report
+
+
+DEDUP_NOTE = (
+    "Candidates are pairs that share an LSH band key or an exact key; each was checked: a near duplicate has "
+    "character {ngram}-gram Jaccard >= {threshold} and numbers and symbols that agree (ratio >= "
+    "{symbol_threshold}). Clusters kept apart: a cluster that kept more than one record, because not all of "
+    "its records were similar to each other."
+)
+
+
+def _dedup_table(cfg: DictConfig, dedup: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["pass", "candidates checked", "verified", "below threshold", "symbols differ",
+              "duplicate_exact", "near_duplicate", "clusters", "kept apart"]  # fmt: skip
+    rows = []
+    for name, d in dedup.items():
+        rej, rem = d["rejected"], d.get("removed", {})
+        cells = [d["candidates"], d["verified"], rej.get("below_threshold", 0), rej.get("symbols_differ", 0),
+                 rem.get("duplicate_exact", 0), rem.get("near_duplicate", 0), d["clusters"],
+                 d["kept_apart"]]  # fmt: skip
+        rows.append([name, *[f"{c:,}" for c in cells]])
+    return header, rows
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -210,7 +248,8 @@ def write_card(cfg: DictConfig, result: MergeResult) -> None:
         "",
         f"{ds['rows']:,} {'instruction/output pairs' if ds['kind'] == 'pairs' else 'texts'} made by kun-hpc "
         f"(stages: {', '.join(cfg.pipeline.stages) or 'none'}), deduplicated across all corpora "
-        f"(exact and MinHash near-duplicates{', raw units before the stages' if cfg.dedup.raw else ''}; "
+        "(exact and verified MinHash near-duplicates"
+        f"{', raw units before the stages' if cfg.dedup.raw else ''}; "
         f"final passes by {', '.join(k for k, _ in result.dedup) or 'nothing'}).",
         "",
         'Load with `datasets.load_dataset("parquet", data_files="parquet/*.parquet")` or '
@@ -223,7 +262,9 @@ def write_card(cfg: DictConfig, result: MergeResult) -> None:
         "## Fields",
         "",
         f"`{'`, `'.join(fields)}`; `prov` is a JSON string: per stage, the model, sampling and config hash "
-        "that made the record. `score` is Point's calibrated score (null when not computed).",
+        "that made the record. `score` is Point's calibrated score (null when not computed). `dup_count` is "
+        "how many copies of the record the dedup passes removed in its favour (0: none), `dup_corpora` "
+        "the corpora those copies came from: weigh or audit by them.",
         "",
         "## Config",
         "",
