@@ -39,13 +39,14 @@ of all keys, the cluster task the verified pairs and the records in them, an app
 
 from __future__ import annotations
 
+import array
 import contextlib
 import difflib
 import io
 import math
 import mmap
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,19 +154,49 @@ class _Partitions:
             f.write(entries[which == t].tobytes())
 
 
+class _Strings:
+    """A column of strings on disk: ``<name>.bin`` (UTF-8, back to back) and ``docs.<name>_offsets.npy``;
+    written row by row, read by row through a memory map (a reader touches only the pages it needs)."""
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name = folder, name
+        self.data: mmap.mmap | bytes | None = None
+        self.offsets: np.ndarray | None = None
+
+    def writer(self, stack: contextlib.ExitStack) -> Callable[[str], None]:
+        f = stack.enter_context(atomic_open(self.folder / f"{self.name}.bin"))
+        ends = array.array("q", [0])
+        stack.callback(
+            lambda: _save(self.folder / f"docs.{self.name}_offsets.npy", np.frombuffer(ends, np.int64))
+        )
+
+        def add(text: str) -> None:
+            ends.append(ends[-1] + f.write(text.encode()))
+
+        return add
+
+    def __getitem__(self, row: int) -> str:
+        if self.offsets is None:
+            self.offsets = np.load(self.folder / f"docs.{self.name}_offsets.npy", mmap_mode="r")
+            with open(self.folder / f"{self.name}.bin", "rb") as f:
+                self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.offsets[-1] else b""
+        return bytes(self.data[int(self.offsets[row]) : int(self.offsets[row + 1])]).decode()
+
+
 def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
+    """One shard: its entries to ``partitions`` files and its records' keys, ids and survivor-rule fields
+    to columns, all written as they are made (memory: one batch, plus 8 bytes per record and column)."""
     st = job.settings
     normalize = make_normalizer(st["normalize"])
     hasher = MinHasher(st["ngram"], st["permutations"], st["seed"])
     folder = job.sig_dir(s)
     folder.mkdir(parents=True, exist_ok=True)
-    cols: dict[str, list] = {"line": [], "length": [], "score": [], "h1": [], "h2": []}
-    meta: dict[str, Any] = {"id": [], "corpus": [], "dups": {}, "no_content": []}
-    seen: set[int] = set()
+    cols = {"line": array.array("q"), "length": array.array("q"), "score": array.array("d"),
+            "h1": array.array("Q"), "h2": array.array("Q")}  # fmt: skip
+    meta: dict[str, Any] = {"dups": {}, "no_content": []}
+    seen: set[int] = set()  # the 64-bit exact hashes of this shard
     batch_rows: list[int] = []
     batch_keys: list[str] = []
-    stored = io.BytesIO()
-    offsets = [0]
     exact_rows: list[int] = []
     exact_low: list[int] = []
 
@@ -176,13 +207,12 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
             parts.write(e)
         if batch_rows:
             parts.write(_band_entries(batch_rows, batch_keys, hasher, st))
-        exact_rows.clear()
-        exact_low.clear()
-        batch_rows.clear()
-        batch_keys.clear()
+        for batch in (exact_rows, exact_low, batch_rows, batch_keys):
+            batch.clear()
 
     with contextlib.ExitStack() as stack:
         parts = _Partitions(folder, st["partitions"], stack)
+        add_key, add_id, add_corpus = (_Strings(folder, c).writer(stack) for c in ("keys", "ids", "corpora"))
         for i, rec, _ in _records(job.inputs[s]):
             totals["in"] += 1
             if type(rec) is Bad:
@@ -197,26 +227,29 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
                 continue
             row = len(cols["line"])
             digest = xxhash.xxh3_128_intdigest(key.encode())
+            low = digest & (2**64 - 1)
             score = rec.get("score")
-            cols["line"].append(i)
-            cols["length"].append(len(raw))
-            cols["score"].append(float(score) if isinstance(score, (int, float)) else math.nan)
-            cols["h1"].append(digest >> 64)
-            cols["h2"].append(digest & (2**64 - 1))
-            meta["id"].append(str(rec.get("id", "")))
-            meta["corpus"].append(str(rec.get("corpus", "")))
+            score = float(score) if isinstance(score, (int, float)) else math.nan
+            for name, value in (
+                ("line", i),
+                ("length", len(raw)),
+                ("h1", digest >> 64),
+                ("h2", low),
+                ("score", score),
+            ):
+                cols[name].append(value)
+            add_key(key)
+            add_id(str(rec.get("id", "")))
+            add_corpus(str(rec.get("corpus", "")))
             if rec.get("dup_count"):
                 meta["dups"][row] = [int(rec["dup_count"]), list(rec.get("dup_corpora") or [])]
-            encoded = key.encode()
-            stored.write(encoded)
-            offsets.append(offsets[-1] + len(encoded))
             if st["exact"]:
                 exact_rows.append(row)
-                exact_low.append(digest & (2**64 - 1))
-                if digest in seen:  # the first record with this key carries the band keys for both
+                exact_low.append(low)
+                if low in seen:  # the first record with this key carries the band keys for both
                     totals["repeated_in_shard"] += 1
                     continue
-                seen.add(digest)
+                seen.add(low)
             if st["near"]:
                 batch_rows.append(row)
                 batch_keys.append(key)
@@ -224,17 +257,12 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
                 flush()
         flush()
     totals["hashed"] += len(cols["line"])
-    table = {
-        "line": np.array(cols["line"], dtype=np.uint32),
-        "length": np.array(cols["length"], dtype=np.int64),
-        "score": np.array(cols["score"], dtype=np.float64),
-        "h1": np.array(cols["h1"], dtype=np.uint64),
-        "h2": np.array(cols["h2"], dtype=np.uint64),
-        "offsets": np.array(offsets, dtype=np.int64),
-    }
-    for name, arr in table.items():
-        _save(folder / f"docs.{name}.npy", arr)
-    atomic_write_bytes(folder / "keys.bin", stored.getvalue())
+    types = {"line": np.int64, "length": np.int64, "score": np.float64, "h1": np.uint64, "h2": np.uint64}
+    for name, arr in cols.items():
+        _save(
+            folder / f"docs.{name}.npy",
+            np.frombuffer(arr, types[name]) if len(arr) else np.zeros(0, types[name]),
+        )
     atomic_write_bytes(
         folder / "meta.json.zst", zstandard.compress(orjson.dumps(meta, option=orjson.OPT_NON_STR_KEYS))
     )
@@ -252,11 +280,10 @@ def _load_meta(folder: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------- buckets
 class _Keys:
-    """Random access to every shard's stored keys (memory-mapped: a task touches only the pages it reads)."""
+    """Every shard's stored keys, with the shingle set and symbols of each key read (a bounded cache)."""
 
     def __init__(self, job: DedupJob):
-        self.job = job
-        self.maps: dict[int, tuple[mmap.mmap | bytes, np.ndarray]] = {}
+        self.stores = [_Strings(job.sig_dir(s), "keys") for s in range(len(job.inputs))]
         self.cache: dict[int, tuple[str, frozenset, list[str]]] = {}
         self.n = job.settings["ngram"]
 
@@ -265,15 +292,7 @@ class _Keys:
         hit = self.cache.get(gid)
         if hit is not None:
             return hit
-        s, row = gid >> 32, gid & 0xFFFFFFFF
-        if s not in self.maps:
-            folder = self.job.sig_dir(s)
-            offsets = np.load(folder / "docs.offsets.npy", mmap_mode="r")
-            with open(folder / "keys.bin", "rb") as f:
-                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else b""
-            self.maps[s] = (data, offsets)
-        data, offsets = self.maps[s]
-        key = bytes(data[int(offsets[row]) : int(offsets[row + 1])]).decode()
+        key = self.stores[gid >> 32][gid & 0xFFFFFFFF]
         text, n = shingle_text(key), self.n
         value = (key, frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1))), symbols(key))
         if len(self.cache) >= 1 << 16:
@@ -483,16 +502,16 @@ def _member_info(job: DedupJob, nodes: np.ndarray) -> dict[int, dict]:
             c: np.load(folder / f"docs.{c}.npy", mmap_mode="r")[rows]
             for c in ("line", "length", "score", "h1", "h2")
         }
-        meta = _load_meta(folder)
-        dups = meta["dups"]
+        dups = _load_meta(folder)["dups"]
+        ids, corpus_of = _Strings(folder, "ids"), _Strings(folder, "corpora")
         for j, r in enumerate(rows.tolist()):
             gid = (s << 32) | r
             count, corpora = dups.get(str(r), [0, []])
             out[gid] = {
                 "gid": gid,
                 "line": int(cols["line"][j]),
-                "id": meta["id"][r],
-                "corpus": meta["corpus"][r],
+                "id": ids[r],
+                "corpus": corpus_of[r],
                 "dup_count": count,
                 "dup_corpora": corpora,
                 "length": int(cols["length"][j]),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 1 << 13  # shingles per (BLOCK, permutations) matrix
+BLOCK = 1 << 11  # shingles per (BLOCK, permutations) matrix
 _M = np.uint64(0x100000001B3)  # the FNV-64 prime, as the polynomial's multiplier
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 EMPTY = np.uint32(0xFFFFFFFF)  # signature of a document without shingles (never bucketed)
