@@ -43,13 +43,14 @@ import array
 import contextlib
 import difflib
 import io
+import itertools
 import math
-import mmap
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -68,6 +69,7 @@ from kun_hpc.stages.base import _input_items, check_accounting, read_marker
 ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # a bucket entry: 12 bytes
 PAIR = np.dtype([("a", "<u8"), ("b", "<u8"), ("sim", "<f4")])  # a verified pair of global ids
 EXACT_TAG = np.uint64(0xE7AC7)  # mixed into exact keys so they never equal a band key
+SLICE_ENTRIES = 1 << 17  # bucket entries a bucket task sorts at once (about 5 MB)
 ALL_PAIRS_UP_TO = 8  # a bucket of at most this many records checks every pair; a bigger one a star + a chain
 REASONS = {"exact": "duplicate_exact", "near": "near_duplicate", "empty": "no_content"}
 
@@ -142,59 +144,109 @@ def _band_entries(rows: list[int], keys: list[str], hasher: MinHasher, st: dict)
 
 
 class _Partitions:
-    """``partitions`` entry files of one shard, appended batch by batch, renamed into place on close."""
+    """``partitions`` entry files of one shard, appended batch by batch; on close each is sorted by key
+    (stably: one key's entries stay in row order) and renamed into place. Memory: a batch, then one
+    partition of one shard."""
 
     def __init__(self, folder: Path, parts: int, stack: contextlib.ExitStack):
-        self.parts = parts
-        self.files = [stack.enter_context(atomic_open(folder / f"part-{t:04d}.bin")) for t in range(parts)]
+        self.parts, self.folder = parts, folder
+        self.paths = [folder / f".part-{t:04d}.unsorted" for t in range(parts)]
+        self.files = [stack.enter_context(open(p, "wb")) for p in self.paths]  # noqa: SIM115
+        stack.push(self._close)
 
     def write(self, entries: np.ndarray) -> None:
         which = entries["key"] % np.uint64(self.parts)
         for t, f in enumerate(self.files):
             f.write(entries[which == t].tobytes())
 
+    def _close(self, failed: type | None, *_: Any) -> None:
+        for f in self.files:
+            f.close()
+        for t, path in enumerate(self.paths):
+            if failed is not None:
+                path.unlink(missing_ok=True)
+                continue
+            e = np.fromfile(path, dtype=ENTRY)
+            atomic_write_bytes(
+                self.folder / f"part-{t:04d}.bin", e[np.argsort(e["key"], kind="stable")].tobytes()
+            )
+            path.unlink()
+
+
+class _Columns:
+    """Fixed-width columns of one shard's records (``docs.<name>.bin``, raw little-endian), appended as
+    they are made and flushed with each batch; read back with :func:`_column`."""
+
+    TYPES: ClassVar[dict[str, str]] = {"line": "q", "length": "q", "score": "d", "h1": "Q", "h2": "Q"}
+
+    def __init__(self, folder: Path, stack: contextlib.ExitStack):
+        self.rows = 0
+        self.buffers = {name: array.array(code) for name, code in self.TYPES.items()}
+        self.files = {
+            name: stack.enter_context(atomic_open(folder / f"docs.{name}.bin")) for name in self.TYPES
+        }
+
+    def add(self, **values: float) -> int:
+        for name, value in values.items():
+            self.buffers[name].append(value)
+        self.rows += 1
+        return self.rows - 1
+
+    def flush(self) -> None:
+        for name, buf in self.buffers.items():
+            self.files[name].write(buf.tobytes())
+            del buf[:]
+
+
+def _column(folder: Path, name: str) -> np.ndarray:
+    """A column written by :class:`_Columns`, memory-mapped (reading rows touches only their pages)."""
+    path = folder / f"docs.{name}.bin"
+    dtype = np.dtype(_Columns.TYPES[name])
+    return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+
 
 class _Strings:
-    """A column of strings on disk: ``<name>.bin`` (UTF-8, back to back) and ``docs.<name>_offsets.npy``;
-    written row by row, read by row through a memory map (a reader touches only the pages it needs)."""
+    """A column of strings on disk: ``<name>.bin`` (UTF-8, back to back) and ``<name>.ends`` (int64 end
+    offsets); written row by row, read by row with ``os.pread`` (a reader holds no table in memory)."""
 
     def __init__(self, folder: Path, name: str):
         self.folder, self.name = folder, name
-        self.data: mmap.mmap | bytes | None = None
-        self.offsets: np.ndarray | None = None
+        self.fds: tuple[int, int] | None = None
 
     def writer(self, stack: contextlib.ExitStack) -> Callable[[str], None]:
-        f = stack.enter_context(atomic_open(self.folder / f"{self.name}.bin"))
-        ends = array.array("q", [0])
-        stack.callback(
-            lambda: _save(self.folder / f"docs.{self.name}_offsets.npy", np.frombuffer(ends, np.int64))
-        )
+        data = stack.enter_context(atomic_open(self.folder / f"{self.name}.bin"))
+        ends = stack.enter_context(atomic_open(self.folder / f"{self.name}.ends"))
+        at = [0]
 
         def add(text: str) -> None:
-            ends.append(ends[-1] + f.write(text.encode()))
+            at[0] += data.write(text.encode())
+            ends.write(at[0].to_bytes(8, "little"))
 
         return add
 
     def __getitem__(self, row: int) -> str:
-        if self.offsets is None:
-            self.offsets = np.load(self.folder / f"docs.{self.name}_offsets.npy", mmap_mode="r")
-            with open(self.folder / f"{self.name}.bin", "rb") as f:
-                self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.offsets[-1] else b""
-        return bytes(self.data[int(self.offsets[row]) : int(self.offsets[row + 1])]).decode()
+        if self.fds is None:
+            self.fds = tuple(os.open(self.folder / f"{self.name}.{x}", os.O_RDONLY) for x in ("bin", "ends"))
+        data, ends = self.fds
+        raw = os.pread(ends, 16, 8 * (row - 1)) if row else b"\0" * 8 + os.pread(ends, 8, 0)
+        start, end = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+        return os.pread(data, end - start, start).decode()
+
+    def close(self) -> None:
+        for fd in self.fds or ():
+            os.close(fd)
+        self.fds = None
 
 
 def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
     """One shard: its entries to ``partitions`` files and its records' keys, ids and survivor-rule fields
-    to columns, all written as they are made (memory: one batch, plus 8 bytes per record and column)."""
+    to columns, all written as they are made (memory: one batch, whatever the shard's size)."""
     st = job.settings
     normalize = make_normalizer(st["normalize"])
     hasher = MinHasher(st["ngram"], st["permutations"], st["seed"])
     folder = job.sig_dir(s)
     folder.mkdir(parents=True, exist_ok=True)
-    cols = {"line": array.array("q"), "length": array.array("q"), "score": array.array("d"),
-            "h1": array.array("Q"), "h2": array.array("Q")}  # fmt: skip
     meta: dict[str, Any] = {"dups": {}, "no_content": []}
-    seen: set[int] = set()  # the 64-bit exact hashes of this shard
     batch_rows: list[int] = []
     batch_keys: list[str] = []
     exact_rows: list[int] = []
@@ -207,11 +259,13 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
             parts.write(e)
         if batch_rows:
             parts.write(_band_entries(batch_rows, batch_keys, hasher, st))
+        cols.flush()
         for batch in (exact_rows, exact_low, batch_rows, batch_keys):
             batch.clear()
 
     with contextlib.ExitStack() as stack:
         parts = _Partitions(folder, st["partitions"], stack)
+        cols = _Columns(folder, stack)
         add_key, add_id, add_corpus = (_Strings(folder, c).writer(stack) for c in ("keys", "ids", "corpora"))
         for i, rec, _ in _records(job.inputs[s]):
             totals["in"] += 1
@@ -225,19 +279,11 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
                     meta["no_content"].append([i, raw is None])
                     totals["no_content"] += 1
                 continue
-            row = len(cols["line"])
             digest = xxhash.xxh3_128_intdigest(key.encode())
             low = digest & (2**64 - 1)
             score = rec.get("score")
             score = float(score) if isinstance(score, (int, float)) else math.nan
-            for name, value in (
-                ("line", i),
-                ("length", len(raw)),
-                ("h1", digest >> 64),
-                ("h2", low),
-                ("score", score),
-            ):
-                cols[name].append(value)
+            row = cols.add(line=i, length=len(raw), score=score, h1=digest >> 64, h2=low)
             add_key(key)
             add_id(str(rec.get("id", "")))
             add_corpus(str(rec.get("corpus", "")))
@@ -246,23 +292,13 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
             if st["exact"]:
                 exact_rows.append(row)
                 exact_low.append(low)
-                if low in seen:  # the first record with this key carries the band keys for both
-                    totals["repeated_in_shard"] += 1
-                    continue
-                seen.add(low)
             if st["near"]:
                 batch_rows.append(row)
                 batch_keys.append(key)
-            if len(batch_rows) >= st["batch_docs"] or len(exact_rows) >= st["batch_docs"]:
+            if len(exact_rows) >= st["batch_docs"] or len(batch_rows) >= st["batch_docs"]:
                 flush()
         flush()
-    totals["hashed"] += len(cols["line"])
-    types = {"line": np.int64, "length": np.int64, "score": np.float64, "h1": np.uint64, "h2": np.uint64}
-    for name, arr in cols.items():
-        _save(
-            folder / f"docs.{name}.npy",
-            np.frombuffer(arr, types[name]) if len(arr) else np.zeros(0, types[name]),
-        )
+    totals["hashed"] += cols.rows
     atomic_write_bytes(
         folder / "meta.json.zst", zstandard.compress(orjson.dumps(meta, option=orjson.OPT_NON_STR_KEYS))
     )
@@ -295,7 +331,7 @@ class _Keys:
         key = self.stores[gid >> 32][gid & 0xFFFFFFFF]
         text, n = shingle_text(key), self.n
         value = (key, frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1))), symbols(key))
-        if len(self.cache) >= 1 << 16:
+        if len(self.cache) >= 1 << 10:
             self.cache.clear()
         self.cache[gid] = value
         return value
@@ -343,22 +379,46 @@ def _candidates(key: np.ndarray, gid: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
+def _shared_keys(job: DedupJob, t: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The entries of partition ``t`` whose key another entry shares, as (keys, global ids) sorted by (key,
+    id), in slices of the key space of about ``SLICE_ENTRIES`` entries each (so a task's memory does not
+    grow with the corpus). Each shard's file is sorted by key, one key's entries in row order; a slice is
+    read from every file in shard order and sorted stably by key: that is a sort by (key, id)."""
+    paths = [job.sig_dir(s) / f"part-{t:04d}.bin" for s in range(len(job.inputs))]
+    sizes = [p.stat().st_size // ENTRY.itemsize for p in paths]
+    slices = max(1, -(-sum(sizes) // SLICE_ENTRIES))
+    bounds = [(k << 64) // slices for k in range(slices + 1)]
+    for lo, hi in itertools.pairwise(bounds):
+        parts = []
+        for path, size in zip(paths, sizes, strict=True):
+            keys = np.memmap(path, dtype=ENTRY, mode="r")["key"] if size else np.zeros(0, np.uint64)
+            a, b = (int(np.searchsorted(keys, np.uint64(x))) if x < 2**64 else size for x in (lo, hi))
+            del keys
+            parts.append(np.fromfile(path, dtype=ENTRY, count=b - a, offset=a * ENTRY.itemsize))
+        ends = np.cumsum([len(x) for x in parts])
+        table = np.concatenate(parts)
+        del parts
+        order = np.argsort(table["key"], kind="stable")
+        key = table["key"][order]
+        same = key[1:] == key[:-1]
+        if not same.any():
+            continue
+        shared = np.r_[same, False] | np.r_[False, same]
+        at = order[shared]
+        shard = np.searchsorted(ends, at, side="right").astype(np.uint64)
+        yield key[shared], (shard << np.uint64(32)) | table["row"][at].astype(np.uint64)
+
+
 def bucket_unit(args: tuple[DedupJob, int]) -> dict:
     """Partition t of every shard's keys: records with an equal key are candidate pairs; the verified ones
     (with their similarity) go to ``pairs/part-t.npy``."""
     job, t = args
-    keys, gids = [], []
-    for s in range(len(job.inputs)):
-        e = np.fromfile(job.sig_dir(s) / f"part-{t:04d}.bin", dtype=ENTRY)
-        keys.append(e["key"])
-        gids.append((np.uint64(s) << np.uint64(32)) | e["row"].astype(np.uint64))
-    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    gid = np.concatenate(gids) if gids else np.zeros(0, np.uint64)
-    del keys, gids
-    order = np.lexsort((gid, key))
-    candidates = _candidates(key[order], gid[order])
-    entries = len(key)
-    del key, gid, order
+    found = [_candidates(key, gid) for key, gid in _shared_keys(job, t)]
+    candidates = np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
+    entries = sum(
+        (job.sig_dir(s) / f"part-{t:04d}.bin").stat().st_size // ENTRY.itemsize
+        for s in range(len(job.inputs))
+    )
     store, verdicts = _Keys(job), Counter()
     verified = np.zeros(len(candidates), dtype=PAIR)
     n = 0
@@ -368,6 +428,8 @@ def bucket_unit(args: tuple[DedupJob, int]) -> dict:
         if verdict in ("exact", "near"):
             verified[n] = (a, b, sim)
             n += 1
+    for keys_of_shard in store.stores:
+        keys_of_shard.close()
     _save(Path(job.work) / "pairs" / f"part-{t:04d}.npy", verified[:n])
     return {
         "entries": entries,
@@ -498,10 +560,7 @@ def _member_info(job: DedupJob, nodes: np.ndarray) -> dict[int, dict]:
     for s in np.unique(shards).tolist():
         folder = job.sig_dir(s)
         rows = (nodes[shards == s] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        cols = {
-            c: np.load(folder / f"docs.{c}.npy", mmap_mode="r")[rows]
-            for c in ("line", "length", "score", "h1", "h2")
-        }
+        cols = {c: np.array(_column(folder, c)[rows]) for c in ("line", "length", "score", "h1", "h2")}
         dups = _load_meta(folder)["dups"]
         ids, corpus_of = _Strings(folder, "ids"), _Strings(folder, "corpora")
         for j, r in enumerate(rows.tolist()):
@@ -518,6 +577,8 @@ def _member_info(job: DedupJob, nodes: np.ndarray) -> dict[int, dict]:
                 "score": float(cols["score"][j]),
                 "h": (int(cols["h1"][j]), int(cols["h2"][j])),
             }
+        ids.close()
+        corpus_of.close()
     return out
 
 
