@@ -23,7 +23,7 @@ import orjson
 from omegaconf import DictConfig
 
 from kun_hpc.io.shards import iter_shard_lines, list_shards
-from kun_hpc.pipeline import load_run_config, shard_root, stage_dir, stage_key
+from kun_hpc.pipeline import dedup_raw_dir, load_run_config, shard_root, stage_dir, stage_key
 
 SHARD = "shard"
 ANY = "any"  # --reason any: every rejected record
@@ -103,6 +103,15 @@ def _lines(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
             yield path, i, line
 
 
+def dedup_roots(cfg: DictConfig) -> dict[str, Path]:
+    """The dedup passes of a run, by the name the funnel gives them: ``dedup-raw`` (with ``dedup.raw``) and
+    each ``merge-dedup-<key>`` the merge has run."""
+    roots = {"dedup-raw": dedup_raw_dir(cfg)} if cfg.dedup.raw else {}
+    merged = Path(cfg.merge.output)
+    return roots | {f"merge-dedup-{k}": merged / f"dedup-{k}" for k in ("instruction", "pair", "text")
+                    if (merged / f"dedup-{k}").is_dir()}  # fmt: skip
+
+
 def inspect_stage(
     run_dir: str | Path,
     stage: str,
@@ -117,15 +126,18 @@ def inspect_stage(
     if not (run_dir / "config.yaml").is_file():
         raise InspectError(f"{run_dir}: not a run folder (no config.yaml in it)")
     cfg: DictConfig = load_run_config(run_dir)
-    stages = [stage_key(s) for s in cfg.pipeline.stages]
-    if stage != SHARD and stage not in stages:
-        raise InspectError(f"stage {stage!r} is not in this run; its stages: {', '.join([SHARD, *stages])}")
+    roots = {SHARD: shard_root(cfg)} | {
+        stage_key(s): stage_dir(cfg, stage_key(s)) for s in cfg.pipeline.stages
+    }
+    roots |= dedup_roots(cfg)
+    if stage not in roots:
+        raise InspectError(f"stage {stage!r} is not in this run; its stages: {', '.join(roots)}")
     corpora = [c.name for c in cfg.corpora]
     if corpus is not None and corpus not in corpora:
         raise InspectError(f"corpus {corpus!r} is not in this run; its corpora: {', '.join(corpora)}")
     if stage == SHARD and reason is not None:
         raise InspectError("the shard step rejects nothing (bad input goes to quarantine/ beside the shards)")
-    root = shard_root(cfg) if stage == SHARD else stage_dir(cfg, stage)
+    root = roots[stage]
     if not root.is_dir():
         raise InspectError(f"stage {stage!r} has no output yet ({root} does not exist): see `kun-hpc status`")
     rng = random.Random(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -495,7 +496,7 @@ def test_numbers_operators_and_names_keep_texts_apart_and_punctuation_does_not(t
     assert stats["rejected"]["symbols_differ"] >= len(MUST_STAY_APART) - 1
 
 
-def test_the_operators_case_through_the_cli(tmp_path):
+def test_the_operators_case_through_the_cli(tmp_path, capsys):
     """`dedup-operators/` of the integrity cases: a filter-less run with merge keeps both; a text that is
     only punctuation is rejected as no_content; a punctuation variant is removed naming its survivor."""
     from kun_hpc import cli
@@ -527,6 +528,11 @@ def test_the_operators_case_through_the_cli(tmp_path):
     rows_by_id = {r["id"].rsplit("/", 1)[-1]: r for r in d["train"]}
     assert (rows_by_id["add"]["dup_count"], rows_by_id["add"]["dup_corpora"]) == (1, ["ops"])
     assert (rows_by_id["sub"]["dup_count"], rows_by_id["sub"]["dup_corpora"]) == (0, [])
+    # the removals can be read like a stage's: kun-hpc inspect RUN merge-dedup-text --reason ...
+    capsys.readouterr()
+    assert cli.main(["inspect", str(run), "merge-dedup-text", "--reason", "near_duplicate", "--json"]) == 0
+    shown = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["reject"]["survivor"].rsplit("/", 1)[-1] for r in shown] == ["add"]
 
 
 def test_empty_and_missing_keys_are_rejected_as_no_content(tmp_path):
@@ -580,3 +586,23 @@ def test_survivors_count_their_copies_by_corpus_across_passes_and_chains_are_not
     kept2, _ = kept_and_rejected(tmp_path / "two" / "dedup")
     keep = next(r for r in kept2 if r["id"] == "keep")
     assert (keep["dup_count"], keep["dup_corpora"]) == (3, ["skypile", "wanjuan"])
+
+
+def test_the_docs_tables_of_keys_and_s_curves_are_the_code_s():
+    from kun_hpc.merge.minhash import candidate_probability
+    from kun_hpc.merge.normalize import make_normalizer
+
+    doc = (REPO / "docs" / "merge.md").read_text()
+    cfg = config.load().dedup
+    normalize = make_normalizer(cfg.normalize)
+    keys = re.findall(r"^\| `([^`]+)` \| (?:`([^`]*)`|\(empty[^|]*) \|$", doc, flags=re.M)
+    assert len(keys) == 8
+    for text, key in keys:
+        assert normalize(text) == key, text
+    curve = re.findall(r"^\| (0\.\d) \| (\d\.\d{3}) \| (\d\.\d{3}) \|$", doc, flags=re.M)
+    assert len(curve) == 8
+    rows, long_rows = cfg.permutations // cfg.bands, cfg.permutations // cfg.long_bands
+    assert f"({cfg.bands} x {rows})" in doc and f"({cfg.long_bands} x {long_rows})" in doc
+    for s, short, long in curve:
+        assert float(short) == round(candidate_probability(float(s), cfg.bands, rows), 3)
+        assert float(long) == round(candidate_probability(float(s), cfg.long_bands, long_rows), 3)

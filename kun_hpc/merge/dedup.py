@@ -413,28 +413,32 @@ def bucket_unit(args: tuple[DedupJob, int]) -> dict:
     """Partition t of every shard's keys: records with an equal key are candidate pairs; the verified ones
     (with their similarity) go to ``pairs/part-t.npy``."""
     job, t = args
-    found = [_candidates(key, gid) for key, gid in _shared_keys(job, t)]
-    candidates = np.concatenate(found) if found else np.zeros((0, 2), np.uint64)
+    store, verdicts = _Keys(job), Counter()
+    verified = {"a": array.array("Q"), "b": array.array("Q"), "sim": array.array("f")}  # 20 bytes a pair
+    checked = 0
+    for key, gid in _shared_keys(job, t):
+        candidates = _candidates(key, gid)
+        checked += len(candidates)
+        for a, b in candidates.tolist():
+            sim, verdict = similarity(store.key(a), store.key(b), job.settings)
+            verdicts[verdict] += 1
+            if verdict in ("exact", "near"):
+                for name, value in (("a", a), ("b", b), ("sim", sim)):
+                    verified[name].append(value)
+    for keys_of_shard in store.stores:
+        keys_of_shard.close()
+    pairs = np.zeros(len(verified["a"]), dtype=PAIR)
+    for name, column in verified.items():
+        pairs[name] = np.frombuffer(column, dtype=pairs.dtype[name]) if len(column) else 0
+    _save(Path(job.work) / "pairs" / f"part-{t:04d}.npy", pairs)
     entries = sum(
         (job.sig_dir(s) / f"part-{t:04d}.bin").stat().st_size // ENTRY.itemsize
         for s in range(len(job.inputs))
     )
-    store, verdicts = _Keys(job), Counter()
-    verified = np.zeros(len(candidates), dtype=PAIR)
-    n = 0
-    for a, b in candidates.tolist():
-        sim, verdict = similarity(store.key(a), store.key(b), job.settings)
-        verdicts[verdict] += 1
-        if verdict in ("exact", "near"):
-            verified[n] = (a, b, sim)
-            n += 1
-    for keys_of_shard in store.stores:
-        keys_of_shard.close()
-    _save(Path(job.work) / "pairs" / f"part-{t:04d}.npy", verified[:n])
     return {
         "entries": entries,
-        "candidates": len(candidates),
-        "verified": n,
+        "candidates": checked,
+        "verified": len(pairs),
         "rejected": {k: verdicts[k] for k in ("below_threshold", "symbols_differ")},
     }
 
