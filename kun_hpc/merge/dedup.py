@@ -16,8 +16,9 @@
 distinct shingles (short texts: a poem, an instruction), into ``long_bands`` bands when it has more, and
 into both when it is within reach of the boundary (at least ``threshold * long_shingles``: two texts of
 Jaccard ``>= threshold`` have shingle counts within that ratio, so every such pair shares a banding). Exact
-duplicates share their xxh3-128 key; a record whose key already occurred in its shard adds no band keys
-(its exact key joins it to the first one). LSH is generous on purpose: every candidate is verified.
+duplicates share their xxh3-128 key; a record whose key occurred shortly before in its shard (a table of
+``RECENT_KEYS`` recent keys) adds no band keys: its exact key joins it to the first one, whose similar
+records are its own. LSH is generous on purpose: every candidate is verified.
 
 **Verification.** A candidate pair is a near duplicate only when the exact Jaccard similarity of the two
 shingle sets is at least ``threshold``, and the sequences of numbers and symbols of the two keys agree (a
@@ -69,6 +70,7 @@ from kun_hpc.stages.base import _input_items, check_accounting, read_marker
 ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # a bucket entry: 12 bytes
 PAIR = np.dtype([("a", "<u8"), ("b", "<u8"), ("sim", "<f4")])  # a verified pair of global ids
 EXACT_TAG = np.uint64(0xE7AC7)  # mixed into exact keys so they never equal a band key
+RECENT_KEYS = 1 << 16  # slots of a signature task's table of recent exact hashes (512 KB)
 SLICE_ENTRIES = 1 << 17  # bucket entries a bucket task sorts at once (about 5 MB)
 ALL_PAIRS_UP_TO = 8  # a bucket of at most this many records checks every pair; a bigger one a star + a chain
 REASONS = {"exact": "duplicate_exact", "near": "near_duplicate", "empty": "no_content"}
@@ -251,6 +253,7 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
     batch_keys: list[str] = []
     exact_rows: list[int] = []
     exact_low: list[int] = []
+    recent = np.zeros(RECENT_KEYS, dtype=np.uint64)  # exact hashes seen lately, by hash % RECENT_KEYS
 
     def flush() -> None:
         if exact_rows:
@@ -292,6 +295,10 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
             if st["exact"]:
                 exact_rows.append(row)
                 exact_low.append(low)
+                slot = low % RECENT_KEYS
+                if recent[slot] == low:  # a repeat within the shard: its exact key joins it to the first
+                    continue
+                recent[slot] = low
             if st["near"]:
                 batch_rows.append(row)
                 batch_keys.append(key)
@@ -316,25 +323,28 @@ def _load_meta(folder: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------- buckets
 class _Keys:
-    """Every shard's stored keys, with the shingle set and symbols of each key read (a bounded cache)."""
+    """Every shard's stored keys, read with their shingle set and symbols. Candidates come sorted by their
+    first member, so the last one read is kept for the next pair (no growing cache)."""
 
     def __init__(self, job: DedupJob):
         self.stores = [_Strings(job.sig_dir(s), "keys") for s in range(len(job.inputs))]
-        self.cache: dict[int, tuple[str, frozenset, list[str]]] = {}
+        self.last: tuple[int, tuple[str, frozenset, list[str]]] = (-1, ("", frozenset(), []))
         self.n = job.settings["ngram"]
 
-    def key(self, gid: int) -> tuple[str, frozenset, list[str]]:
-        """(key, its shingle set, its numbers and symbols) of a global id."""
-        hit = self.cache.get(gid)
-        if hit is not None:
-            return hit
+    def key(self, gid: int, keep: bool = False) -> tuple[str, frozenset, list[str]]:
+        """(key, its shingle set, its numbers and symbols) of a global id; ``keep``: for the next call."""
+        if self.last[0] == gid:
+            return self.last[1]
         key = self.stores[gid >> 32][gid & 0xFFFFFFFF]
         text, n = shingle_text(key), self.n
         value = (key, frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1))), symbols(key))
-        if len(self.cache) >= 1 << 10:
-            self.cache.clear()
-        self.cache[gid] = value
+        if keep:
+            self.last = (gid, value)
         return value
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
 
 
 def similarity(
@@ -420,13 +430,12 @@ def bucket_unit(args: tuple[DedupJob, int]) -> dict:
         candidates = _candidates(key, gid)
         checked += len(candidates)
         for a, b in candidates.tolist():
-            sim, verdict = similarity(store.key(a), store.key(b), job.settings)
+            sim, verdict = similarity(store.key(a, keep=True), store.key(b), job.settings)
             verdicts[verdict] += 1
             if verdict in ("exact", "near"):
                 for name, value in (("a", a), ("b", b), ("sim", sim)):
                     verified[name].append(value)
-    for keys_of_shard in store.stores:
-        keys_of_shard.close()
+    store.close()
     pairs = np.zeros(len(verified["a"]), dtype=PAIR)
     for name, column in verified.items():
         pairs[name] = np.frombuffer(column, dtype=pairs.dtype[name]) if len(column) else 0
