@@ -22,6 +22,8 @@ from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.raw import run_dedup_raw
 from kun_hpc.stages.shard import run_shard
 from tests.conftest import REPO, sample_overrides, start_sandbox
+from tools.bench_dedup import KINDS, jaccard, lev_similarity, normal_form
+from tools.bench_dedup import plant as planted_copy
 
 
 def sample_cfg(run: Path, *extra: str):
@@ -275,58 +277,16 @@ def test_raw_dedup_on_slurm_matches_the_local_run(sample_run, tmp_path):
 # ------------------------------------------------------------------------------ short texts (issue 13)
 POEMS = REPO / "shards" / "sample" / "poetry" / "poems-2000.jsonl.zst"
 SEED = REPO / "shards" / "sample" / "seed" / "alpaca_zh_demo.json"
-KINDS = ("replace1", "replace2", "punct_add", "punct_del", "suffix")
 
 
 def plain(text: str) -> str:
-    """The tests' own normal form (independent of kun_hpc.merge.normalize): NFKC, lower case, no
-    punctuation or whitespace."""
-    import unicodedata
-
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(c for c in text if unicodedata.category(c)[0] not in "PZ" and not c.isspace())
-
-
-def levenshtein_similarity(a: str, b: str) -> float:
-    """1 - edit distance / longer length."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1 - prev[-1] / max(len(a), len(b), 1)
+    """The bench's normal form, independent of kun_hpc.merge.normalize: NFKC, lower case, no punctuation
+    or whitespace."""
+    return normal_form(text)
 
 
 def trigram_jaccard(a: str, b: str) -> float:
-    sa, sb = ({t[i : i + 3] for i in range(max(len(t) - 2, 1))} for t in (plain(a), plain(b)))
-    return len(sa & sb) / len(sa | sb)
-
-
-def planted_copy(text: str, kind: str, rng: random.Random) -> str | None:
-    """One edit of ``kind`` (issue 13's five), or None when the text has nothing to edit."""
-    import unicodedata
-
-    chars = list(text)
-    han = [i for i, c in enumerate(chars) if "\u4e00" <= c <= "\u9fff"]
-    if kind in ("replace1", "replace2"):
-        k = 1 if kind == "replace1" else 2
-        if len(han) < k:
-            return None
-        for i in rng.sample(han, k):
-            chars[i] = next(
-                c for c in iter(lambda: chr(rng.randrange(0x4E00, 0x9FA5)), None) if c != chars[i]
-            )
-    elif kind == "punct_add":
-        chars.insert(rng.randrange(len(chars) + 1), rng.choice("，。！？；：、"))
-    elif kind == "punct_del":
-        marks = [i for i, c in enumerate(chars) if unicodedata.category(c)[0] == "P"]
-        if not marks:
-            return None
-        del chars[rng.choice(marks)]
-    else:
-        chars += [chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(rng.randint(2, 4))]
-    return "".join(chars)
+    return jaccard(plain(a), plain(b), 3)
 
 
 def write_shards(records: list[dict], root: Path, shards: int = 3) -> list[Path]:
@@ -351,7 +311,7 @@ def plant(bases: list[str], per_kind: int, seed: int) -> tuple[list[dict], dict[
         made = 0
         while made < per_kind:
             i = order.pop()
-            text = planted_copy(bases[i], kind, rng)
+            text = planted_copy(kind, bases[i], rng)
             if text is None or text == bases[i]:
                 continue
             cid = f"c-{kind}-{made:03d}"
@@ -374,7 +334,7 @@ def recall_and_precision(root: Path, records: list[dict], copies: dict[str, str]
         for kind in KINDS
     }
     wrong = [(rid, rej["survivor"]) for rid, rej in removed.items()
-             if levenshtein_similarity(plain(text[rid]), plain(text[rej["survivor"]])) < 0.7]  # fmt: skip
+             if lev_similarity(plain(text[rid]), plain(text[rej["survivor"]])) < 0.7]  # fmt: skip
     return recall, wrong
 
 
