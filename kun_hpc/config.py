@@ -729,9 +729,9 @@ class DedupConfig:
     permutations: int = 120  # MinHash values per record
     bands: int = 40  # LSH bands of a short text (rows = permutations / bands)
     long_bands: int = 20  # LSH bands of a text with at least long_shingles distinct n-grams
-    long_shingles: int = 200
+    long_shingles: int = 200  # distinct n-grams that make a text long (both bandings from threshold * this)
     seed: int = 1  # seeds the MinHash permutations: change it and clusters may change
-    partitions: int = 16  # bucket tasks; each holds about 1/partitions of all band keys in memory
+    partitions: int = 16  # bucket tasks; each reads 1/partitions of all band keys, a slice at a time
     shards_per_task: int = 1  # signature and apply tasks
     batch_docs: int = 2048  # documents hashed per numpy batch (bounds a signature task's memory)
     # the survivor of a cluster: the first key that differs decides (highest score, longest, smallest id)
