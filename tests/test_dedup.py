@@ -566,3 +566,17 @@ def test_the_docs_tables_of_keys_and_s_curves_are_the_code_s():
     for s, short, long in curve:
         assert float(short) == round(candidate_probability(float(s), cfg.bands, rows), 3)
         assert float(long) == round(candidate_probability(float(s), cfg.long_bands, long_rows), 3)
+
+
+def test_a_rerun_with_fewer_partitions_ignores_the_pairs_an_earlier_run_left(tmp_path):
+    same = [{"id": f"s{i}", "text": "同一首诗，同一段文字。"} for i in range(6)]
+    shards = write_shards(same, tmp_path / "in", shards=2)
+    dedup(shards, tmp_path / "in", tmp_path, "dedup.partitions=7")
+    assert len(kept_and_rejected(tmp_path / "dedup")[1]) == 5
+    distinct = [
+        {"id": f"d{i}", "text": f"第{i}段完全不同的文字：{'甲乙丙丁戊己庚辛'[i]}。"} for i in range(6)
+    ]
+    write_shards(distinct, tmp_path / "in", shards=2)  # the same paths, other records
+    dedup(shards, tmp_path / "in", tmp_path, "dedup.partitions=3")
+    kept, rejected = kept_and_rejected(tmp_path / "dedup")
+    assert (len(kept), rejected) == (6, [])

@@ -489,7 +489,8 @@ def _survivor_key(order: list[str]):
 
 
 def _load_pairs(job: DedupJob) -> np.ndarray:
-    files = sorted((Path(job.work) / "pairs").glob("part-*.npy"))
+    parts = range(job.settings["partitions"])  # not a glob: an earlier run with more partitions left files
+    files = [Path(job.work) / "pairs" / f"part-{t:04d}.npy" for t in parts]
     pairs = np.concatenate([np.load(f) for f in files]) if files else np.zeros(0, PAIR)
     if len(pairs):  # a pair that shares keys in two partitions was verified in both
         _, first = np.unique(np.stack([pairs["a"], pairs["b"]], axis=1), axis=0, return_index=True)
@@ -514,12 +515,12 @@ def resolve(members: list[dict], edges: dict[tuple[int, int], float], order: lis
         if ca != cb:
             links.setdefault(ca, {})[cb] = max(sim, links.get(ca, {}).get(cb, 0.0))
             links.setdefault(cb, {})[ca] = max(sim, links.get(cb, {}).get(ca, 0.0))
-    kept: list[tuple] = []  # in survivor order
+    kept: dict[tuple, int] = {}  # class -> its place in survivor order
     out = []
     for h, group in classes.items():
-        near = [(sim, -kept.index(k), k) for k, sim in links.get(h, {}).items() if k in kept]
+        near = [(sim, -kept[k], k) for k, sim in links.get(h, {}).items() if k in kept]
         if not near:
-            kept.append(h)
+            kept[h] = len(kept)
             out += [(m, group[0], REASONS["exact"], 1.0) for m in group[1:]]
             continue
         sim, _, best = max(near)
