@@ -705,7 +705,8 @@ class NormalizeConfig:
     (kun_hpc/merge/normalize.py; the rule with examples: docs/merge.md)."""
 
     width: bool = True  # full-width ASCII and the ideographic space -> half width (NFKC on those only)
-    # punctuation separates like whitespace (a run of both is one space); symbols, # % & * / \ @ _ - and
+    # punctuation separates like whitespace (a run of both is one space); symbols, # % & * / \ @ _, code
+    # marks touching an ASCII letter or digit (f'(x), arr[i], 3-5) and
     # . , : between digits stay. false: punctuation is compared as it is
     punctuation: bool = True
     lowercase: bool = True  # Latin letters compare case-insensitively
@@ -724,8 +725,9 @@ class DedupConfig:
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     ngram: int = 3  # character n-gram shingles of the key (separators removed)
     threshold: float = 0.5  # a candidate is a near duplicate when the n-gram Jaccard of the keys reaches this
-    # ... and the numbers and symbols of the two keys agree this well (difflib ratio of their sequences)
-    symbol_threshold: float = 0.8
+    # ... and the numbers, words and symbols of the two keys are the same (short texts) or, for two long
+    # texts, agree this well (difflib ratio of their sequences: a changed view counter is still one page)
+    token_threshold: float = 0.8
     permutations: int = 120  # MinHash values per record
     bands: int = 40  # LSH bands of a short text (rows = permutations / bands)
     long_bands: int = 20  # LSH bands of a text with at least long_shingles distinct n-grams
@@ -758,7 +760,7 @@ def validate_dedup(cfg: DictConfig) -> None:
     for key in ("ngram", "permutations", "bands", "long_bands", "long_shingles", "partitions",
                 "shards_per_task", "batch_docs"):  # fmt: skip
         _check(d[key] >= 1, f"dedup.{key}", "must be >= 1", d[key])
-    for key in ("threshold", "symbol_threshold"):
+    for key in ("threshold", "token_threshold"):
         _check(0 < d[key] <= 1, f"dedup.{key}", "must be in (0, 1]", d[key])
     _check(d.permutations <= 1024, "dedup.permutations", "must be <= 1024", d.permutations)
     for key in ("bands", "long_bands"):

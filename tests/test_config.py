@@ -35,7 +35,7 @@ def test_overrides_reach_list_items_and_nested_keys(tmp_path):
         ("dedup.bands=50", "dedup.bands': must divide dedup.permutations (120)"),
         ("dedup.long_bands=7", "dedup.long_bands"),
         ("dedup.threshold=1.5", "dedup.threshold"),
-        ("dedup.symbol_threshold=0", "dedup.symbol_threshold"),
+        ("dedup.token_threshold=0", "dedup.token_threshold"),
         ("dedup.rows=3", "rows"),  # issue 13: the rows follow from permutations / bands
         ("dedup.normalize.whitespace=false", "whitespace"),  # whitespace always separates now
     ],

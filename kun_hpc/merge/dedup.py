@@ -21,8 +21,9 @@ duplicates share their xxh3-128 key; a record whose key occurred shortly before 
 records are its own. LSH is generous on purpose: every candidate is verified.
 
 **Verification.** A candidate pair is a near duplicate only when the exact Jaccard similarity of the two
-shingle sets is at least ``threshold``, and the sequences of numbers and symbols of the two keys agree (a
-``difflib`` ratio of at least ``symbol_threshold``: ``3+5`` and ``3-5`` differ however alike the rest is).
+shingle sets is at least ``threshold``, and the numbers, words and symbols of the two keys
+(:func:`~kun_hpc.merge.normalize.tokens`) are the same -- for two long texts, alike to a ``difflib`` ratio
+of at least ``token_threshold`` -- so ``3+5`` and ``3-5`` differ however alike the rest is).
 Equal keys are exact duplicates. The buckets markers count candidates, verified pairs and the two kinds of
 rejection.
 
@@ -64,13 +65,15 @@ from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
 from kun_hpc.io.shards import ZstdJsonlWriter
 from kun_hpc.merge.minhash import MinHasher, mix64
-from kun_hpc.merge.normalize import make_normalizer, shingle_text, symbols
+from kun_hpc.merge.normalize import make_normalizer, shingle_text, tokens
 from kun_hpc.stages.base import _input_items, check_accounting, read_marker
 
 ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # a bucket entry: 12 bytes
 PAIR = np.dtype([("a", "<u8"), ("b", "<u8"), ("sim", "<f4")])  # a verified pair of global ids
 EXACT_TAG = np.uint64(0xE7AC7)  # mixed into exact keys so they never equal a band key
 RECENT_KEYS = 1 << 16  # slots of a signature task's table of recent exact hashes (512 KB)
+INDIRECT_CHECKS = 64  # kept classes of its cluster a class without a verified pair to one is checked against
+OPEN_SHARDS = 64  # shards whose key files a task keeps open at once
 SLICE_ENTRIES = 1 << 17  # bucket entries a bucket task sorts at once (about 5 MB)
 ALL_PAIRS_UP_TO = 8  # a bucket of at most this many records checks every pair; a bigger one a star + a chain
 REASONS = {"exact": "duplicate_exact", "near": "near_duplicate", "empty": "no_content"}
@@ -323,35 +326,45 @@ def _load_meta(folder: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------- buckets
 class _Keys:
-    """Every shard's stored keys, read with their shingle set and symbols. Candidates come sorted by their
-    first member, so the last one read is kept for the next pair (no growing cache)."""
+    """Every shard's stored keys, read with their shingle set and tokens (numbers, words, symbols). At most
+    ``OPEN_SHARDS`` shards' files are open at a time; the last key read with ``keep`` is kept for the next
+    pair (candidates come sorted by their first member)."""
 
     def __init__(self, job: DedupJob):
-        self.stores = [_Strings(job.sig_dir(s), "keys") for s in range(len(job.inputs))]
+        self.job = job
+        self.open: dict[int, _Strings] = {}  # in order of last use
         self.last: tuple[int, tuple[str, frozenset, list[str]]] = (-1, ("", frozenset(), []))
         self.n = job.settings["ngram"]
 
     def key(self, gid: int, keep: bool = False) -> tuple[str, frozenset, list[str]]:
-        """(key, its shingle set, its numbers and symbols) of a global id; ``keep``: for the next call."""
+        """(key, its shingle set, its tokens) of a global id; ``keep``: for the next call."""
         if self.last[0] == gid:
             return self.last[1]
-        key = self.stores[gid >> 32][gid & 0xFFFFFFFF]
+        s = gid >> 32
+        store = self.open.pop(s, None) or _Strings(self.job.sig_dir(s), "keys")
+        self.open[s] = store
+        if len(self.open) > OPEN_SHARDS:
+            self.open.pop(next(iter(self.open))).close()
+        key = store[gid & 0xFFFFFFFF]
         text, n = shingle_text(key), self.n
-        value = (key, frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1))), symbols(key))
+        value = (key, frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1))), tokens(key))
         if keep:
             self.last = (gid, value)
         return value
 
     def close(self) -> None:
-        for store in self.stores:
+        for store in self.open.values():
             store.close()
+        self.open.clear()
 
 
 def similarity(
     a: tuple[str, frozenset, list[str]], b: tuple[str, frozenset, list[str]], st: dict
 ) -> tuple[float, str]:
     """(Jaccard similarity of the shingle sets, verdict): ``exact`` (equal keys), ``near``,
-    ``below_threshold`` or ``symbols_differ``."""
+    ``below_threshold`` or ``tokens_differ``: two short texts (fewer than ``long_shingles`` distinct
+    shingles) must have the same numbers, words and symbols; two long ones a ``difflib`` ratio of at least
+    ``token_threshold`` between their token sequences."""
     if a[0] == b[0]:
         return 1.0, "exact"
     sa, sb = a[1], b[1]
@@ -360,9 +373,10 @@ def similarity(
     if not st["near"] or jaccard < st["threshold"]:
         return jaccard, "below_threshold"
     if a[2] != b[2]:
-        ratio = difflib.SequenceMatcher(None, a[2], b[2], autojunk=False).ratio()
-        if ratio < st["symbol_threshold"]:
-            return jaccard, "symbols_differ"
+        if max(len(sa), len(sb)) < st["long_shingles"]:
+            return jaccard, "tokens_differ"
+        if difflib.SequenceMatcher(None, a[2], b[2], autojunk=False).ratio() < st["token_threshold"]:
+            return jaccard, "tokens_differ"
     return jaccard, "near"
 
 
@@ -426,16 +440,18 @@ def bucket_unit(args: tuple[DedupJob, int]) -> dict:
     store, verdicts = _Keys(job), Counter()
     verified = {"a": array.array("Q"), "b": array.array("Q"), "sim": array.array("f")}  # 20 bytes a pair
     checked = 0
-    for key, gid in _shared_keys(job, t):
-        candidates = _candidates(key, gid)
-        checked += len(candidates)
-        for a, b in candidates.tolist():
-            sim, verdict = similarity(store.key(a, keep=True), store.key(b), job.settings)
-            verdicts[verdict] += 1
-            if verdict in ("exact", "near"):
-                for name, value in (("a", a), ("b", b), ("sim", sim)):
-                    verified[name].append(value)
-    store.close()
+    try:
+        for key, gid in _shared_keys(job, t):
+            candidates = _candidates(key, gid)
+            checked += len(candidates)
+            for a, b in candidates.tolist():
+                sim, verdict = similarity(store.key(a, keep=True), store.key(b), job.settings)
+                verdicts[verdict] += 1
+                if verdict in ("exact", "near"):
+                    for name, value in (("a", a), ("b", b), ("sim", sim)):
+                        verified[name].append(value)
+    finally:
+        store.close()
     pairs = np.zeros(len(verified["a"]), dtype=PAIR)
     for name, column in verified.items():
         pairs[name] = np.frombuffer(column, dtype=pairs.dtype[name]) if len(column) else 0
@@ -448,7 +464,7 @@ def bucket_unit(args: tuple[DedupJob, int]) -> dict:
         "entries": entries,
         "candidates": checked,
         "verified": len(pairs),
-        "rejected": {k: verdicts[k] for k in ("below_threshold", "symbols_differ")},
+        "rejected": {k: verdicts[k] for k in ("below_threshold", "tokens_differ")},
     }
 
 
@@ -498,12 +514,17 @@ def _load_pairs(job: DedupJob) -> np.ndarray:
     return pairs
 
 
-def resolve(members: list[dict], edges: dict[tuple[int, int], float], order: list[str]) -> list[tuple]:
+def resolve(
+    members: list[dict], edges: dict[tuple[int, int], float], order: list[str], check=None
+) -> list[tuple]:
     """The removals of one component: ``(removed, survivor, reason, similarity)`` member dicts.
 
     ``members`` have ``gid``, ``h`` (the key's hash) and the survivor-rule fields; ``edges`` maps verified
     gid pairs to their similarity. Equal keys form a class; classes in survivor order are kept unless a
-    verified pair links them to a class kept before (see the module docstring)."""
+    verified pair links them to a class kept before (see the module docstring). A class without such a pair
+    is checked with ``check(gid, gid) -> similarity | None`` against the first ``INDIRECT_CHECKS`` kept
+    classes of its component: the buckets pair a big bucket's members only as a star and a chain, so two
+    similar records may have met only through a third."""
     rank = _survivor_key(order)
     classes: dict[tuple, list[dict]] = {}
     for m in sorted(members, key=rank):
@@ -519,6 +540,11 @@ def resolve(members: list[dict], edges: dict[tuple[int, int], float], order: lis
     out = []
     for h, group in classes.items():
         near = [(sim, -kept[k], k) for k, sim in links.get(h, {}).items() if k in kept]
+        if not near and check is not None:
+            for k in itertools.islice(kept, INDIRECT_CHECKS):
+                sim = check(group[0]["gid"], classes[k][0]["gid"])
+                if sim is not None:
+                    near.append((sim, -kept[k], k))
         if not near:
             kept[h] = len(kept)
             out += [(m, group[0], REASONS["exact"], 1.0) for m in group[1:]]
@@ -534,6 +560,7 @@ def cluster_unit(args: tuple[DedupJob, int]) -> dict:
     removals: dict[int, dict[int, list]] = {s: {} for s in range(len(job.inputs))}
     absorbed: dict[int, dict[int, list]] = {s: {} for s in range(len(job.inputs))}
     reasons: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     clusters = split = 0
     if len(pairs):
         ab = np.stack([pairs["a"], pairs["b"]], axis=1)
@@ -547,9 +574,19 @@ def cluster_unit(args: tuple[DedupJob, int]) -> dict:
         for a, b, sim in zip(pairs["a"].tolist(), pairs["b"].tolist(), pairs["sim"].tolist(), strict=True):
             edges_of.setdefault(where[a], {})[(a, b)] = sim
         order = list(job.settings["keep"])
-        for c, group in by_comp.items():
+        store = _Keys(job)
+
+        def check(a: int, b: int) -> float | None:
+            counts["indirect_checks"] += 1
+            sim, verdict = similarity(store.key(a), store.key(b), job.settings)
+            return sim if verdict in ("exact", "near") else None
+
+        try:
+            resolved = [(group, resolve(group, edges_of[c], order, check)) for c, group in by_comp.items()]
+        finally:
+            store.close()
+        for group, removed in resolved:
             clusters += 1
-            removed = resolve(group, edges_of[c], order)
             split += len(group) - len(removed) > 1
             totals: dict[int, list] = {}
             for m, survivor, reason, sim in removed:
@@ -564,7 +601,8 @@ def cluster_unit(args: tuple[DedupJob, int]) -> dict:
         path = Path(job.work) / "remove" / f"{s:05d}.json.zst"
         body = {"remove": removals[s], "absorb": absorbed[s]}
         atomic_write_bytes(path, zstandard.compress(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)))
-    return {"pairs": len(pairs), "clusters": clusters, "kept_apart": split, "removed": dict(reasons)}
+    return {"pairs": len(pairs), "clusters": clusters, "kept_apart": split, "removed": dict(reasons),
+            "indirect_checks": counts["indirect_checks"]}  # fmt: skip
 
 
 def _member_info(job: DedupJob, nodes: np.ndarray) -> dict[int, dict]:
@@ -676,26 +714,25 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
 
 
 def dedup_stats(run_dir: str | Path, name: str, partitions: int) -> dict:
-    """What the buckets and clusters markers of dedup ``name`` say (for the report): candidate pairs checked,
-    verified and rejected by reason, clusters, those that kept more than one record apart, and removals by
-    reason. Counts of units without a marker are missing from the sums."""
-    out: dict[str, Any] = {
-        "candidates": 0,
-        "verified": 0,
-        "rejected": Counter(),
-        "clusters": 0,
-        "kept_apart": 0,
-    }
+    """What the buckets and clusters markers of dedup ``name`` say (for the report): candidate pair checks
+    (a pair is checked in every partition where it shares a key) and their rejections by reason, the
+    distinct verified pairs, clusters, those that kept more than one record apart, and removals by reason.
+    Counts of units without a marker are missing from the sums."""
+    out: dict[str, Any] = {"candidates": 0, "rejected": Counter()}
     phase = f"{name}.buckets"
     for t in range(partitions):
         m = read_marker(run_dir, phase, f"{phase}-{t:05d}") or {}
         out["candidates"] += m.get("candidates", 0)
-        out["verified"] += m.get("verified", 0)
         out["rejected"].update(m.get("rejected", {}))
     m = read_marker(run_dir, f"{name}.clusters", f"{name}.clusters-00000") or {}
-    out.update(clusters=m.get("clusters", 0), kept_apart=m.get("kept_apart", 0), removed=m.get("removed", {}))
     out["rejected"] = dict(out["rejected"])
-    return out
+    keys = ("pairs", "clusters", "kept_apart", "indirect_checks")
+    return (
+        out
+        | {"verified": m.get("pairs", 0)}
+        | {k: m.get(k, 0) for k in keys[1:]}
+        | {"removed": m.get("removed", {})}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ phases

@@ -6,7 +6,10 @@ separator** (a space), and the ends are trimmed. Punctuation separates; it never
 ``35`` stay apart. What carries meaning stays as it is:
 
 - symbols (Unicode ``S*``: ``+ = < > ^ | ~ $ ¥ °`` ...), so ``3+5`` / ``3-5`` and ``C++`` / ``C#`` differ;
-- the ASCII marks that act as operators or in names: ``# % & * / \\ @ _ -``;
+- the ASCII marks that act as operators or in names: ``# % & * / \\ @ _``;
+- the ASCII marks of code and formulas where they touch an ASCII letter or digit: ``- ' " ( ) [ ] { }``
+  (``f'(x)``, ``arr[i]``, ``print("a")``, ``-5``, ``3-5``), ``!`` after a digit (``5!``) and ``?`` between
+  two (``a?b``); elsewhere they are punctuation (``北京-上海``, ``（其二）``, ``你好吗?``);
 - ``. , :`` between two digits (``3.14``, ``1,000``, ``12:30``).
 
 Examples (docs/merge.md has the table)::
@@ -18,7 +21,7 @@ Examples (docs/merge.md has the table)::
 
 Two texts are exact duplicates when their keys are equal. Near-duplicate detection shingles
 :func:`shingle_text` (the key without separators: a mark added or removed changes no shingle) and checks
-:func:`symbols` (the numbers and symbols of the key, in order), which must agree for a near duplicate.
+:func:`tokens` (the numbers, words and symbols of the key, in order), which must agree for a near duplicate.
 """
 
 from __future__ import annotations
@@ -33,12 +36,21 @@ from typing import Any
 from kun_hpc.text_libraries import t2s_converter
 
 SEPARATOR = " "
-_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
-KEPT_MARKS = frozenset("#%&*/\\@_-")  # punctuation (P*) that acts as an operator or belongs to a name
+_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20, 0x2212: 0x2D}
+KEPT_MARKS = "#%&*/\\@_"  # punctuation (P*) that acts as an operator or belongs to a name
+CODE_MARKS = "-'\"()[]{}!?"  # kept where they touch an ASCII letter or digit (see the module docstring)
 NUMBER_MARKS = ".,:"  # kept between two digits only
 _LONE_NUMBER_MARK = re.compile(r"(?<!\d)[.,:]|[.,:](?!\d)")
+_LONE_CODE_MARK = re.compile(
+    r"(?<![0-9A-Za-z])[-'\"()\[\]{}](?![0-9A-Za-z])"  # touching no ASCII letter or digit
+    r"|(?<![0-9])!|\?(?![0-9A-Za-z])|(?<![0-9A-Za-z])\?"  # ! only after a digit, ? only between two
+)
 _SEPARATORS = re.compile(r"  +")
-_SYMBOLS = re.compile(r"\d+(?:[.,:]\d+)*|[^\w\s]")
+_TOKENS = re.compile(
+    r"\d+(?:[.,:]\d+)*"  # a number
+    r"|[A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff]+"  # a Latin, Greek or Cyrillic word
+    r"|[^\w\s]|[\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u218f\u2460-\u24ff]"  # a symbol
+)
 
 
 @lru_cache(maxsize=4)
@@ -50,7 +62,7 @@ def _separator_table(punctuation: bool) -> dict[int, int]:
         ch = chr(c)
         cat = unicodedata.category(ch)
         separates = ch.isspace() or cat[0] == "Z" or cat == "Cc"
-        if separates or (punctuation and cat[0] == "P" and ch not in KEPT_MARKS and ch not in NUMBER_MARKS):
+        if separates or (punctuation and cat[0] == "P" and ch not in KEPT_MARKS + NUMBER_MARKS + CODE_MARKS):
             table[c] = 0x20
     return table
 
@@ -77,7 +89,7 @@ def make_normalizer(section: Mapping[str, Any]) -> Callable[[str], str]:
             text = text.lower()
         text = text.translate(table)
         if punctuation:
-            text = _LONE_NUMBER_MARK.sub(SEPARATOR, text)
+            text = _LONE_CODE_MARK.sub(SEPARATOR, _LONE_NUMBER_MARK.sub(SEPARATOR, text))
         return _SEPARATORS.sub(SEPARATOR, text).strip(SEPARATOR)
 
     return normalize
@@ -88,7 +100,9 @@ def shingle_text(key: str) -> str:
     return key.replace(SEPARATOR, "")
 
 
-def symbols(key: str) -> list[str]:
-    """The numbers (with their ``. , :``) and the symbols of a key, in order: ``计算3+5的结果`` ->
-    ``['3', '+', '5']``. Near duplicates must agree on them (``dedup.symbol_threshold``)."""
-    return _SYMBOLS.findall(key)
+def tokens(key: str) -> list[str]:
+    """The numbers (with their ``. , :``), the words of alphabetic scripts and the symbols of a key, in
+    order: ``用Python计算3+5`` -> ``['python', '3', '+', '5']``. Two short near duplicates must have the same
+    tokens, two long ones alike sequences (``dedup.token_threshold``): a number, an operator, a name or a
+    unit that differs makes another question however alike the rest is."""
+    return _TOKENS.findall(key)

@@ -192,20 +192,21 @@ def write_report(cfg: DictConfig, result: MergeResult) -> dict:
 
 
 DEDUP_NOTE = (
-    "Candidates are pairs that share an LSH band key or an exact key; each was checked: a near duplicate has "
-    "character {ngram}-gram Jaccard >= {threshold} and numbers and symbols that agree (ratio >= "
-    "{symbol_threshold}). Clusters kept apart: a cluster that kept more than one record, because not all of "
-    "its records were similar to each other."
+    "Candidates are pairs that share an LSH band key or an exact key; each was checked (once in every "
+    "partition where it shares a key, so a pair may count more than once): a near duplicate has character "
+    "{ngram}-gram Jaccard >= {threshold} and the same numbers, words and symbols (two long texts: sequences "
+    "alike to a ratio >= {token_threshold}). Verified pairs: distinct. Clusters kept apart: a cluster that "
+    "kept more than one record, because not all of its records were similar to each other."
 )
 
 
 def _dedup_table(cfg: DictConfig, dedup: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["pass", "candidates checked", "verified", "below threshold", "symbols differ",
+    header = ["pass", "candidate checks", "verified pairs", "below threshold", "tokens differ",
               "duplicate_exact", "near_duplicate", "clusters", "kept apart"]  # fmt: skip
     rows = []
     for name, d in dedup.items():
         rej, rem = d["rejected"], d.get("removed", {})
-        cells = [d["candidates"], d["verified"], rej.get("below_threshold", 0), rej.get("symbols_differ", 0),
+        cells = [d["candidates"], d["verified"], rej.get("below_threshold", 0), rej.get("tokens_differ", 0),
                  rem.get("duplicate_exact", 0), rem.get("near_duplicate", 0), d["clusters"],
                  d["kept_apart"]]  # fmt: skip
         rows.append([name, *[f"{c:,}" for c in cells]])
