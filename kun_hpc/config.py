@@ -760,6 +760,7 @@ def validate_dedup(cfg: DictConfig) -> None:
     for key in ("ngram", "permutations", "bands", "long_bands", "long_shingles", "partitions",
                 "shards_per_task", "batch_docs"):  # fmt: skip
         _check(d[key] >= 1, f"dedup.{key}", "must be >= 1", d[key])
+    _check(d.seed >= 0, "dedup.seed", "must be >= 0 (it seeds numpy's generator)", d.seed)
     for key in ("threshold", "token_threshold"):
         _check(0 < d[key] <= 1, f"dedup.{key}", "must be in (0, 1]", d[key])
     _check(d.permutations <= 1024, "dedup.permutations", "must be <= 1024", d.permutations)

@@ -36,6 +36,7 @@ def test_overrides_reach_list_items_and_nested_keys(tmp_path):
         ("dedup.long_bands=7", "dedup.long_bands"),
         ("dedup.threshold=1.5", "dedup.threshold"),
         ("dedup.token_threshold=0", "dedup.token_threshold"),
+        ("dedup.seed=-1", "dedup.seed"),
         ("dedup.rows=3", "rows"),  # issue 13: the rows follow from permutations / bands
         ("dedup.normalize.whitespace=false", "whitespace"),  # whitespace always separates now
     ],

@@ -74,7 +74,8 @@ EXACT_TAG = np.uint64(0xE7AC7)  # mixed into exact keys so they never equal a ba
 RECENT_KEYS = 1 << 16  # slots of a signature task's table of recent exact hashes (512 KB)
 INDIRECT_CHECKS = 64  # kept classes of its cluster a class without a verified pair to one is checked against
 OPEN_SHARDS = 64  # shards whose key files a task keeps open at once
-SLICE_ENTRIES = 1 << 17  # bucket entries a bucket task sorts at once (about 5 MB)
+SLICE_ENTRIES = 1 << 17  # bucket entries a bucket task sorts at once (about 5 MB) ...
+SLICE_PER_SHARD = 512  # ... or this many per shard file, when there are more than 256 files
 ALL_PAIRS_UP_TO = 8  # a bucket of at most this many records checks every pair; a bigger one a star + a chain
 REASONS = {"exact": "duplicate_exact", "near": "near_duplicate", "empty": "no_content"}
 
@@ -405,12 +406,15 @@ def _candidates(key: np.ndarray, gid: np.ndarray) -> np.ndarray:
 
 def _shared_keys(job: DedupJob, t: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The entries of partition ``t`` whose key another entry shares, as (keys, global ids) sorted by (key,
-    id), in slices of the key space of about ``SLICE_ENTRIES`` entries each (so a task's memory does not
-    grow with the corpus). Each shard's file is sorted by key, one key's entries in row order; a slice is
-    read from every file in shard order and sorted stably by key: that is a sort by (key, id)."""
+    id), in slices of the key space of about ``SLICE_ENTRIES`` entries each, or ``SLICE_PER_SHARD`` a shard
+    when there are many shards (so a task's memory does not grow with the records, and each read of a
+    shard's file fetches hundreds of entries, not one). Each shard's file is sorted by key, one key's
+    entries in row order; a slice is read from every file in shard order and sorted stably by key: that is
+    a sort by (key, id)."""
     paths = [job.sig_dir(s) / f"part-{t:04d}.bin" for s in range(len(job.inputs))]
     sizes = [p.stat().st_size // ENTRY.itemsize for p in paths]
-    slices = max(1, -(-sum(sizes) // SLICE_ENTRIES))
+    per_slice = max(SLICE_ENTRIES, SLICE_PER_SHARD * sum(1 for n in sizes if n))  # reads of >= 512 entries
+    slices = max(1, -(-sum(sizes) // per_slice))
     bounds = [(k << 64) // slices for k in range(slices + 1)]
     for lo, hi in itertools.pairwise(bounds):
         parts = []

@@ -7,7 +7,8 @@ shorter than ``n`` has one shingle, itself. Shingles are hashed to 64 bits by a 
 code points and the splitmix64 finaliser -- n vectorised passes instead of one xxhash call per shingle,
 which would dominate the run time from Python. Permutation ``i`` is the multiply-shift hash
 ``(a_i * h + b_i) mod 2**64 >> 32`` with ``a_i`` odd; the signature is the minimum over a document's
-shingles. Shingles are processed in blocks of ``BLOCK`` so memory stays bounded whatever a document's size.
+shingles. The permutations run over blocks of ``BLOCK`` shingles; the shingle arrays of a batch take about
+100 bytes per character, so a batch's memory follows its characters (``dedup.batch_docs`` x unit length).
 
 A banding cuts the ``permutations`` signature values into ``bands`` bands of ``rows = permutations / bands``
 values; band ``j``'s key is a 64-bit hash of its values and of ``j`` (plus the banding's tag, so that two
