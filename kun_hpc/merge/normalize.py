@@ -1,15 +1,18 @@
 """The dedup key of a text: what two texts may differ in and still be the same content (issue 13).
 
-Steps (``dedup.normalize``): full-width ASCII and the ideographic space to half width; OpenCC Traditional
+Steps (``dedup.normalize``): full-width ASCII (but full-width brackets, quotes, ``！`` and ``？``, which are
+Chinese punctuation) and the ideographic space to half width, curly quotes to straight ones, ``−`` and a
+dash between digits to ``-``; OpenCC Traditional
 -> Simplified (off by default); lower case; then every run of whitespace and punctuation becomes **one
 separator** (a space), and the ends are trimmed. Punctuation separates; it never disappears, so ``3 5`` and
 ``35`` stay apart. What carries meaning stays as it is:
 
 - symbols (Unicode ``S*``: ``+ = < > ^ | ~ $ ¥ °`` ...), so ``3+5`` / ``3-5`` and ``C++`` / ``C#`` differ;
 - the ASCII marks that act as operators or in names: ``# % & * / \\ @ _``;
-- the ASCII marks of code and formulas where they touch an ASCII letter or digit: ``- ' " ( ) [ ] { }``
-  (``f'(x)``, ``arr[i]``, ``print("a")``, ``-5``, ``3-5``), ``!`` after a digit (``5!``) and ``?`` between
-  two (``a?b``); elsewhere they are punctuation (``北京-上海``, ``（其二）``, ``你好吗?``);
+- the ASCII marks of code and formulas where they touch an ASCII letter, digit or another such mark:
+  ``- ' " ( ) [ ] { }`` (``f'(x)``, ``arr[i]``, ``print("a")``, ``-5``, ``3-5``; spaces around an operator
+  between letters or digits go: ``3 - 5`` is ``3-5``), ``!`` after a digit (``5!``) and ``?`` between two
+  (``a?b``); elsewhere they are punctuation (``北京-上海``, ``（其二）``, ``你好吗?``);
 - ``. , :`` between two digits (``3.14``, ``1,000``, ``12:30``).
 
 Examples (docs/merge.md has the table)::
@@ -36,15 +39,24 @@ from typing import Any
 from kun_hpc.text_libraries import t2s_converter
 
 SEPARATOR = " "
-_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20, 0x2212: 0x2D}
+_PROSE_MARKS = "！＂＇（）［］｛｝？"  # full-width, so Chinese punctuation: not folded into code marks
+_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F) if chr(c) not in _PROSE_MARKS} | {
+    0x3000: 0x20,
+    0x2212: ord("-"),  # the minus sign
+    **dict.fromkeys(map(ord, "\u2018\u2019\u201a\u201b"), ord("'")),  # curly single quotes
+    **dict.fromkeys(map(ord, "\u201c\u201d\u201e\u201f"), ord('"')),  # curly double quotes
+}
+_DIGIT_DASH = re.compile(r"(?<=\d)[\u2010-\u2015](?=\d)")  # 1990–2000 is 1990-2000
 KEPT_MARKS = "#%&*/\\@_"  # punctuation (P*) that acts as an operator or belongs to a name
 CODE_MARKS = "-'\"()[]{}!?"  # kept where they touch an ASCII letter or digit (see the module docstring)
 NUMBER_MARKS = ".,:"  # kept between two digits only
 _LONE_NUMBER_MARK = re.compile(r"(?<!\d)[.,:]|[.,:](?!\d)")
+_CODE = r"[0-9A-Za-z'\"()\[\]{}+\-*/=<>^%]"  # what a code mark may touch to stay
 _LONE_CODE_MARK = re.compile(
-    r"(?<![0-9A-Za-z])[-'\"()\[\]{}](?![0-9A-Za-z])"  # touching no ASCII letter or digit
+    rf"(?<!{_CODE})[-'\"()\[\]{{}}](?!{_CODE})"  # touching no ASCII letter, digit or code mark
     r"|(?<![0-9])!|\?(?![0-9A-Za-z])|(?<![0-9A-Za-z])\?"  # ! only after a digit, ? only between two
 )
+_SPACED_OPERATOR = re.compile(r"(?<=[0-9A-Za-z)]) +(?=[-+*/=<>^%×÷])|(?<=[-+*/=<>^%×÷]) +(?=[0-9A-Za-z(])")
 _SEPARATORS = re.compile(r"  +")
 _TOKENS = re.compile(
     r"\d+(?:[.,:]\d+)*"  # a number
@@ -82,13 +94,14 @@ def make_normalizer(section: Mapping[str, Any]) -> Callable[[str], str]:
 
     def normalize(text: str) -> str:
         if width:
-            text = text.translate(_FULLWIDTH)
+            text = _DIGIT_DASH.sub("-", text.translate(_FULLWIDTH))
         if convert is not None:
             text = convert(text)
         if lower:
             text = text.lower()
         text = text.translate(table)
         if punctuation:
+            text = _SPACED_OPERATOR.sub("", text)  # 3 - 5 is 3-5
             text = _LONE_CODE_MARK.sub(SEPARATOR, _LONE_NUMBER_MARK.sub(SEPARATOR, text))
         return _SEPARATORS.sub(SEPARATOR, text).strip(SEPARATOR)
 
