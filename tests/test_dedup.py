@@ -24,6 +24,7 @@ from kun_hpc.stages.shard import run_shard
 from tests.conftest import REPO, sample_overrides, start_sandbox
 from tools.bench_dedup import KINDS, jaccard, lev_similarity, normal_form
 from tools.bench_dedup import plant as planted_copy
+from tools.bench_dedup import write_shards as bench_shards
 
 
 def sample_cfg(run: Path, *extra: str):
@@ -290,14 +291,7 @@ def trigram_jaccard(a: str, b: str) -> float:
 
 
 def write_shards(records: list[dict], root: Path, shards: int = 3) -> list[Path]:
-    paths = []
-    for k in range(shards):
-        w = ZstdJsonlWriter(root / f"part-{k:05d}.jsonl.zst")
-        for r in records[k::shards]:
-            w.write(r)
-        w.close()
-        paths.append(w.path)
-    return paths
+    return bench_shards(records, root, shards)
 
 
 def plant(bases: list[str], per_kind: int, seed: int) -> tuple[list[dict], dict[str, str]]:

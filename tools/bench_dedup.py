@@ -124,11 +124,23 @@ def plant(kind: str, text: str, rng: random.Random) -> str | None:
     return copy if copy != text else None
 
 
+def write_shards(records: list[dict], folder: Path, shards: int) -> list[Path]:
+    """``records`` round robin into ``shards`` zstd JSONL files ``folder/part-XXXXX.jsonl.zst``."""
+    from kun_hpc.io.shards import ZstdJsonlWriter
+
+    paths = []
+    for s in range(shards):
+        w = ZstdJsonlWriter(folder / f"part-{s:05d}.jsonl.zst")
+        for r in records[s::shards]:
+            w.write(r)
+        w.close()
+        paths.append(w.path)
+    return paths
+
+
 def prepare(src: Path, work: Path, limit: int | None, per_kind: int, shards: int) -> tuple[dict, dict]:
     """Write the shards; (what the children need, {id: text} of every document)."""
     import zstandard
-
-    from kun_hpc.io.shards import ZstdJsonlWriter
 
     docs = []
     with zstandard.ZstdDecompressor().stream_reader(src.open("rb")) as raw:
@@ -153,14 +165,7 @@ def prepare(src: Path, work: Path, limit: int | None, per_kind: int, shards: int
             pairs.append((docs[b]["id"], planted[-1]["id"], kind))
     for d in planted:
         docs.insert(rng.randrange(len(docs) + 1), d)
-    folder = work / "input"
-    paths = []
-    for s in range(shards):
-        w = ZstdJsonlWriter(folder / f"part-{s:05d}.jsonl.zst")
-        for d in docs[s::shards]:
-            w.write(d)
-        w.close()
-        paths.append(str(w.path))
+    paths = [str(p) for p in write_shards(docs, work / "input", shards)]
     inp = {
         "shards": paths,
         "docs": len(docs),
