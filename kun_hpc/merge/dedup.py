@@ -23,20 +23,23 @@ records are its own. LSH is generous on purpose: every candidate is verified.
 **Verification.** A candidate pair is a near duplicate only when the exact Jaccard similarity of the two
 shingle sets is at least ``threshold``, and the numbers, words and symbols of the two keys
 (:func:`~kun_hpc.merge.normalize.tokens`) are the same -- for two long texts, alike to a ``difflib`` ratio
-of at least ``token_threshold`` -- so ``3+5`` and ``3-5`` differ however alike the rest is).
-Equal keys are exact duplicates. The buckets markers count candidates, verified pairs and the two kinds of
-rejection.
+of at least ``token_threshold`` -- so ``3+5`` and ``3-5`` differ however alike the rest is. Equal keys
+are exact duplicates. The buckets markers count the checks (a pair sharing keys in several partitions is
+checked in each) and the two kinds of rejection; the clusters marker the distinct verified pairs.
 
 **Survivors.** Records with equal keys form classes; classes are taken in ``dedup.keep`` order of their
 best record (highest ``score``, else longest, else smallest id, then input order). A class is kept when no
 verified pair links it to a class kept before; otherwise all its records are removed as ``near_duplicate``
-of the most similar kept class's best record. The other records of a kept class are ``duplicate_exact`` of
-its best. So every removed record is itself similar to its survivor (no chains: a ~ b ~ c does not remove c
-for a when c is not similar to a). Nothing depends on how the work was cut into tasks (tested).
+of the most similar kept class's best record. A class without such a pair is checked against the first
+``INDIRECT_CHECKS`` kept classes of its cluster (a big bucket pairs its records only as a star and a chain).
+The other records of a kept class are ``duplicate_exact`` of its best. So every removed record is itself
+similar to its survivor (no chains: a ~ b ~ c does not remove c for a when c is not similar to a). Nothing
+depends on how the work was cut into tasks (tested).
 
 Records whose key is empty (an instruction that is only punctuation, ``。``) or missing are rejected as
-``no_content``. Memory per task is bounded: a signature task holds one batch, a bucket task ``1/partitions``
-of all keys, the cluster task the verified pairs and the records in them, an apply task one shard's lists.
+``no_content``. Memory per task: a signature task holds one batch, then one partition of one shard; a
+bucket task one slice of the key space and its verified pairs; the cluster task the verified pairs and the
+records in them; an apply task one shard's lists (docs/merge.md has the figures).
 """
 
 from __future__ import annotations
