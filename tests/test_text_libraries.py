@@ -68,13 +68,13 @@ def test_a_converter_that_corrupts_a_probe_is_refused_in_the_filter_and_in_dedup
         f"OpenCC {release} (t2s) converts {CASE!r} to {CASE.replace('坏', '坯')!r}, not {CASE!r}: it would "
         "rewrite the corpus wrongly; install a good release: pip install 'opencc>=1.1.9,<2,!=1.3.2,!=1.4.0'"
     )
-    section = {"width": True, "lowercase": True, "punctuation": True, "whitespace": True}
+    section = {"width": True, "lowercase": True, "punctuation": True}
     with pytest.raises(TextLibraryError):
         make_normalizer({**section, "t2s": True, "opencc_config": "t2s"})
     # without t2s nothing of OpenCC runs, and nothing is refused
     assert (
         make_normalizer({**section, "t2s": False, "opencc_config": "t2s"})(CASE)
-        == "这台电脑坏了我们只好把坏掉的零件换掉"
+        == "这台电脑坏了 我们只好把坏掉的零件换掉"  # punctuation separates (issue 13)
     )
     assert Cleaner(t2s=False)(CASE) == CASE
 
