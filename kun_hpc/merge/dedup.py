@@ -222,13 +222,13 @@ class _Strings:
         self.folder, self.name = folder, name
         self.fds: tuple[int, int] | None = None
 
-    def writer(self, stack: contextlib.ExitStack) -> Callable[[str], None]:
+    def writer(self, stack: contextlib.ExitStack) -> Callable[[bytes], None]:
         data = stack.enter_context(atomic_open(self.folder / f"{self.name}.bin"))
         ends = stack.enter_context(atomic_open(self.folder / f"{self.name}.ends"))
         at = [0]
 
-        def add(text: str) -> None:
-            at[0] += data.write(text.encode())
+        def add(text: bytes) -> None:  # UTF-8
+            at[0] += data.write(text)
             ends.write(at[0].to_bytes(8, "little"))
 
         return add
@@ -289,14 +289,15 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
                     meta["no_content"].append([i, raw is None])
                     totals["no_content"] += 1
                 continue
-            digest = xxhash.xxh3_128_intdigest(key.encode())
+            encoded = key.encode()
+            digest = xxhash.xxh3_128_intdigest(encoded)
             low = digest & (2**64 - 1)
             score = rec.get("score")
             score = float(score) if isinstance(score, (int, float)) else math.nan
             row = cols.add(line=i, length=len(raw), score=score, h1=digest >> 64, h2=low)
-            add_key(key)
-            add_id(str(rec.get("id", "")))
-            add_corpus(str(rec.get("corpus", "")))
+            add_key(encoded)
+            add_id(str(rec.get("id", "")).encode())
+            add_corpus(str(rec.get("corpus", "")).encode())
             if rec.get("dup_count"):
                 meta["dups"][row] = [int(rec["dup_count"]), list(rec.get("dup_corpora") or [])]
             if st["exact"]:
