@@ -193,6 +193,7 @@ class RulesConfig:
         default_factory=lambda: [
             "strip_whitespace",
             "not_empty",
+            "refusal",
             "answer_keywords",
             "min_chars",
             "repeated_opening",
@@ -223,6 +224,29 @@ class RulesConfig:
     min_answer_chars: int = 20  # a shorter answer is dropped
     max_opening_repeats: int = 5  # an answer opening with one unit repeated more often than this is dropped
     max_unit_chars: int = 20  # ... a unit being 1 to this many characters
+    # refusal (answer_refusal): an answer matching one of these regular expressions (assistant boilerplate
+    # and refusals, Chinese and English; searched case-insensitively) is dropped, the match in the detail
+    refusal_patterns: list[str] = field(
+        default_factory=lambda: [
+            r"作为一(个|名)?(AI|人工智能|语言模型|AI语言模型|大语言模型|智能助手)",
+            r"作为(AI|人工智能|语言模型|AI语言模型|大语言模型|智能助手)",
+            r"我(只)?是一个(AI|人工智能|语言模型|AI语言模型)",
+            r"我(无法|不能|没有办法)(提供|回答|帮助|完成|满足|协助|访问|浏览)",
+            r"(很|非常)?抱歉[，,]?\s*(我|但)",
+            r"对不起[，,]?\s*(我|但)",
+            r"\bas an ai\b",
+            r"\bas a (large )?language model\b",
+            r"\bI(?:'m| am) (sorry|unable|not able)\b",
+            r"\bI (cannot|can't|can not) (help|assist|provide|answer|fulfill|comply)\b",
+        ]
+    )
+    # faithfulness of an answer to the unit it polished (kun_hpc/quality/faithfulness.py), put on every pair
+    # the rules stage keeps as `faithfulness`; the rules drift (answer_drift) and copy (answer_copy) drop
+    # the flagged pairs when listed in answer_rules (they are not by default: flags are reported either way)
+    novel_ngram: int = 3  # n of the character n-grams of novel_share (answer n-grams not in the unit)
+    drift_min_novel: float = 0.8  # drift: novel_share >= this (the model wrote its own answer)
+    copy_min_recall: float = 0.95  # copy: lcs_recall >= this (the unit's characters kept, in order) ...
+    copy_min_precision: float = 0.95  # ... and lcs_precision >= this (hardly a character added)
 
 
 @dataclass
@@ -257,6 +281,10 @@ class PointConfig(LLMStageConfig):
     verdict_open: str = "【"  # the bracket before the verdict word
     verdict_close: str = "】"  # the bracket after it
     reject_truncated: bool = False  # a long judgement still carries its verdict
+    # reference: end a judgement at its first complete verdict tag (【好】 or 【差】) instead of letting the
+    # model write on; cheaper, but a judgement can then never hold both tags (the reference rejects those as
+    # verdict_both): docs/quality.md compares tokens per judgement for both settings
+    stop_at_verdict: bool = False
 
 
 @dataclass
@@ -389,7 +417,8 @@ def input_path(path: str) -> str:
 
 
 def absolute_paths(cfg: DictConfig) -> None:
-    """Make the config's input paths (:data:`INPUT_PATHS`, ``corpora[i].paths``, ``train.seed_data``) and
+    """Make the config's input paths (:data:`INPUT_PATHS`, ``corpora[i].paths``, ``train.seed_data``,
+    ``merge.decontaminate.benchmarks``) and
     output folders (:data:`OUTPUT_PATHS`, relative to the working dir) absolute, in place."""
     for key in INPUT_PATHS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
@@ -400,7 +429,7 @@ def absolute_paths(cfg: DictConfig) -> None:
         if isinstance(value, str) and value:
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
     lists = [c.paths for c in cfg.corpora if not OmegaConf.is_missing(c, "paths")]
-    for paths in [*lists, cfg.train.seed_data]:
+    for paths in [*lists, cfg.train.seed_data, cfg.merge.decontaminate.benchmarks]:
         for i, value in enumerate(paths):
             paths[i] = input_path(str(value))
 
@@ -473,6 +502,13 @@ def validate(cfg: DictConfig) -> None:
     validate_kun(cfg)
     validate_train(cfg)
     validate_dedup(cfg)
+    dc, q = cfg.merge.decontaminate, cfg.merge.quality
+    _check(dc.ngram >= 1, "merge.decontaminate.ngram", "must be >= 1", dc.ngram)
+    _check(bool(dc.jsonl_fields), "merge.decontaminate.jsonl_fields", "must name a field", dc.jsonl_fields)
+    for k in ("diversity_sample", "top_openings", "opening_chars"):
+        _check(q[k] >= 1, f"merge.quality.{k}", "must be >= 1", q[k])
+    n = q.samples_per_reason
+    _check(n >= 0, "merge.quality.samples_per_reason", "must be >= 0", n)
     validate_estimates(cfg)
 
 
@@ -546,6 +582,14 @@ def validate_kun(cfg: DictConfig) -> None:
     for k in ("whitespace_run", "max_opening_repeats", "max_unit_chars"):
         _check(rules[k] >= 1, f"rules.{k}", "must be >= 1", rules[k])
     _check(rules.min_answer_chars >= 0, "rules.min_answer_chars", "must be >= 0", rules.min_answer_chars)
+    _check(rules.novel_ngram >= 1, "rules.novel_ngram", "must be >= 1", rules.novel_ngram)
+    for k in ("drift_min_novel", "copy_min_recall", "copy_min_precision"):
+        _check(0 <= rules[k] <= 1, f"rules.{k}", "must be in [0, 1]", rules[k])
+    for i, pattern in enumerate(rules.refusal_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            _check(False, f"rules.refusal_patterns.{i}", f"not a regular expression: {e}", pattern)
 
 
 def validate_filter(cfg: DictConfig) -> None:
@@ -741,6 +785,30 @@ class DedupConfig:
 
 
 @dataclass
+class DecontaminateConfig:
+    """Benchmark decontamination before the final dedup (kun_hpc/merge/decontaminate.py): a pair whose
+    instruction or answer (a text record: its text) shares a character n-gram with a benchmark question or
+    answer is rejected as `contaminated`, naming the benchmark file and row."""
+
+    # benchmark files, folders or globs: CSV in the C-Eval (id,question,A,B,C,D,answer[,explanation]) or
+    # CMMLU (,Question,A,B,C,D,Answer) layout, or JSONL; [] for none
+    benchmarks: list[str] = field(default_factory=list)
+    jsonl_fields: list[str] = field(default_factory=lambda: ["question", "answer"])  # JSONL: texts indexed
+    ngram: int = 13  # n of the character n-grams (of the text without whitespace and punctuation)
+
+
+@dataclass
+class QualityConfig:
+    """The quality section of the merge report and the dataset card (kun_hpc/quality/, docs/quality.md)."""
+
+    enabled: bool = True  # false: the report and card carry the funnel only
+    diversity_sample: int = 20_000  # instructions (spread over the dataset shards) measured for diversity
+    top_openings: int = 20  # most common instruction openings listed
+    opening_chars: int = 4  # an opening: the instruction's first this many characters
+    samples_per_reason: int = 3  # sample records shown per stage and per reject reason
+
+
+@dataclass
 class MergeConfig:
     """Final dedup, assembly, dataset card and funnel report (kun_hpc/merge/)."""
 
@@ -753,6 +821,8 @@ class MergeConfig:
     allow_partial: bool = False  # assemble from the complete groups only, and say what is missing
     parquet: bool = True  # also write the dataset as Parquet (one file per JSONL part)
     zstd_level: int = 3  # of the JSONL parts, 1 .. 22
+    decontaminate: DecontaminateConfig = field(default_factory=lambda: DecontaminateConfig())
+    quality: QualityConfig = field(default_factory=lambda: QualityConfig())
 
 
 def validate_dedup(cfg: DictConfig) -> None:

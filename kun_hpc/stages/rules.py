@@ -47,6 +47,7 @@ class RuleParams:
     min_answer_chars: int
     max_opening_repeats: int
     max_unit_chars: int
+    refusal: re.Pattern[str] | None = None  # rules.refusal_patterns, one alternation
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> RuleParams:
@@ -57,6 +58,7 @@ class RuleParams:
             int(section["min_answer_chars"]),
             int(section["max_opening_repeats"]),
             int(section["max_unit_chars"]),
+            refusal_pattern(section.get("refusal_patterns") or ()),
         )
 
 
@@ -123,6 +125,18 @@ def repeated_opening(text: str, p: RuleParams) -> str | Drop:
     return text
 
 
+def refusal_pattern(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One case-insensitive regular expression matching any of ``patterns`` (None for none)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+
+
+def refusal(text: str, p: RuleParams) -> str | Drop:
+    """Drop a refusal or assistant boilerplate (作为一个AI…, 我无法…, 抱歉，我…, "As an AI", "I'm sorry"):
+    ``rules.refusal_patterns``; the detail is the matched phrase."""
+    m = p.refusal.search(text) if p.refusal is not None else None
+    return Drop("answer_refusal", m.group(0)) if m else text
+
+
 INSTRUCTION_RULES: dict[str, Rule] = {
     "strip_whitespace": strip_whitespace,
     "cut_whitespace_run": cut_whitespace_run,
@@ -133,6 +147,7 @@ INSTRUCTION_RULES: dict[str, Rule] = {
 ANSWER_RULES: dict[str, Rule] = {
     "strip_whitespace": strip_whitespace,
     "not_empty": _not_empty("answer"),
+    "refusal": refusal,
     "answer_keywords": _keywords("answer", "answer_keywords"),
     "min_chars": min_chars,
     "repeated_opening": repeated_opening,
