@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     from kun_hpc.inspect_run import add_parser as add_inspect_parser
 
     add_inspect_parser(sub)  # takes a run folder, not a config
+    from kun_hpc.quality.review import add_parser as add_review_parser
+
+    add_review_parser(sub)  # export / import: also a run folder
     return p
 
 
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from kun_hpc.inspect_run import main as inspect_main
 
         return inspect_main(ns)
+    if ns.command == "review":
+        from kun_hpc.quality.review import main as review_main
+
+        return review_main(ns)
     preset, overrides = split_args(ns.args)
     if ns.command == "train":  # the task decides train.output, which is resolved at load
         overrides = [f"train.task={ns.task}", *overrides]

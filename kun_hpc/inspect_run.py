@@ -84,7 +84,7 @@ def reservoir(items: Iterator[Any], n: int, rng: random.Random) -> tuple[list[An
     return kept, seen
 
 
-def _files(root: Path, kind: str, corpus: str | None) -> list[Path]:
+def stage_files(root: Path, kind: str, corpus: str | None) -> list[Path]:
     """Output shards (``kept``) or rejected files of a stage folder, optionally of one corpus."""
     base = root / "rejected" if kind == "rejected" else root
     out = []
@@ -142,14 +142,14 @@ def inspect_stage(
         raise InspectError(f"stage {stage!r} has no output yet ({root} does not exist): see `kun-hpc status`")
     rng = random.Random(seed)
     if reason is None:
-        lines = _lines(_files(root, "kept", corpus))
+        lines = _lines(stage_files(root, "kept", corpus))
         picked, matched = reservoir(lines, n, rng)
         reasons: Counter = Counter()
     else:
         reasons = Counter()
 
         def matching() -> Iterator[tuple[Path, int, dict]]:
-            for path, i, line in _lines(_files(root, "rejected", corpus)):
+            for path, i, line in _lines(stage_files(root, "rejected", corpus)):
                 row = orjson.loads(line)
                 why = row.get("reject", {}).get("reason", "?")
                 reasons[why] += 1

@@ -51,15 +51,19 @@ def test_the_config_reference_names_every_key():
 @pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)
 def test_every_command_line_in_the_docs_parses(path):
     parsers = subparsers()
-    assert set(parsers) == {*cli.COMMANDS, "inspect"}
+    assert set(parsers) == {*cli.COMMANDS, "inspect", "review"}
     for line in command_lines(path.read_text()):
         name = COMMAND.match(line).group(1)
         assert name in parsers, f"{path.name}: `{line}` names no kun-hpc command"
-        known = {s for a in parsers[name]._actions for s in a.option_strings}
         try:
             words = shlex.split(line.rstrip("\\ "))
         except ValueError:  # an unbalanced quote continued on the next line
             words = line.split()
+        parser = parsers[name]
+        nested = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if nested and len(words) > 2 and words[2] in nested.choices:  # kun-hpc review export ...
+            parser = nested.choices[words[2]]
+        known = {s for a in parser._actions for s in a.option_strings}
         words = [w.strip("[]") for w in words]  # usage lines: [--wait]
         flags = {w.split("=")[0] for w in words if re.fullmatch(r"--?[a-z][a-z-]*(=.*)?", w)}
         assert flags <= known, f"{path.name}: `{line}` uses {sorted(flags - known)}, not options of {name}"

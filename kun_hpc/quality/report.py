@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from kun_hpc.quality import review
 from kun_hpc.quality.section import QualityContext, Section
+
+BUILDERS: list[Callable[[QualityContext], Section | None]] = [
+    review.section,
+]
 
 
 def sections(ctx: QualityContext) -> list[Section]:
-    """Every measure that has something to say about this run (``merge.quality.enabled``: all of them)."""
+    """Every measure that has something to say about this run (none when ``merge.quality.enabled`` is
+    false)."""
     if not ctx.cfg.merge.quality.enabled:
         return []
-    builders: list = []  # filled as the measures land: judge, faithfulness, diversity, decontamination, ...
-    return [s for s in (b(ctx) for b in builders) if s is not None]
+    return [s for s in (b(ctx) for b in BUILDERS) if s is not None]
