@@ -31,7 +31,11 @@ demo: setup
 	$(BIN)/kun-hpc run configs/demo.yaml $(DEMO_ARGS)
 
 # The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply.
+# tests/test_report.py renders the HTML report in Debian's headless Chromium (installed here when missing).
 test: setup
+	test -x /usr/bin/chromedriver || { echo "installing chromium chromium-driver (tests/test_report.py)"; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	SLURM_MAX_ARRAY_SIZE=4 slurm/sandbox/start.sh
 	$(BIN)/ruff check kun_hpc tests tools
 	$(BIN)/ruff format --check kun_hpc tests tools

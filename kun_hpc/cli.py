@@ -303,7 +303,13 @@ def _print_merge_job(cfg: DictConfig, merge: tuple[str, str, str] | None, file=N
 
 
 def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.status import merge_job_state, print_funnel, print_status, unit_statuses
+    from kun_hpc.cluster.status import (
+        merge_job_state,
+        print_funnel,
+        print_status,
+        unit_statuses,
+        yield_line,
+    )
 
     if ns.watch:
         return _watch(cfg, until_settled=True, follow_merge=True)
@@ -311,6 +317,7 @@ def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
     print_status(rows)
     _print_merge_job(cfg, merge_job_state(Path(cfg.run.dir)), file=sys.stdout)
     print_funnel(cfg)
+    print(yield_line(cfg))
     return 0
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 from omegaconf import DictConfig
 
 from kun_hpc.cluster.grid import is_done, plan_grid
@@ -297,6 +298,22 @@ def print_status(rows: list[UnitStatus], console=None) -> None:
     for r in rows:
         if r.state in ("failed", "cancelled") or (r.state == "pending" and r.why.startswith("waits on")):
             console.print(f"  {r.unit}: {r.state}{f' (job {r.job})' if r.job else ''} {r.why}")
+
+
+def yield_line(cfg: DictConfig) -> str:
+    """The run's final pairs per GPU-hour and per task-hour, as its merge report computed them
+    (``<merge.output>/report/report.json``, ``quality.cost.summary``: kun_hpc/quality/cost.py); says so when
+    the run was not merged yet or its report holds no such figures."""
+    path = Path(cfg.merge.output) / "report" / "report.json"
+    if not path.is_file():
+        return "yield: not merged yet (kun-hpc merge RUN_DIR)"
+    try:
+        cost = orjson.loads(path.read_bytes()).get("quality", {}).get("cost")
+    except orjson.JSONDecodeError as e:
+        return f"yield: {path} is not valid JSON ({e}): merge again"
+    if not cost:
+        return f"yield: {path} holds no cost figures (merge.quality.enabled=false, or an older merge)"
+    return f"yield: {cost['summary']}"
 
 
 def tail(path: str | Path, n: int = 20) -> str:

@@ -1,16 +1,21 @@
 """The report's plots, drawn one way: bars with their counts on them, a log scale where the counts span two
-orders of magnitude or more (matplotlib, Agg backend; PNG files in the report folder)."""
+orders of magnitude or more, Chinese labels in an installed CJK font (matplotlib, Agg backend; PNG files in
+the report folder)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib import font_manager, ft2font
 
 LOG_SPAN = 100  # largest / smallest non-zero count from which an axis is logarithmic
 
@@ -21,6 +26,16 @@ def wants_log(values: Sequence[float]) -> bool:
     return bool(nonzero) and max(nonzero) / min(nonzero) >= LOG_SPAN
 
 
+def _with_chinese_labels(draw):
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with chinese_labels():
+            return draw(*args, **kwargs)
+
+    return wrapped
+
+
+@_with_chinese_labels
 def bar_chart(
     path: Path,
     labels: Sequence[str],
@@ -60,6 +75,7 @@ def bar_chart(
     return _save(fig, path)
 
 
+@_with_chinese_labels
 def histogram(
     path: Path,
     edges: Sequence[float],
@@ -84,6 +100,79 @@ def histogram(
         ax.legend(fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+@functools.cache
+def cjk_fonts() -> tuple[str, ...]:
+    """Family names of the installed fonts that hold CJK ideographs (Chinese labels need one): matplotlib's
+    font list and the system's fonts (``fc-list``), so a font installed after matplotlib cached its list
+    counts too (it is added to matplotlib's list)."""
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    names = set()
+    for path in sorted(known | set(font_manager.findSystemFonts())):
+        try:
+            font = ft2font.FT2Font(path)
+        except (OSError, RuntimeError):
+            continue
+        # matplotlib's own Last Resort font maps every character to a placeholder box
+        if font.get_char_index(ord("的")) and not font.family_name.startswith("Last Resort"):
+            if path not in known:
+                font_manager.fontManager.addfont(path)
+            names.add(font.family_name)
+    return tuple(sorted(names))
+
+
+@contextmanager
+def chinese_labels() -> Iterator[None]:
+    """Plots drawn inside use a CJK font as fallback for their labels when one is installed; without one the
+    labels show empty boxes, and matplotlib's warning per missing glyph is silenced (the section says so)."""
+    fonts = cjk_fonts()
+    with plt.rc_context({"font.family": ["DejaVu Sans", *fonts]} if fonts else {}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        yield
+
+
+@_with_chinese_labels
+def sunburst(path: Path, tree: list[dict], title: str) -> str:
+    """Self-Instruct's verb-object sunburst as a nested donut: inner ring the verbs, outer ring each verb's
+    nouns, wedges sized by pair counts (a verb's wedge: the pairs of the nouns shown), each labelled with
+    its word and count; returns the file name."""
+    cmap = plt.get_cmap("tab20")
+    inner = [sum(n["count"] for n in v["nouns"]) for v in tree]
+    outer = [n for v in tree for n in v["nouns"]]
+    colours = [cmap(2 * i % 20 + 2 * i // 20 % 2) for i in range(len(tree))]  # 10 hues dark, then light
+    outer_colours = [(*colours[i][:3], 0.55) for i, v in enumerate(tree) for _ in v["nouns"]]
+    total = sum(inner) or 1
+    fig, ax = plt.subplots(figsize=(9, 9))
+    style = {"edgecolor": "white", "linewidth": 0.8}
+    ax.pie(
+        inner,
+        radius=0.6,
+        colors=colours,
+        labels=[
+            f"{v['verb']}\n{c:,}" if c / total >= 0.012 else "" for v, c in zip(tree, inner, strict=True)
+        ],
+        labeldistance=0.62,
+        textprops={"fontsize": 8, "ha": "center", "va": "center"},
+        wedgeprops={**style, "width": 0.35},
+        startangle=90,
+        counterclock=False,
+    )
+    ax.pie(
+        [n["count"] for n in outer],
+        radius=1.0,
+        colors=outer_colours,
+        labels=[f"{n['noun']} {n['count']:,}" if n["count"] / total >= 0.008 else "" for n in outer],
+        labeldistance=0.8,
+        rotatelabels=True,
+        textprops={"fontsize": 7, "ha": "center", "va": "center"},
+        wedgeprops={**style, "width": 0.4},
+        startangle=90,
+        counterclock=False,
+    )
+    ax.set(aspect="equal")
     ax.set_title(title)
     return _save(fig, path)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kun_hpc.quality import review
+from kun_hpc.quality import cost, diversity, review
 from kun_hpc.quality.section import QualityContext, Section
 
 BUILDERS: list[Callable[[QualityContext], Section | None]] = [
+    diversity.section,
     review.section,
+    cost.section,
 ]
 
 
