@@ -184,7 +184,7 @@ def test_rules_stage_cleans_and_drops_with_reasons(params):
     assert out[0] == {"id": "a", "instruction": "长城有多长？", "answer": answer}
     assert [(r.reason, r.detail) for r in out[1:]] == [
         ("instruction_keyword", "文章"),
-        ("answer_keyword", "作为"),
+        ("answer_refusal", "作为一个人工智能"),  # the refusal rule runs before the reference's keywords
         ("answer_too_short", "3 < 10 characters"),
         ("missing_field", "answer"),
     ]
@@ -206,6 +206,11 @@ def test_config_defaults_are_kuns_reference():
     hashes = stage_hashes(config.load(None, base))
     assert stage_hashes(config.load(None, [*base, "rules.whitespace_run=7"]))["label"] != hashes["label"]
     assert stage_hashes(config.load(None, [*base, "label.apply_rules=false"]))["label"] != hashes["label"]
+    for key in ("instruction_keywords=[x]", "instruction_rules=[not_empty]"):
+        assert stage_hashes(config.load(None, [*base, f"rules.{key}"]))["label"] != hashes["label"]
+    # the answer rules' settings are not Label's: changing them re-runs the rules stage, not the models
+    for key in ("drift_min_novel=0.5", "refusal_patterns=[x]", "answer_keywords=[x]", "min_answer_chars=3"):
+        assert stage_hashes(config.load(None, [*base, f"rules.{key}"]))["label"] == hashes["label"]
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kun_hpc.quality import cost, diversity, review
+from kun_hpc.quality import cost, diversity, faithfulness, review
 from kun_hpc.quality.section import QualityContext, Section
 
 BUILDERS: list[Callable[[QualityContext], Section | None]] = [
+    faithfulness.section,
+    faithfulness.tone_section,
     diversity.section,
     review.section,
     cost.section,

@@ -12,7 +12,7 @@ from kun_hpc.inference import Generation
 from kun_hpc.stages.answer import AnswerBudget
 from kun_hpc.stages.base import Rejected
 from kun_hpc.stages.llm import LLMStage, accept_output
-from kun_hpc.stages.rules import Drop, RuleSet
+from kun_hpc.stages.rules import INSTRUCTION_SETTINGS, Drop, RuleSet
 
 
 class Label(LLMStage):
@@ -30,8 +30,10 @@ class Label(LLMStage):
 
     @classmethod
     def hash_inputs(cls, cfg: DictConfig) -> dict:
-        """The rules it applies and the Answer budget it checks decide its output too."""
-        rules = {"rules": OmegaConf.to_container(cfg.rules)} if cfg.label.apply_rules else {}
+        """The instruction rules it applies and the Answer budget it checks decide its output too (the answer
+        rules' settings do not: changing them re-runs the rules stage only)."""
+        section = OmegaConf.to_container(cfg.rules, resolve=True)
+        rules = {"rules": {k: section[k] for k in INSTRUCTION_SETTINGS}} if cfg.label.apply_rules else {}
         return {**rules, **AnswerBudget.hash_inputs(cfg)}
 
     def accept(self, record: dict, g: Generation) -> dict | Rejected:

@@ -16,6 +16,14 @@ instruction with its output, ``len // 128`` losing records when splitting into 1
 
 Both ends are stripped (not only the trailing one): leading whitespace would make a cut at a whitespace run
 empty the instruction, and an answer opening with blank lines would count as a repeated opening.
+
+Beyond the reference (issue 14): the answer rules ``drift`` (reason ``answer_drift``) and ``copy``
+(``answer_copy``) judge the answer against the unit it polished (the record's ``text``): they are *unit
+rules*, called with (answer, unit, params), beside the text rules in :data:`ANSWER_RULES` and in the same
+order. Every pair the stage keeps and that has a string ``text`` gets a ``faithfulness`` field, measured on
+the final answer (:func:`kun_hpc.quality.faithfulness.measure`), whether or not those rules are listed. A pair
+without a string ``text`` gets no such field, and is dropped as ``missing_field`` only when a unit rule is
+listed.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kun_hpc.quality.faithfulness import COPY, DRIFT, measure
 from kun_hpc.stages.base import Rejected, Stage
 
 
@@ -47,6 +56,10 @@ class RuleParams:
     min_answer_chars: int
     max_opening_repeats: int
     max_unit_chars: int
+    novel_ngram: int  # the faithfulness measure's settings (kun_hpc/quality/faithfulness.py)
+    drift_min_novel: float
+    copy_min_recall: float
+    copy_min_precision: float
     refusal: re.Pattern[str] | None = None  # rules.refusal_patterns, one alternation
 
     @classmethod
@@ -58,11 +71,16 @@ class RuleParams:
             int(section["min_answer_chars"]),
             int(section["max_opening_repeats"]),
             int(section["max_unit_chars"]),
+            int(section["novel_ngram"]),
+            float(section["drift_min_novel"]),
+            float(section["copy_min_recall"]),
+            float(section["copy_min_precision"]),
             refusal_pattern(section.get("refusal_patterns") or ()),
         )
 
 
 Rule = Callable[[str, RuleParams], "str | Drop"]
+UnitRule = Callable[[str, str, RuleParams], "str | Drop"]  # (answer, unit, params)
 
 
 # ------------------------------------------------------------------------------------------ shared rules
@@ -137,6 +155,19 @@ def refusal(text: str, p: RuleParams) -> str | Drop:
     return Drop("answer_refusal", m.group(0)) if m else text
 
 
+def _flagged(flag: str) -> UnitRule:
+    def flagged(text: str, unit: str, p: RuleParams) -> str | Drop:
+        f = measure(unit, text, p)
+        if flag in f.flags:
+            detail = f"recall {f.lcs_recall}, precision {f.lcs_precision}, novel {f.novel_share}"
+            return Drop(f"answer_{flag}", detail)
+        return text
+
+    return flagged
+
+
+# the rules section's keys the instruction rules read (what Label's config hash covers)
+INSTRUCTION_SETTINGS = ("instruction_rules", "instruction_keywords", "whitespace_run")
 INSTRUCTION_RULES: dict[str, Rule] = {
     "strip_whitespace": strip_whitespace,
     "cut_whitespace_run": cut_whitespace_run,
@@ -144,20 +175,36 @@ INSTRUCTION_RULES: dict[str, Rule] = {
     "not_empty": _not_empty("instruction"),
     "instruction_keywords": _keywords("instruction", "instruction_keywords"),
 }
-ANSWER_RULES: dict[str, Rule] = {
+# drift: novel_share >= rules.drift_min_novel; copy: lcs_recall and lcs_precision >= rules.copy_min_*
+UNIT_RULES: dict[str, UnitRule] = {DRIFT: _flagged(DRIFT), COPY: _flagged(COPY)}
+# one namespace of answer rule names, text rules and unit rules (config.validate_kun checks names against it)
+ANSWER_RULES: dict[str, Rule | UnitRule] = {
     "strip_whitespace": strip_whitespace,
     "not_empty": _not_empty("answer"),
     "refusal": refusal,
     "answer_keywords": _keywords("answer", "answer_keywords"),
     "min_chars": min_chars,
     "repeated_opening": repeated_opening,
+    **UNIT_RULES,
 }
 
 
-def apply_rules(text: str, names: Sequence[str], rules: Mapping[str, Rule], p: RuleParams) -> str | Drop:
-    """Run the named rules in order: the cleaned text, or the first :class:`Drop`."""
+def apply_rules(
+    text: str,
+    names: Sequence[str],
+    rules: Mapping[str, Rule | UnitRule],
+    p: RuleParams,
+    unit: str | None = None,
+) -> str | Drop:
+    """Run the named rules in order: the cleaned text, or the first :class:`Drop`. A unit rule
+    (:data:`UNIT_RULES`) also gets ``unit``; ValueError when one is named and ``unit`` is None."""
     for name in names:
-        out = rules[name](text, p)
+        if name in UNIT_RULES:
+            if unit is None:
+                raise ValueError(f"rule {name!r} needs the unit (the record's text)")
+            out = rules[name](text, unit, p)
+        else:
+            out = rules[name](text, p)
         if isinstance(out, Drop):
             return out
         text = out
@@ -175,18 +222,21 @@ class RuleSet:
             unknown = [n for n in names if n not in known]
             if unknown:
                 raise ValueError(f"unknown rules {unknown}; known: {sorted(known)}")
+        self.needs_unit = any(n in UNIT_RULES for n in self.answer_rules)
 
     def instruction(self, text: str) -> str | Drop:
         return apply_rules(text, self.instruction_rules, INSTRUCTION_RULES, self.params)
 
-    def answer(self, text: str) -> str | Drop:
-        return apply_rules(text, self.answer_rules, ANSWER_RULES, self.params)
+    def answer(self, text: str, unit: str | None = None) -> str | Drop:
+        """The answer rules; ``unit`` (the record's text) is needed when :attr:`needs_unit`."""
+        return apply_rules(text, self.answer_rules, ANSWER_RULES, self.params, unit)
 
 
 class Rules(Stage):
     """The last per-shard stage: the instruction rules and the answer rules over each (instruction, answer)
     pair. The instruction rules ran already after Label (``label.apply_rules``); running them again costs
-    nothing and covers instructions made elsewhere."""
+    nothing and covers instructions made elsewhere. A kept pair with a string ``text`` gets ``faithfulness``
+    (the measure of its final answer against that text, :meth:`Faithfulness.as_dict`)."""
 
     name = "rules"
 
@@ -196,8 +246,9 @@ class Rules(Stage):
 
     def process(self, batch: list[dict]) -> list[dict | Rejected]:
         out: list[dict | Rejected] = []
+        required = ("instruction", "answer", "text") if self.rules.needs_unit else ("instruction", "answer")
         for r in batch:
-            missing = [k for k in ("instruction", "answer") if not isinstance(r.get(k), str)]
+            missing = [k for k in required if not isinstance(r.get(k), str)]
             if missing:
                 out.append(Rejected(r, "missing_field", ",".join(missing)))
                 continue
@@ -205,12 +256,37 @@ class Rules(Stage):
             if isinstance(instruction, Drop):
                 out.append(Rejected(r, instruction.reason, instruction.detail))
                 continue
-            answer = self.rules.answer(r["answer"])
+            unit = r["text"] if isinstance(r.get("text"), str) else None
+            answer = self.rules.answer(r["answer"], unit)
             if isinstance(answer, Drop):
                 out.append(Rejected(r, answer.reason, answer.detail))
                 continue
-            out.append({**r, "instruction": instruction, "answer": answer})
+            row = {**r, "instruction": instruction, "answer": answer}
+            if unit is not None:
+                row["faithfulness"] = measure(unit, answer, self.rules.params).as_dict()
+            out.append(row)
         return out
 
+    def chunk_stats(self, outputs: list[dict | Rejected]) -> dict:
+        """What the report's "Tone and refusals" names: the matched phrases of the ``answer_refusal`` drops
+        (``refusal_phrases``) and the words of the ``answer_keyword`` drops (``answer_keywords``), counted."""
+        stats: dict[str, Counter[str]] = {"refusal_phrases": Counter(), "answer_keywords": Counter()}
+        key = {"answer_refusal": "refusal_phrases", "answer_keyword": "answer_keywords"}
+        for o in outputs:
+            if isinstance(o, Rejected) and o.reason in key:
+                stats[key[o.reason]][o.detail] += 1
+        return {k: dict(v) for k, v in stats.items() if v}
+
     def provenance(self) -> dict:
-        return {"instruction_rules": self.rules.instruction_rules, "answer_rules": self.rules.answer_rules}
+        p = self.rules.params
+        faithfulness = {
+            "novel_ngram": p.novel_ngram,
+            "drift_min_novel": p.drift_min_novel,
+            "copy_min_recall": p.copy_min_recall,
+            "copy_min_precision": p.copy_min_precision,
+        }
+        return {
+            "instruction_rules": self.rules.instruction_rules,
+            "answer_rules": self.rules.answer_rules,
+            "faithfulness": faithfulness,
+        }
