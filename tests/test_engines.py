@@ -388,6 +388,23 @@ def test_vllm_stop_strings_and_penalty_equal_transformers(vllm_engine, hf, promp
 
 @pytest.mark.vllm
 @needs_vllm
+def test_both_engines_name_the_stop_string_that_ended_a_generation(vllm_engine, hf, prompts, hf_greedy):
+    """``Generation.stop_string``: the text stop string that ended a generation (None when the length ended
+    it), the same on both engines, so ``text + stop_string`` is the text up to the stop string's end
+    (vLLM's include_stop_str_in_output; what Point's stop_at_verdict keeps)."""
+    for p, full in zip(prompts[:4], hf_greedy[:4], strict=True):
+        stop = pick_stop(full.text)
+        spec = SamplingSpec(max_new_tokens=24, stop=["不会出现的停止串", stop])
+        (v,), (h,) = vllm_engine.generate([p], spec), hf.generate([p], spec)
+        assert v.stop_string == h.stop_string == stop
+        upto = full.text[: full.text.index(stop) + len(stop)]
+        assert v.text + v.stop_string == h.text + h.stop_string == upto
+    (v,), (h,) = vllm_engine.generate(prompts[:1], GREEDY), hf.generate(prompts[:1], GREEDY)
+    assert v.finish_reason == h.finish_reason == FINISH_LENGTH and v.stop_string is h.stop_string is None
+
+
+@pytest.mark.vllm
+@needs_vllm
 def test_vllm_sampling_is_seeded(vllm_engine, prompts):
     spec = SamplingSpec(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
     a = vllm_engine.generate(prompts[:4], spec)

@@ -349,8 +349,10 @@ def test_point_reference_verdicts_and_bad_output_are_rejections(hf):
     batch = [{"id": f"r{i}", "instruction": f"{k}指令" + "长" * i} for i, k in enumerate(answers)]
     batch.append({"id": "no-instruction", "text": "正文"})
     out = stage.process(batch)
-    assert out[0] == {**batch[0], "verdict": "好"}
-    assert out[7] == {**batch[7], "verdict": "好"}  # point.reject_truncated is off: a long judgement counts
+    tokens = {k: len(g.token_ids) for k, g in answers.items()}
+    assert out[0] == {**batch[0], "verdict": "好", "judge_tokens": tokens["甲"], "judge_truncated": False}
+    # point.reject_truncated is off: a long judgement counts
+    assert out[7] == {**batch[7], "verdict": "好", "judge_tokens": tokens["辛"], "judge_truncated": True}
     reasons = [o.reason if isinstance(o, Rejected) else "kept" for o in out]
     assert reasons == [
         "kept",
@@ -436,7 +438,8 @@ def test_model_output_is_cleaned_like_filter_input_and_a_replacement_char_stays_
     point_out = {"指令一": gen("【\u200b好\x07】"), "指令二": gen("【好\ufffd】")}
     point = _stage(Point, "point", ScriptedEngine(hf.tokenizer, point_out))
     verdicts = point.process([{"id": "p1", "instruction": "指令一"}, {"id": "p2", "instruction": "指令二"}])
-    assert verdicts[0] == {"id": "p1", "instruction": "指令一", "verdict": "好"}
+    judged = {"judge_tokens": len(point_out["指令一"].token_ids), "judge_truncated": False}
+    assert verdicts[0] == {"id": "p1", "instruction": "指令一", "verdict": "好", **judged}
     assert (verdicts[1].reason, verdicts[1].detail) == ("invalid_utf8", "【好\ufffd】")
 
 

@@ -44,7 +44,8 @@ class PromptTooLong(ValueError):
 class SamplingSpec:
     """How to sample. ``temperature == 0`` is greedy decoding (top_p and seed are then irrelevant).
 
-    Stop strings end a generation; the returned text excludes the stop string (as vLLM does). A stop string
+    Stop strings end a generation; the returned text excludes the stop string (as vLLM does), which
+    :attr:`Generation.stop_string` names (Point's ``stop_at_verdict`` puts a verdict tag back). A stop string
     that is a special token (``<|im_end|>``) never shows in the text, which is decoded without special tokens:
     both engines stop on it as a token, and only as a token: a model that writes its text as plain pieces
     wrote content, which is neither cut nor ended there (issue 12). The seed makes sampled outputs
@@ -149,12 +150,16 @@ def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass
 class Generation:
     """One prompt's output. ``token_ids`` are the generated ids (an ending EOS included, as vLLM reports
-    them); ``text`` is their decoding without special tokens, cut before a stop string."""
+    them); ``text`` is their decoding without special tokens, cut before a stop string. ``stop_string``: the
+    stop string (one of ``SamplingSpec.stop`` matched against the text) that ended the generation, else
+    None (EOS, a special stop token, the length): vLLM's ``stop_reason`` when it is a string. ``text +
+    stop_string`` is the text up to the end of the stop string (vLLM's ``include_stop_str_in_output``)."""
 
     text: str
     token_ids: list[int]
     finish_reason: str  # FINISH_STOP | FINISH_LENGTH | FINISH_PROMPT_TOO_LONG
     num_prompt_tokens: int
+    stop_string: str | None = None
 
 
 def checkpoint_dtype(path: Path) -> str:

@@ -222,21 +222,23 @@ class HFEngine(Engine):
             if piece and stops:
                 cut = _stop_cut(text, len(piece), stops)
                 if cut is not None:
-                    return Generation(text[:cut], toks[: k + 1], FINISH_STOP, len(prompt))
+                    at, stop = cut
+                    return Generation(text[:at], toks[: k + 1], FINISH_STOP, len(prompt), stop)
         return Generation(text, toks, FINISH_LENGTH, len(prompt))
 
     def _decode(self, toks: list[int]) -> str:
         return self._tokenizer.decode(toks, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def _stop_cut(text: str, new_chars: int, stops: list[str]) -> int | None:
-    """Where ``text`` is cut if the newest ``new_chars`` completed a stop string (the one ending first)."""
-    best: tuple[int, int] | None = None
+def _stop_cut(text: str, new_chars: int, stops: list[str]) -> tuple[int, str] | None:
+    """Where ``text`` is cut, and on which stop string, if the newest ``new_chars`` completed a stop string
+    (the one ending first)."""
+    best: tuple[int, int, str] | None = None
     for s in stops:
         i = text.find(s, max(0, len(text) - new_chars - len(s) + 1))
         if i >= 0 and (best is None or i + len(s) < best[0]):
-            best = (i + len(s), i)
-    return None if best is None else best[1]
+            best = (i + len(s), i, s)
+    return None if best is None else best[1:]
 
 
 class RepetitionPenalty(LogitsProcessor):

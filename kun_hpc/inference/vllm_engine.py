@@ -212,7 +212,8 @@ class VLLMEngine(Engine):
     ) -> list[Generation]:
         for i, res in zip(todo, results, strict=True):
             o = res.outputs[0]
-            out[i] = Generation(o.text, list(o.token_ids), str(o.finish_reason), len(ids[i]))
+            stop = o.stop_reason if isinstance(o.stop_reason, str) else None  # an int: a stop token id
+            out[i] = Generation(o.text, list(o.token_ids), str(o.finish_reason), len(ids[i]), stop)
         return out  # type: ignore[return-value]
 
     def prompt_logprobs(self, prompts: Sequence[PromptLike]) -> list[list[float]]:

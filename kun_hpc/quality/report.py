@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kun_hpc.quality import cost, diversity, faithfulness, review
+from kun_hpc.quality import cost, diversity, faithfulness, judge, review
 from kun_hpc.quality.section import QualityContext, Section
 
 BUILDERS: list[Callable[[QualityContext], Section | None]] = [
+    judge.section,
     faithfulness.section,
     faithfulness.tone_section,
     diversity.section,
