@@ -236,8 +236,8 @@ class RulesConfig:
             r"对不起[，,]?\s*(我|但)",
             r"\bas an ai\b",
             r"\bas a (large )?language model\b",
-            r"\bI(?:'m| am) (sorry|unable|not able)\b",
-            r"\bI (cannot|can't|can not) (help|assist|provide|answer|fulfill|comply)\b",
+            r"\bI(?:['’]m| am) (sorry|unable|not able)\b",
+            r"\bI (cannot|can['’]t|can not) (help|assist|provide|answer|fulfill|comply)\b",
         ]
     )
     # faithfulness of an answer to the unit it polished (kun_hpc/quality/faithfulness.py), put on every pair

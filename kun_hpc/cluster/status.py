@@ -7,6 +7,7 @@ number of units. ``SchedulerView.calls`` counts them (the status benchmark repor
 
 from __future__ import annotations
 
+import functools
 import getpass
 import re
 import subprocess
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from kun_hpc.cluster.grid import is_done, plan_grid
 from kun_hpc.cluster.slurm import read_registry
+from kun_hpc.stages.base import add_stats, read_marker
 
 TERMINAL_BAD = {
     "FAILED",
@@ -346,8 +348,9 @@ def corpus_of(shard_path: str | Path) -> str:
 
 
 def funnel_row(step: str, markers: list[dict], total_units: int) -> dict:
-    """Records in, out, rejected and quarantined (by reason), in total and by corpus, over a step's done
-    markers (stage units and dedup apply units have the same counts and per-shard ``shards`` entries)."""
+    """Records in, out, rejected and quarantined (by reason), in total and by corpus, and the stage's
+    ``stats`` (:meth:`~kun_hpc.stages.base.Stage.chunk_stats`, summed), over a step's done markers (stage
+    units and dedup apply units have the same counts and per-shard ``shards`` entries)."""
     reasons: Counter[str] = Counter()
     bad: Counter[str] = Counter()
     corpora: dict[str, dict] = {}
@@ -369,19 +372,23 @@ def funnel_row(step: str, markers: list[dict], total_units: int) -> dict:
         "rejected": dict(reasons),
         "quarantined": dict(bad),
         "by_corpus": {k: {**v, "rejected": dict(v["rejected"])} for k, v in sorted(corpora.items())},
+        "stats": functools.reduce(add_stats, (m.get("stats", {}) for m in markers), {}),
     }
+
+
+def stage_markers(cfg: DictConfig) -> list[tuple[str, list[dict], int]]:
+    """Per grid stage, in order: (stage, the markers of its done units, its number of units)."""
+    grid = plan_grid(cfg)
+    out = []
+    for stage in grid.stages:
+        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
+        out.append((stage, markers, len(grid.units[stage])))
+    return out
 
 
 def stage_funnel(cfg: DictConfig) -> list[dict]:
     """One :func:`funnel_row` per grid stage, over its done units."""
-    from kun_hpc.stages.base import read_marker
-
-    grid = plan_grid(cfg)
-    rows = []
-    for stage in grid.stages:
-        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
-        rows.append(funnel_row(stage, markers, len(grid.units[stage])))
-    return rows
+    return [funnel_row(stage, markers, units) for stage, markers, units in stage_markers(cfg)]
 
 
 def print_funnel(cfg: DictConfig, console=None, rows: list[dict] | None = None) -> None:

@@ -32,8 +32,7 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig, OmegaConf
 
-from kun_hpc.cluster.grid import plan_grid
-from kun_hpc.cluster.status import corpus_of, funnel_row
+from kun_hpc.cluster.status import corpus_of, funnel_row, stage_markers
 from kun_hpc.inspect_run import clip
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.shards import MANIFEST, iter_shard_lines, read_manifest
@@ -77,10 +76,8 @@ def marker_steps(cfg: DictConfig, result: MergeResult) -> list[Step]:
         phase = f"{RAW_PHASE}.apply"
         markers = [read_marker(cfg.run.dir, phase, f"{phase}-{g:05d}") for g in range(groups)]
         steps.append(Step(RAW_PHASE, dedup_raw_dir(cfg), [m for m in markers if m], groups))
-    grid = plan_grid(cfg)
-    for stage in grid.stages:
-        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
-        steps.append(Step(stage, stage_dir(cfg, stage), markers, len(grid.units[stage]), True))
+    for stage, markers, units in stage_markers(cfg):
+        steps.append(Step(stage, stage_dir(cfg, stage), markers, units, True))
     if result.decontaminate:
         root = merge_dir(cfg) / "decontaminate"  # as decontaminate_phase writes it
         steps.append(Step(DECONTAMINATE, root, result.decontaminate, len(result.decontaminate)))

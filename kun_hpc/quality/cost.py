@@ -26,13 +26,12 @@ from pathlib import Path
 import orjson
 from omegaconf import DictConfig
 
-from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.cluster.slurm import resources_for
+from kun_hpc.cluster.status import stage_markers
 from kun_hpc.merge.raw import PHASE as RAW_PHASE
 from kun_hpc.pipeline import stage_class, stage_key
 from kun_hpc.quality.section import QualityContext, Section, Table
 from kun_hpc.stages.answer import configured as answer_budgeted
-from kun_hpc.stages.base import read_marker
 from kun_hpc.stages.llm import LLMStage
 
 DECONTAMINATE = "merge-decontaminate"
@@ -88,9 +87,7 @@ def step_markers(ctx: QualityContext) -> list[tuple[str, list[dict] | None, str]
     steps: list[tuple[str, list[dict] | None, str]] = [("shard", None, "shard")]
     if cfg.dedup.raw:
         steps.append((RAW_PHASE, phase_markers(run_dir, RAW_PHASE), RAW_PHASE))
-    grid = plan_grid(cfg)
-    for stage in grid.stages:
-        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
+    for stage, markers, _ in stage_markers(cfg):
         steps.append((stage, markers, stage))
     if cfg.merge.decontaminate.benchmarks:
         steps.append((DECONTAMINATE, phase_markers(run_dir, DECONTAMINATE), DECONTAMINATE))

@@ -34,7 +34,6 @@ can check its flags against its numbers. The rules stage puts the measure on eac
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,9 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rapidfuzz.distance import LCSseq
 
-from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.stages.base import add_stats, read_marker
 
 if TYPE_CHECKING:  # a type only: kun_hpc.stages.rules imports this module
     from kun_hpc.stages.rules import RuleParams
@@ -167,12 +164,9 @@ def _rules_row(ctx: QualityContext) -> dict:
 
 
 def _rules_stats(ctx: QualityContext) -> dict:
-    """The rules stage's ``stats`` (:meth:`kun_hpc.stages.rules.Rules.chunk_stats`) over its done units."""
-    if "rules" not in ctx.cfg.pipeline.stages:
-        return {}
-    units = plan_grid(ctx.cfg).units.get("rules", [])
-    markers = [m for u in units if (m := read_marker(u.run_dir, "rules", u.name))]
-    return functools.reduce(add_stats, (m.get("stats", {}) for m in markers), {})
+    """The rules stage's ``stats`` (:meth:`kun_hpc.stages.rules.Rules.chunk_stats`) over its done units,
+    as its funnel row sums them."""
+    return _rules_row(ctx).get("stats", {})
 
 
 def _pct(n: int, total: int) -> str:

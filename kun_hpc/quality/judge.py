@@ -28,11 +28,10 @@ from collections.abc import Mapping
 
 from omegaconf import DictConfig
 
-from kun_hpc.cluster.grid import plan_grid
-from kun_hpc.pipeline import stage_key
+from kun_hpc.cluster.status import stage_markers
 from kun_hpc.quality import plots
 from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.stages.base import add_stats, read_marker
+from kun_hpc.stages.base import add_stats
 from kun_hpc.stages.point import BAD, BOTH, GOOD, SCORE_BINS, UNPARSEABLE
 
 STAGE = "point"
@@ -83,12 +82,12 @@ def judge_stats(cfg: DictConfig) -> tuple[dict, int, int] | None:
     """The Point stage's ``stats["judge"]`` summed over its done unit markers (``{corpus: {outcomes,
     tokens, truncated, scores}}``, see :meth:`~kun_hpc.stages.point.Point.chunk_stats`), the number of done
     units and of units; None when ``pipeline.stages`` has no point stage."""
-    if STAGE not in (stage_key(s) for s in cfg.pipeline.stages):
+    found = next(((m, n) for stage, m, n in stage_markers(cfg) if stage == STAGE), None)
+    if found is None:
         return None
-    units = plan_grid(cfg).units[STAGE]
-    markers = [m for u in units if (m := read_marker(u.run_dir, STAGE, u.name))]
+    markers, units = found
     total = functools.reduce(add_stats, (m.get("stats", {}).get("judge", {}) for m in markers), {})
-    return total, len(markers), len(units)
+    return total, len(markers), units
 
 
 # ------------------------------------------------------------------------------------------ section
