@@ -211,7 +211,7 @@ def _dedup_raw_step(cfg: DictConfig, executor) -> None:
 
 
 def _merge_step(cfg: DictConfig, executor) -> int:
-    from kun_hpc.merge.assemble import run_merge
+    from kun_hpc.merge.run import run_merge
 
     result = run_merge(cfg, executor)
     print(f"kun-hpc merge: {result.summary()}", file=sys.stderr)

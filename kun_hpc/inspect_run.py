@@ -104,10 +104,12 @@ def _lines(files: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
 
 
 def dedup_roots(cfg: DictConfig) -> dict[str, Path]:
-    """The dedup passes of a run, by the name the funnel gives them: ``dedup-raw`` (with ``dedup.raw``) and
-    each ``merge-dedup-<key>`` the merge has run."""
+    """The dedup passes and the decontamination of a run, by the name the funnel gives them: ``dedup-raw``
+    (with ``dedup.raw``), ``merge-decontaminate`` and each ``merge-dedup-<key>`` the merge has run."""
     roots = {"dedup-raw": dedup_raw_dir(cfg)} if cfg.dedup.raw else {}
     merged = Path(cfg.merge.output)
+    if (merged / "decontaminate").is_dir():
+        roots["merge-decontaminate"] = merged / "decontaminate"
     return roots | {f"merge-dedup-{k}": merged / f"dedup-{k}" for k in ("instruction", "pair", "text")
                     if (merged / f"dedup-{k}").is_dir()}  # fmt: skip
 

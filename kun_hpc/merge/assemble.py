@@ -1,18 +1,15 @@
-"""``kun-hpc merge``: check the grid is complete, dedup the final records cluster-wide, write the dataset.
-
-::
-
-    last stage's shards of every complete group
-      --merge-dedup-<key> (one dedup per merge.dedup_by entry: instruction, pair, text)-->
-      --merge-assemble (array, per shard)--> <merge.output>/dataset/{jsonl,parquet}/part-XXXXX.*
-    then the dataset card (dataset/README.md) and the funnel report (report/), in the submitting process.
+"""The dataset of a merge: the inputs (the last stage's shards of every complete group), the rows and their
+columns, and the ``merge-assemble`` phase that writes them (:func:`kun_hpc.merge.run.run_merge` runs the
+whole merge).
 
 A run whose last stage makes answers (``answer``, ``rules``) becomes an instruction dataset: ``instruction``,
-``output`` (the stage's ``answer``), ``id``, ``corpus``, ``score``, ``verdict``, ``ppl`` and ``prov``. Any
-other run (no stage, or ``filter`` last) becomes a text dataset with ``text`` in
-place of the pair, deduplicated by text. Records carry every upstream stage's fields and ``prov`` entries,
-so the last stage's record already is the join of the stage outputs by id. ``prov`` is stored as a JSON
-string: its shape differs between stages and runs, and one string column loads the same from every shard.
+``output`` (the stage's ``answer``), ``id``, ``corpus``, ``score``, ``verdict``, ``ppl``, the answer's
+faithfulness (``lcs_recall``, ``lcs_precision``, ``novel_share``, ``flags``: kun_hpc/quality/faithfulness.py),
+``dup_count``, ``dup_corpora`` and ``prov``. Any other run (no stage, or ``filter`` last) becomes a text
+dataset with ``text`` in place of the pair, deduplicated by text. Records carry every upstream stage's
+fields and ``prov`` entries, so the last stage's record already is the join of the stage outputs by id.
+``prov`` is stored as a JSON string: its shape differs between stages and runs, and one string column loads
+the same from every shard.
 
 Merge refuses an incomplete grid (units without a valid marker) unless ``merge.allow_partial=true``; it then
 merges the complete groups only and lists what is missing, on stderr, in the card and in the report.
@@ -20,7 +17,6 @@ merges the complete groups only and lists what is missing, on stderr, in the car
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +25,15 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig
 
-from kun_hpc.cluster.executors import Executor
 from kun_hpc.cluster.grid import is_done, plan_grid, raw_dedup_hash, stage_hashes
-from kun_hpc.cluster.phases import Phase, PhaseUnit, is_phase_done, run_phases
+from kun_hpc.cluster.phases import PhaseUnit, is_phase_done
 from kun_hpc.config import config_hash
 from kun_hpc.io.shards import ZstdJsonlWriter, list_shards, read_shard, shard_name
-from kun_hpc.merge.dedup import dedup_phases, make_job, settings_of
+from kun_hpc.merge.dedup import dedup_phases
 from kun_hpc.merge.raw import PHASE as RAW_PHASE
 from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, stage_key
+from kun_hpc.quality import faithfulness
+from kun_hpc.stages.rules import RuleParams
 
 PAIR_STAGES = ("answer", "rules")
 LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1 << 62]
@@ -49,6 +46,8 @@ PAIR_FIELDS = (
     "score",
     "verdict",
     "ppl",
+    *faithfulness.MEASURES,  # lcs_recall, lcs_precision, novel_share: floats, null when not measured
+    "flags",  # drift, copy, refusal (sorted; null when not measured)
     "dup_count",
     "dup_corpora",
     "prov",
@@ -136,9 +135,15 @@ class AssembleTask:
     first: int  # dataset shard number of inputs[0]
     parquet: bool
     zstd_level: int
+    # the rules section (plain values): measures the faithfulness of pairs that lack it (a run ending with
+    # Answer); None: such pairs get null faithfulness columns
+    rules: dict | None = None
 
 
-def to_row(rec: dict, kind: str) -> dict:
+def to_row(rec: dict, kind: str, params: RuleParams | None = None) -> dict:
+    """A dataset row (:data:`PAIR_FIELDS` or :data:`TEXT_FIELDS`) from a last-stage record. A pair's
+    faithfulness columns come from its ``faithfulness`` field, else are measured with ``params``
+    (:func:`kun_hpc.quality.faithfulness.of_record`), else null."""
     score, ppl = rec.get("score"), rec.get("ppl")
     row = {
         "id": str(rec.get("id", "")),
@@ -152,6 +157,9 @@ def to_row(rec: dict, kind: str) -> dict:
     if kind == "pairs":
         verdict = rec.get("verdict")
         row.update(instruction=rec["instruction"], output=rec["answer"], verdict=verdict)
+        f = faithfulness.of_record(rec, params)
+        row.update({k: float(f[k]) if f else None for k in faithfulness.MEASURES})
+        row["flags"] = sorted(f["flags"]) if f else None
     else:
         row["text"] = rec["text"]
     return {k: row[k] for k in (PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS)}
@@ -165,20 +173,27 @@ def arrow_schema(kind: str):
         "ppl": pa.float64(),
         "dup_count": pa.int64(),
         "dup_corpora": pa.list_(pa.string()),
+        **{k: pa.float64() for k in faithfulness.MEASURES},
+        "flags": pa.list_(pa.string()),
     }
     names = PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS
     return pa.schema([(n, types.get(n, pa.string())) for n in names])
 
 
 def assemble_unit(task: AssembleTask) -> dict:
-    """Write one dataset shard (JSONL zstd, and Parquet) per input shard; counts and histograms."""
+    """Write one dataset shard (JSONL zstd, and Parquet) per input shard; counts and histograms. Pairs add the
+    histograms of the faithfulness measures (over :data:`kun_hpc.quality.faithfulness.BINS`), the count of
+    each flag (``flags``) and of each matched refusal phrase (``refusal_phrases``)."""
     by_corpus: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
+    phrases: Counter[str] = Counter()
     hist: dict[str, np.ndarray] = {}
     text_fields = ("instruction", "output") if task.kind == "pairs" else ("text",)
+    params = RuleParams.from_config(task.rules) if task.rules is not None else None
     shards = []
     for k, path in enumerate(task.inputs):
         name = shard_name(task.first + k)
-        rows = [to_row(r, task.kind) for r in read_shard(path)]
+        rows = [to_row(r, task.kind, params) for r in read_shard(path)]
         jsonl = Path(task.out) / "jsonl" / name
         parquet = Path(task.out) / "parquet" / name.replace(".jsonl.zst", ".parquet")
         if not rows:  # no file: an empty Parquet file has no row group, which datasets refuses
@@ -198,11 +213,21 @@ def assemble_unit(task: AssembleTask) -> dict:
             hist[f"length_{f}"] = hist.get(f"length_{f}", 0) + np.histogram(lengths, LENGTH_BINS)[0]
         scores = [r["score"] for r in rows if r["score"] is not None]
         hist["score"] = hist.get("score", 0) + np.histogram(scores, SCORE_BINS)[0]
+        if task.kind == "pairs":
+            for key in faithfulness.MEASURES:
+                values = [r[key] for r in rows if r[key] is not None]
+                hist[key] = hist.get(key, 0) + np.histogram(values, faithfulness.BINS)[0]
+            refusing = [r for r in rows if r["flags"] and faithfulness.REFUSAL in r["flags"]]
+            flags.update(f for r in rows for f in r["flags"] or ())
+            if params is not None and params.refusal is not None:
+                phrases.update(m.group(0) for r in refusing if (m := params.refusal.search(r["output"])))
         shards.append({"input": path, "output": info.name, "rows": len(rows), "sha256": info.sha256})
     return {
         "rows": sum(s["rows"] for s in shards),
         "by_corpus": dict(by_corpus),
         "histograms": {k: np.asarray(v).tolist() for k, v in hist.items()},
+        "flags": dict(flags),
+        "refusal_phrases": dict(phrases),
         "shards": shards,
     }
 
@@ -227,6 +252,7 @@ class MergeResult:
     assemble: list[dict]
     dataset: Path
     report: Path
+    decontaminate: list[dict] = field(default_factory=list)  # merge-decontaminate markers; [] when off
 
     @property
     def rows(self) -> int:
@@ -235,56 +261,3 @@ class MergeResult:
     def summary(self) -> str:
         report = self.report / "report.md"
         return f"{self.rows:,} records in {self.dataset} (card: README.md there); report: {report}"
-
-
-def run_merge(cfg: DictConfig, executor: Executor) -> MergeResult:
-    inputs = find_inputs(cfg)
-    if inputs.missing:
-        print(
-            f"merge: allow_partial: merging the complete groups only; missing ({len(inputs.missing)}): "
-            + ", ".join(inputs.missing),
-            file=sys.stderr,
-        )
-    out = merge_dir(cfg)
-    run_dir = str(cfg.run.dir)
-    log_root = Path(run_dir) / "logs"
-    settings = settings_of(cfg.dedup, cfg.merge.zstd_level)
-    shards, root, upstream = inputs.shards, inputs.root, inputs.upstream
-    passes = []
-    for key in dedup_keys(cfg, inputs.kind):
-        job = make_job(f"merge-dedup-{key}", key, shards, root, out / f"dedup-{key}", settings, run_dir)
-        markers = run_phases(dedup_phases(job, upstream), executor, log_root)[-1]
-        passes.append((key, markers))
-        shards, root = [Path(p) for p in job.outputs], out / f"dedup-{key}"
-        upstream = config_hash({"dedup": key, "upstream": upstream, "settings": settings})
-    dataset = out / "dataset"
-    spt = cfg.dedup.shards_per_task
-    what = {"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet}
-    h = config_hash({**what, "inputs": [str(s) for s in shards]})
-
-    def task(i: int) -> AssembleTask:
-        group = tuple(str(s) for s in shards[i : i + spt])
-        m = cfg.merge
-        return AssembleTask(inputs.kind, group, str(dataset), i, bool(m.parquet), int(m.zstd_level))
-
-    fn = "kun_hpc.merge.assemble:assemble_unit"
-    starts = range(0, len(shards), spt)
-    units = [PhaseUnit("merge-assemble", g, fn, task(i), run_dir, h) for g, i in enumerate(starts)]
-    _clear_stale(dataset, len(shards), units)
-    assembled = run_phases([Phase("merge-assemble", units)], executor, log_root)[-1]
-    from kun_hpc.merge.report import write_card, write_report
-
-    result = MergeResult(inputs, passes, assembled, dataset, out / "report")
-    write_card(cfg, result)
-    write_report(cfg, result)
-    return result
-
-
-def _clear_stale(dataset: Path, n: int, units: list[PhaseUnit]) -> None:
-    """Shards numbered past this merge's (left by an earlier, larger one) would be loaded with it."""
-    if all(is_phase_done(u) for u in units):
-        return
-    for sub in ("jsonl", "parquet"):
-        for p in sorted((dataset / sub).glob("part-*")):
-            if int(p.name[5:10]) >= n:
-                p.unlink()

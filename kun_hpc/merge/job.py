@@ -4,7 +4,7 @@
 arrays, with ``--dependency=afterok:<every array it submitted>``: it starts once every unit succeeded, and
 Slurm cancels it (``--kill-on-invalid-dep=yes``) as soon as one fails; running ``kun-hpc run`` again then
 re-submits what failed and a new merge job. The driver loads the run's saved config and runs the same
-:func:`~kun_hpc.merge.assemble.run_merge` as ``kun-hpc merge``: its phases are arrays of their own, submitted
+:func:`~kun_hpc.merge.run.run_merge` as ``kun-hpc merge``: its phases are arrays of their own, submitted
 from inside the job (with submitit's ``clean_env``, so they do not inherit the driver's allocation).
 
 The driver is requeued like any unit (timeout, preemption). A restarted driver first waits for the phase
@@ -35,7 +35,7 @@ def run_merge_job(job: MergeJob) -> dict:
     from kun_hpc import config
     from kun_hpc.cluster.executors import make_executor
     from kun_hpc.cluster.status import SchedulerView, queued_tasks, wait_for_jobs
-    from kun_hpc.merge.assemble import run_merge
+    from kun_hpc.merge.run import run_merge
 
     cfg = config.load(str(Path(job.run_dir) / "config.yaml"))
     view = SchedulerView(cfg.executor.poll_interval_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from kun_hpc.merge import decontaminate
 from kun_hpc.quality import cost, diversity, faithfulness, judge, review
 from kun_hpc.quality.section import QualityContext, Section
 
@@ -12,6 +13,7 @@ BUILDERS: list[Callable[[QualityContext], Section | None]] = [
     faithfulness.section,
     faithfulness.tone_section,
     diversity.section,
+    decontaminate.section,
     review.section,
     cost.section,
 ]
