@@ -96,3 +96,12 @@ def test_make_demo_from_a_clean_clone(tmp_path):
     assert report["funnel"][0]["in"] == 120 and report["funnel"][1]["rejected"] == {"duplicate_exact": 20}
     for r in report["funnel"]:
         assert r["in"] == r["out"] + sum(r["rejected"].values()) + sum(r["quarantined"].values()), r
+    # the quality part (docs/quality.md): tiny models write noise, and the numbers must say what they wrote
+    quality = report["quality"]
+    assert {"judge", "faithfulness", "tone", "diversity", "cost"} <= set(quality)
+    point = next(r for r in report["funnel"] if r["step"] == "point")
+    assert quality["judge"]["records"] == point["in"]  # every record Point read, counted once
+    assert quality["faithfulness"]["pairs"] == rows
+    card = (run / "merge" / "dataset" / "README.md").read_text()
+    assert "## Quality summary" in card and str(run) not in card and str(REPO) not in card
+    assert (run / "merge" / "dataset" / "report" / "report.html").is_file()  # the card's link stays inside
