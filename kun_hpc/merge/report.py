@@ -254,7 +254,7 @@ table{border-collapse:collapse;margin:.4rem 0 1.2rem;font-size:.88rem}
 th,td{border:1px solid #ccc;padding:.2rem .5rem;vertical-align:top;text-align:left}
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 caption{text-align:left;font-weight:600;padding:.2rem 0}
-table.samples td{max-width:30rem;overflow-wrap:anywhere}
+table.samples td{max-width:30rem;overflow-wrap:anywhere}table.samples td:nth-child(2){white-space:nowrap}
 figure{margin:.5rem 0 1.5rem}img{max-width:100%;height:auto;border:1px solid #eee}
 code{background:#f3f3f3;padding:0 .2rem}.note{color:#555;font-size:.9rem}
 """
@@ -394,9 +394,9 @@ def _html_table(table: Table, anchor: str, css: str = "", clean: bool = False) -
         tds = []
         for c in map(str, r):
             num = ' class="num"' if _NUMBER.fullmatch(c) else ""
-            tds.append(f"<td{num}>{html.escape(text(c))}</td>")
+            tds.append(f"<td{num}>{_inline_html(text(c))}</td>")
         trs.append("<tr>" + "".join(tds) + "</tr>")
-    cap = f"<caption>{html.escape(text(table.title))}</caption>" if table.title else ""
+    cap = f"<caption>{_inline_html(text(table.title))}</caption>" if table.title else ""
     cls = f' class="{css}"' if css else ""
     return f'<table id="{anchor}"{cls}>{cap}<thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table>'
 
@@ -504,7 +504,8 @@ def _report_parts(
         parts.append(Part("Dedup", "dedup", lines=[note], tables=[("dedup-table", dedup_table)]))
     parts.append(Part("Plots", "plots", plots=own_plots))
     none = [] if sections else ["No quality measure ran (`merge.quality.enabled`) or had anything to say."]
-    parts.append(Part("Quality", "quality", lines=[*none, "What each number means: docs/quality.md."]))
+    meaning = "What each number means: docs/quality.md of kun-hpc."
+    parts.append(Part("Quality", "quality", lines=[*none, meaning]))
     parts += _quality_parts(sections)
     note = SAMPLES_NOTE.format(n=cfg.merge.quality.samples_per_reason, chars=SAMPLE_CHARS)
     parts.append(Part("Samples", "samples", lines=[note]))
@@ -617,7 +618,13 @@ def write_card(cfg: DictConfig, result: MergeResult, sections: Sequence[Section]
         f"(stages: {', '.join(cfg.pipeline.stages) or 'none'}), deduplicated across all corpora "
         "(exact and verified MinHash near-duplicates"
         f"{', raw units before the stages' if cfg.dedup.raw else ''}; "
-        f"final passes by {', '.join(k for k, _ in result.dedup) or 'nothing'}).",
+        f"final passes by {', '.join(k for k, _ in result.dedup) or 'nothing'})"
+        + (
+            f", decontaminated against {', '.join(Path(b).name for b in cfg.merge.decontaminate.benchmarks)} "
+            f"(a shared character {cfg.merge.decontaminate.ngram}-gram removes a record)."
+            if result.decontaminate
+            else "."
+        ),
         "",
         'Load with `datasets.load_dataset("parquet", data_files="parquet/*.parquet")` or '
         '`load_dataset("json", data_files="jsonl/*.jsonl.zst")`.',
@@ -631,7 +638,15 @@ def write_card(cfg: DictConfig, result: MergeResult, sections: Sequence[Section]
         f"`{'`, `'.join(fields)}`; `prov` is a JSON string: per stage, the model, sampling and config hash "
         "that made the record. `score` is Point's calibrated score (null when not computed). `dup_count` is "
         "how many copies of the record the dedup passes removed in its favour (0: none), `dup_corpora` "
-        "the corpora those copies came from: weigh or audit by them.",
+        "the corpora those copies came from: weigh or audit by them."
+        + (
+            " `lcs_recall` / `lcs_precision`: the share of the unit's characters the output keeps in order / "
+            "of the output's characters taken from the unit in order; `novel_share`: the share of the "
+            "output's character n-grams not in the unit; `flags`: `drift` (mostly new text), `copy` (the "
+            "unit nearly verbatim), `refusal` (null values: no unit to compare)."
+            if pairs
+            else ""
+        ),
         "",
         "## Quality summary",
         "",

@@ -137,12 +137,12 @@ def summary_line(t: dict, unit: str = "pairs") -> str:
 
 def fmt(x: float | None) -> str:
     """A count, rate or number of hours as shown: thousands separators from 100 up, 3 significant digits
-    below, ``<0.001`` for less (a tiny run's hours)."""
+    below (a tiny run's hours: ``1.2e-05``)."""
     if x is None:
         return "n/a"
     if abs(x) >= 100:
         return f"{x:,.0f}"
-    return f"{x:.3g}" if x == 0 or abs(x) >= 0.001 else "<0.001"
+    return f"{x:.3g}" if x == 0 or abs(x) >= 0.001 else f"{x:.2g}"
 
 
 # ------------------------------------------------------------------------------------------------ waste
@@ -359,8 +359,12 @@ def section(ctx: QualityContext) -> Section:
             "stage dedups instructions before the merge."
         )
     card = [
-        f"Yield: {summary}; wasted model calls (records dropped for a reason an earlier stage knew): "
-        f"{wasted_calls:,}."
+        f"Yield: {summary}; "
+        + (
+            f"wasted model calls (records dropped for a reason an earlier stage knew): {wasted_calls:,}."
+            if wasted
+            else "no waste rule applies to this pipeline (each needs Label and a later LLM stage)."
+        )
     ]
     return Section(
         "cost", "Yield and cost", data, lines, [table, waste_table] if wasted else [table], [], card

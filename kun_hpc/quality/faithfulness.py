@@ -174,7 +174,9 @@ def _pct(n: int, total: int) -> str:
 
 
 def _median_bin(counts: list[int]) -> str:
-    """The bin holding the median of a histogram over :data:`BINS`, as ``[lo, hi)``."""
+    """The bin holding the median of a histogram over :data:`BINS`, as ``[lo, hi)``; ``n/a`` when empty."""
+    if not sum(counts):
+        return "n/a"
     half, seen = sum(counts) / 2, 0
     for i, c in enumerate(counts):
         seen += c

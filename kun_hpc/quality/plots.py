@@ -69,8 +69,8 @@ def bar_chart(
         ax.set_xlabel(xlabel)
         if log:
             ax.set_yscale("log")
-    if n > 1:
-        ax.legend(fontsize=8)
+    if n > 1:  # beside the axes: inside, it would hide the counts of the first bars
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
     return _save(fig, path)
 
