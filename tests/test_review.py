@@ -111,6 +111,13 @@ def calibrated_run(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> Path:
+    """No LLM stage: the merged dataset is the records' text (a text dataset). The last test of this file
+    merges it again (with a record fewer)."""
+    return make_run(tmp_path_factory.mktemp("review-text"), "pipeline.stages=[]", "merge.parquet=false")
+
+
 def point_strata() -> Counter:
     """The Point stage's strata (corpus/decision) and their sizes, from the construction."""
     return Counter(f"{c}/{REASONS[k % 6] or 'kept'}" for c, ks in CORPORA.items() for k in ks)
@@ -173,16 +180,25 @@ def test_bootstrap_interval_holds_the_estimate_and_repeats_with_its_seed():
     rng = np.random.default_rng(0)
     human = rng.random(120) < 0.5
     judge = np.where(rng.random(120) < 0.8, human, ~human)  # agrees 80% of the time
-    kappa = review.agreement_stats(judge, human)["kappa"]
-    b = review.bootstrap_kappa(judge, human, resamples=500, seed=7)
-    assert -1 <= b["low"] < kappa < b["high"] <= 1
-    assert b == review.bootstrap_kappa(judge, human, resamples=500, seed=7)
-    assert b != review.bootstrap_kappa(judge, human, resamples=500, seed=8)
+    stats = review.agreement_stats(judge, human)
+    b = review.bootstrap_intervals(judge, human, resamples=500, seed=7)
+    assert -1 <= b["kappa"]["low"] < stats["kappa"] < b["kappa"]["high"] <= 1
+    assert 0 <= b["precision"]["low"] < stats["precision"] < b["precision"]["high"] <= 1
+    assert b == review.bootstrap_intervals(judge, human, resamples=500, seed=7)
+    assert b != review.bootstrap_intervals(judge, human, resamples=500, seed=8)
     strata = ["x" if i % 3 else "y" for i in range(120)]
-    s = review.bootstrap_kappa(judge, human, np.ones(120), strata, resamples=500, seed=7)
-    assert s["low"] < kappa < s["high"] and s["method"] == "percentile, stratified"
-    one = review.bootstrap_kappa(np.ones(6, bool), np.ones(6, bool), resamples=50)
-    assert one["low"] is None and one["undefined"] == 50
+    s = review.bootstrap_intervals(judge, human, np.ones(120), strata, resamples=500, seed=7)
+    assert s["kappa"]["low"] < stats["kappa"] < s["kappa"]["high"] and s["method"] == "percentile, stratified"
+    one = review.bootstrap_intervals(np.ones(6, bool), np.ones(6, bool), resamples=50)
+    assert one["kappa"] == {"low": None, "high": None, "undefined": 50}
+    assert one["precision"] == {"low": 1.0, "high": 1.0, "undefined": 0}  # every resample: 6 of 6 good
+    none_kept = review.bootstrap_intervals(np.zeros(4, bool), np.ones(4, bool), resamples=20)
+    assert none_kept["precision"]["undefined"] == 20
+
+
+def test_numbers_that_round_to_zero_print_without_a_sign():
+    assert review._num(-0.0001, 2) == review._num(-0.0, 2) == review._num(0.004, 2) == "0.00"
+    assert review._num(-0.006, 2) == "-0.01" and review._num(None) == "n/a" and review._num(-0.0) == "0.000"
 
 
 def test_lowest_threshold_on_scores_whose_answer_is_known():
@@ -236,7 +252,7 @@ def test_draws_are_uniform_within_strata_and_seeded():
 
 
 def test_csv_cells_excel_would_run_as_formulas_are_quoted():
-    row = dict.fromkeys(review.CSV_COLUMNS, "")
+    row = dict.fromkeys(review.csv_columns(), "")
     row |= {
         "instruction": '=HYPERLINK("http://x","点我")',
         "text": "-项目一",
@@ -264,23 +280,33 @@ def test_export_point_is_stratified_over_verdicts_reasons_and_corpora(ref_run, c
     assert cli.main(["review", "export", str(ref_run), "-n", "45", "--seed", "3"]) == 0
     folder = ref_run / "review"
     rows = read_csv(folder / "review.csv")
-    assert len(rows) == 45 and tuple(rows[0]) == review.CSV_COLUMNS
+    assert len(rows) == 45 and tuple(rows[0]) == review.csv_columns(("instruction", "text"))
     assert {r["stratum"] for r in rows} == set(strata)  # every verdict/reason of every corpus
     by_stratum = Counter(r["stratum"] for r in rows)
     assert by_stratum == review.allocate(dict(strata), 45)
+    export = orjson.loads((folder / "export.json").read_bytes())
+    assert list(export["rows"]) == [r["id"] for r in rows] and export["fields"] == ["instruction", "text"]
     for r in rows:
         k = k_of(r)
         corpus = next(c for c, ks in CORPORA.items() if k in ks)
-        assert r["corpus"] == corpus and r["stage"] == "point"
-        assert r["reason"] == REASONS[k % 6] and r["stratum"] == f"{corpus}/{REASONS[k % 6] or 'kept'}"
-        assert r["judge_verdict"] == ("好" if k % 6 in (0, 1) else "差")
+        stratum = f"{corpus}/{REASONS[k % 6] or 'kept'}"
+        verdict = "好" if k % 6 in (0, 1) else "差"
+        assert r["corpus"] == corpus and r["stage"] == "point"  # the CSV's hideable columns
+        assert r["reason"] == REASONS[k % 6] and r["stratum"] == stratum and r["judge_verdict"] == verdict
         assert int(r["stratum_records"]) == strata[r["stratum"]]
-        assert r["text"].startswith(f"第{k}号") and r["answer"] == "" and r["score"] == ""
-        assert r["human_verdict"] == "" and r["notes"] == ""
+        assert r["text"].startswith(f"第{k}号") and r["score"] == "" and "answer" not in r
+        assert r["human_verdict"] == "" and r["notes"] == "" and r["review_set"] == export["review_set"]
+        side = export["rows"][r["id"]]  # what the import reads: the same, keyed by id
+        assert (side["judge_verdict"], side["reason"], side["stratum"], side["corpus"]) == (
+            verdict, REASONS[k % 6], stratum, corpus)  # fmt: skip
+        assert side["score"] is None and side["source"] == r["source"]
     assert len({r["id"] for r in rows}) == 45
     tasks = orjson.loads((folder / "label_studio_tasks.json").read_bytes())
     assert [t["data"]["record_id"] for t in tasks] == [r["id"] for r in rows]
-    assert all(set(t) == {"data"} and "human_verdict" not in t["data"] for t in tasks)
+    # blind: Label Studio's Data Manager shows every data key, so the data holds the ids and texts only
+    for t, r in zip(tasks, rows, strict=True):
+        assert t == {"data": {"record_id": r["id"], "review_set": export["review_set"],
+                              "instruction": r["instruction"], "text": r["text"]}}  # fmt: skip
     view = ET.fromstring((folder / "label_studio_config.xml").read_text())
     choices = view.find("Choices")
     assert choices.get("name") == "human_verdict" and choices.get("toName") == "instruction"
@@ -288,8 +314,10 @@ def test_export_point_is_stratified_over_verdicts_reasons_and_corpora(ref_run, c
     shown = {t.get("name"): t.get("value") for t in view.findall("Text")}
     assert shown == {"instruction": "$instruction", "text": "$text"}
     assert all(v[1:] in tasks[0]["data"] for v in shown.values())
-    export = orjson.loads((folder / "export.json").read_bytes())
+    assert "只评价指令" in view.find("Header").get("value")
     assert {s: v["records"] for s, v in export["strata"].items()} == strata
+    assert export["state"]["stage"] == "point" and export["state"]["records"] == sum(strata.values())
+    assert export["run"] == str(ref_run)
     assert "wrote review.csv" in capsys.readouterr().err
 
 
@@ -327,12 +355,31 @@ def test_export_answer_and_dataset(ref_run, tmp_path):
         f"{c}/kept": sum(1 for k in passed if k in ks and k % 4 != 3) for c, ks in CORPORA.items()
     }
     assert Counter(r["corpus"] for r in ds.rows) == {c: 3 for c in CORPORA}
-    assert all(r["judge_verdict"] == "好" and r["answer"] and not r["text"] for r in ds.rows)
+    # the merged pairs hold instruction and output (as "answer"), no unit text
+    assert all(r["judge_verdict"] == "好" and r["answer"] and r["text"] is None for r in ds.rows)
+    assert ans.fields == ("instruction", "text", "answer") and ds.fields == ("instruction", "answer")
     view = ET.fromstring((tmp_path / "d" / "label_studio_config.xml").read_text())
-    assert {t.get("name") for t in view.findall("Text")} == {"instruction", "answer"}
-    text_only = ET.fromstring(review.label_studio_config("dataset", {"text"}))  # a text dataset
-    assert [t.get("name") for t in text_only.findall("Text")] == ["text"]
-    assert text_only.find("Choices").get("toName") == "text"
+    assert [t.get("name") for t in view.findall("Text")] == ["instruction", "answer"]
+    question = view.find("Header").get("value")
+    assert "这一对" in question and "原文" not in question  # nothing asks about a text not shown
+    assert "原文" in ET.fromstring(review.label_studio_config(ans.fields)).find("Header").get("value")
+    tasks = orjson.loads((tmp_path / "d" / "label_studio_tasks.json").read_bytes())
+    assert all(set(t["data"]) == {"record_id", "review_set", "instruction", "answer"} for t in tasks)
+    assert tuple(read_csv(tmp_path / "d" / "review.csv")[0]) == review.csv_columns(("instruction", "answer"))
+
+
+def test_export_of_a_text_dataset_shows_the_text_alone(text_run, tmp_path):
+    ds = review.export_review(text_run, "dataset", n=6, out=tmp_path)
+    assert ds.fields == ("text",) and ds.sizes == {f"{c}/kept": len(ks) for c, ks in CORPORA.items()}
+    assert all(r["instruction"] is None and r["text"].startswith("第") for r in ds.rows)
+    view = ET.fromstring((tmp_path / "label_studio_config.xml").read_text())
+    assert [t.get("name") for t in view.findall("Text")] == ["text"]
+    assert view.find("Choices").get("toName") == "text"
+    assert [h.get("value") for h in view.findall("Header")][1] == "文本 text"  # no unit of an instruction
+    question = view.find("Header").get("value")
+    assert "文本" in question and "指令" not in question and "回答" not in question
+    tasks = orjson.loads((tmp_path / "label_studio_tasks.json").read_bytes())
+    assert all(set(t["data"]) == {"record_id", "review_set", "text"} for t in tasks)
 
 
 def test_export_errors_name_what_exists(ref_run, calibrated_run, tmp_path, capsys):
@@ -350,10 +397,7 @@ def test_export_errors_name_what_exists(ref_run, calibrated_run, tmp_path, capsy
 def population() -> dict:
     """What the humans of the import tests think (good iff k % 6 in 0..2: the judge wrongly rejects the
     k % 6 == 2 ones), counted over every record of the Point stage: the stage's true confusion table."""
-    cells = Counter()
-    for ks in CORPORA.values():
-        for k in ks:
-            cells[(k % 6 in (0, 1), k % 6 in (0, 1, 2))] += 1
+    cells = Counter((k % 6 in (0, 1), k % 6 in (0, 1, 2)) for ks in CORPORA.values() for k in ks)
     return {
         "tp": cells[True, True],
         "fp": cells[True, False],
@@ -372,12 +416,19 @@ def test_import_of_a_filled_csv(ref_run, tmp_path, capsys):
     kept = [r for r in rows if r["stratum"] == "alpha/kept"]
     assert len(kept) >= 4
     kept[0]["human_verdict"], kept[1]["human_verdict"], kept[2]["human_verdict"] = "", "  ", "maybe"
+    for r in rows:  # the stage's side comes from export.json: edited cells change nothing
+        r["judge_verdict"], r["stratum"], r["stratum_records"], r["score"] = "好", "x", "1", "0.9"
     filled = tmp_path / "filled.csv"
     write_csv(filled, rows)
-    assert cli.main(["review", "import", str(ref_run), str(filled), "--resamples", "300"]) == 0
+    export = str(tmp_path / "export.json")
+    assert (
+        cli.main(["review", "import", str(ref_run), str(filled), "--resamples", "300", "--export", export])
+        == 0
+    )
     captured = capsys.readouterr()
     result = orjson.loads((ref_run / "review" / "agreement.json").read_bytes())
     assert result["file"] == str(filled) and result["rows"] == 45 and result["n"] == 42
+    assert result["stage"] == "point" and result["not_in_file"] == 0 and result["export"]["n"] == 45
     assert result["not_compared"] == {"human_empty": 2, "human_unknown": 1}
     assert len(result["examples"]["human_empty"]) == 2 and "row" in result["examples"]["human_unknown"][0]
     compared = [r for r in rows if review.verdict_label(r["human_verdict"])]
@@ -408,16 +459,17 @@ def test_import_of_a_filled_csv(ref_run, tmp_path, capsys):
     assert result["threshold"] is None and result["scored"] == 0
     assert "Cohen's kappa" in captured.out and "human_empty 2" in captured.out
     assert "kun-hpc merge" in captured.err and result["strata_not_compared"] == []
+    exported = orjson.loads((tmp_path / "export.json").read_bytes())["rows"]
     for r in rows:
-        if r["stratum"] == "gamma/verdict_both":
+        if exported[r["id"]]["stratum"] == "gamma/verdict_both":
             r["human_verdict"] = ""
     write_csv(filled, rows)
-    part = review.import_review(ref_run, filled, resamples=10)
+    part = review.import_review(ref_run, filled, resamples=10, export=export)
     assert part["strata_not_compared"] == ["gamma/verdict_both"]
     assert part["not_compared"] == {"human_empty": 2 + by_stratum["gamma/verdict_both"], "human_unknown": 1}
     gbk = tmp_path / "excel.csv"  # Excel on Chinese Windows saving plain "CSV"
     write_csv(gbk, rows, "gb18030")
-    again = review.import_review(ref_run, gbk, resamples=300)
+    again = review.import_review(ref_run, gbk, resamples=300, export=export)
     assert again["read_as"] == "CSV, gb18030" and again["confusion"] == part["confusion"]
 
 
@@ -454,18 +506,23 @@ def test_import_of_a_label_studio_export(ref_run, tmp_path):
         exported.append({"id": 100 + i, "data": t["data"], "annotations": annotations, "predictions": []})
     path = tmp_path / "project-1-at-2024.json"
     path.write_bytes(orjson.dumps(exported))
-    result = review.import_review(ref_run, path, resamples=200)
+    export = tmp_path / "export.json"
+    result = review.import_review(ref_run, path, resamples=200, export=export)
     assert result["not_compared"] == {"cancelled": 1, "human_unknown": 1, "no_annotation": 1, "tied": 1}
     assert result["examples"]["tied"] == [f"{path.name} task 102 (id {tasks[2]['data']['record_id']})"]
     compared = [t for i, t in enumerate(tasks) if i not in (0, 1, 2, 4)]
     assert result["n"] == len(compared) == 26
-    judged = Counter((t["data"]["judge_verdict"] == "好", k_of(t["data"]) % 6 in (0, 1, 2)) for t in compared)
+    side = orjson.loads(export.read_bytes())["rows"]
+    judged = Counter((k_of(t["data"]) % 6 in (0, 1), k_of(t["data"]) % 6 in (0, 1, 2)) for t in compared)
+    assert all(
+        side[t["data"]["record_id"]]["judge_verdict"] == "好" for t in compared if k_of(t["data"]) % 6 < 2
+    )
     c = result["confusion"]
     assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (judged[True, True], judged[True, False],
                                                     judged[False, True], judged[False, False])  # fmt: skip
     flat = tmp_path / "min.json"  # Label Studio's JSON-MIN: the choice beside the data's fields
     flat.write_bytes(orjson.dumps([{**t["data"], "id": 7, "human_verdict": "好"} for t in tasks[:3]]))
-    assert review.import_review(ref_run, flat, resamples=50)["n"] == 3
+    assert review.import_review(ref_run, flat, resamples=50, export=export)["n"] == 3
 
 
 def test_calibrated_review_suggests_the_threshold_override(calibrated_run, capsys):
@@ -496,26 +553,65 @@ def test_calibrated_review_suggests_the_threshold_override(calibrated_run, capsy
 
 
 def test_bad_review_files_are_named(ref_run, tmp_path):
+    review.export_review(ref_run, n=10, seed=5, out=tmp_path, force=True)
+    export = tmp_path / "export.json"
+    ids = list(orjson.loads(export.read_bytes())["rows"])
     no_column = tmp_path / "x.csv"
-    no_column.write_text("id,instruction\n1,a\n")
-    with pytest.raises(review.ReviewError, match=r"x\.csv: no column human_verdict, judge_verdict"):
-        review.import_review(ref_run, no_column)
-    bad_score = tmp_path / "y.csv"
-    bad_score.write_text("id,judge_verdict,human_verdict,score\n1,好,好,0.5\n2,好,差,high\n")
-    with pytest.raises(review.ReviewError, match=r"y\.csv row 3 \(id 2\): score 'high' is not a number"):
-        review.import_review(ref_run, bad_score)
+    no_column.write_text("judge_verdict,instruction\n好,a\n")
+    with pytest.raises(review.ReviewError, match=r"x\.csv: no column human_verdict, id"):
+        review.import_review(ref_run, no_column, export=export)
     empty = tmp_path / "e.csv"
-    empty.write_text("id,judge_verdict,human_verdict\n1,好,\n2,差,?\n")
+    empty.write_text(f"id,human_verdict\n{ids[0]},\n{ids[1]},?\n")
     with pytest.raises(review.ReviewError, match=r"nothing to compare \(human_empty 1, human_unknown 1\)"):
-        review.import_review(ref_run, empty)
+        review.import_review(ref_run, empty, export=export)
     not_list = tmp_path / "z.json"
     not_list.write_text('{"data": {}}')
     with pytest.raises(review.ReviewError, match="a JSON list of tasks"):
-        review.import_review(ref_run, not_list)
+        review.import_review(ref_run, not_list, export=export)
     other = tmp_path / "x.txt"
     other.write_text("好")
     with pytest.raises(review.ReviewError, match=r"\.csv or \.json"):
-        review.import_review(ref_run, other)
+        review.import_review(ref_run, other, export=export)
+    with pytest.raises(review.ReviewError, match=r"nowhere\.json: no such file.*kun-hpc review export"):
+        review.import_review(ref_run, empty, export=tmp_path / "nowhere.json")
+
+
+def test_import_refuses_a_file_of_another_export_and_counts_rows_not_in_it(ref_run, calibrated_run, tmp_path):
+    mine = review.export_review(ref_run, n=15, seed=1, out=tmp_path / "a")
+    export = tmp_path / "a" / "export.json"
+    rows = read_csv(tmp_path / "a" / "review.csv")
+    for r in rows:
+        r["human_verdict"] = "好"
+    strangers = tmp_path / "strangers.csv"  # ids no export drew
+    write_csv(strangers, [{"id": f"nosuch/{i}", "human_verdict": "好"} for i in range(7)])
+    with pytest.raises(review.ReviewError) as e:
+        review.import_review(ref_run, strangers, export=export)
+    message = str(e.value)
+    assert message.startswith(f"{strangers}: none of its 7 ids is in this run's export {export}")
+    assert "'nosuch/0', 'nosuch/1', 'nosuch/2', 'nosuch/3', 'nosuch/4'" in message
+    assert "'nosuch/5'" not in message and f"review set {mine.review_set}" in message
+    # the same records drawn again (same seed): another export, whose mark the file does not carry
+    review.export_review(ref_run, n=15, seed=1, out=tmp_path / "b")
+    filled = tmp_path / "filled.csv"
+    write_csv(filled, rows)
+    with pytest.raises(
+        review.ReviewError, match=rf"written by another export \(review set {mine.review_set}\)"
+    ):
+        review.import_review(ref_run, filled, export=tmp_path / "b" / "export.json")
+    # a file of another run, against this run's export, and that run's export named for this run
+    review.export_review(calibrated_run, n=5, out=tmp_path / "c")
+    with pytest.raises(review.ReviewError, match="written by another export"):
+        review.import_review(ref_run, tmp_path / "c" / "review.csv", export=export)
+    with pytest.raises(review.ReviewError, match=f"the export of run {calibrated_run}, not of this run"):
+        review.import_review(ref_run, filled, export=tmp_path / "c" / "export.json")
+    # a few unknown or repeated rows among known ones: counted, named, not compared
+    extra = [*rows[:12], {**rows[0]}, {**rows[1], "id": "nosuch/9", "review_set": ""}]
+    write_csv(filled, extra)
+    result = review.import_review(ref_run, filled, resamples=20, export=export)
+    assert result["not_compared"] == {"duplicate_id": 1, "not_in_export": 1}
+    assert result["examples"]["not_in_export"] == ["filled.csv row 15 (id nosuch/9)"]
+    assert result["n"] == 12 and result["rows"] == 14 and result["not_in_file"] == 3
+    assert any("The file lacks 3 of the export's 15 rows" in line for line in review.summary_lines(result))
 
 
 def test_section_shows_the_agreement(ref_run, tmp_path):
@@ -524,22 +620,78 @@ def test_section_shows_the_agreement(ref_run, tmp_path):
     agreement = ref_run / "review" / "agreement.json"
     agreement.unlink(missing_ok=True)
     assert review.section(ctx) is None
-    table = (("好", "好", 8), ("好", "差", 2), ("差", "好", 1), ("差", "差", 4))
-    rows = [
-        {"judge_verdict": j, "human_verdict": h, "stratum": "", "stratum_records": ""}
-        for j, h, count in table
-        for _ in range(count)
-    ]
+    review.export_review(ref_run, n=200, out=tmp_path)  # every record: weights 1, the counts are exact
+    rows = read_csv(tmp_path / "review.csv")
+    for r in rows:
+        r["human_verdict"] = "好" if k_of(r) % 6 in (0, 1, 2) else "差"
     filled = tmp_path / "f.csv"
     write_csv(filled, rows)
-    result = review.import_review(ref_run, filled, resamples=200)
+    result = review.import_review(ref_run, filled, resamples=200, export=tmp_path / "export.json")
     s = review.section(ctx)
     assert s.key == "human_agreement" and s.title == "Human agreement"
-    table = s.tables[0]
-    assert table.header == ["", "human 好", "human 差"]
-    assert table.rows == [["judge 好 (kept)", "8", "2"], ["judge 差 (rejected)", "1", "4"]]
-    assert s.data["file"] == "f.csv" and not result["weighted"]
-    kappa = f"{result['kappa']:.2f}"
-    assert kappa in s.card[0] and "n = 15" in s.card[0] and str(tmp_path) not in "".join(s.card)
-    assert any("Cohen's kappa" in line and "unweighted" in line for line in s.lines)
+    pop = population()
+    assert s.tables[0].header == ["", "human 好", "human 差"]
+    assert s.tables[0].rows == [
+        ["judge 好 (kept)", f"{pop['tp']} (≈{pop['tp']} records)", f"{pop['fp']} (≈{pop['fp']} records)"],
+        ["judge 差 (rejected)", f"{pop['fn']} (≈{pop['fn']} records)", f"{pop['tn']} (≈{pop['tn']} records)"],
+    ]
+    n = sum(pop.values())
+    p_o = (pop["tp"] + pop["tn"]) / n
+    p_e = (
+        (pop["tp"] + pop["fp"]) * (pop["tp"] + pop["fn"]) + (pop["fn"] + pop["tn"]) * (pop["fp"] + pop["tn"])
+    ) / n**2
+    kappa = (p_o - p_e) / (1 - p_e)
+    assert s.data["file"] == "f.csv" and result["weighted"] and s.data["current"] is True
+    (card,) = s.card
+    assert card.startswith(f"Human agreement (point stage, n = {n}): Cohen's kappa {kappa:.2f} (95% CI ")
+    assert "precision of 【好】 1.00" in card and str(tmp_path) not in card and "earlier state" not in card
+    assert not any("earlier state" in line for line in s.lines)
+    assert any(
+        "Cohen's kappa" in line and "estimates for the stage's whole output" in line for line in s.lines
+    )
     agreement.unlink()
+
+
+def test_dataset_review_leads_with_precision_and_goes_stale_after_a_remerge(text_run, tmp_path):
+    cfg = config.load(text_run / "config.yaml")
+    ctx = QualityContext(cfg, tmp_path, text_run / "merge" / "dataset", "text", [], [], [])
+    assert cli.main(["review", "export", str(text_run), "--stage", "dataset", "-n", "200"]) == 0  # all 102
+    rows = read_csv(text_run / "review" / "review.csv")
+    for r in rows:
+        r["human_verdict"] = "差" if int(re.match(r"第(\d+)号", r["text"]).group(1)) % 3 == 0 else "好"
+    filled = text_run / "review" / "filled.csv"
+    write_csv(filled, rows)
+    result = review.import_review(text_run, filled, resamples=300)
+    good = sum(k % 3 != 0 for ks in CORPORA.values() for k in ks)  # 68 of 102
+    assert result["precision"] == pytest.approx(good / 102)
+    s = review.section(ctx)
+    (card,) = s.card
+    m = re.fullmatch(
+        r"Human agreement \(dataset stage, n = 102\): precision of 【好】 0\.67 "
+        r"\(95% CI (\d\.\d\d)–(\d\.\d\d)\) "
+        r"\(the share of the dataset's records people call good\)\.",
+        card,
+    )
+    assert m and float(m[1]) < good / 102 < float(m[2]), card
+    assert "kappa" not in card and "-0.00" not in card and "-0.00" not in "".join(s.lines)
+    assert s.lines[1].startswith(
+        "Precision of 【好】 (the share of the dataset's records people call good) 0.667"
+    )
+    assert s.data["current"] is True
+    # a re-merge that drops one record: the benchmark question is a single 13-gram (punctuation aside), and
+    # only record 97 holds "第97号": the review is now of an earlier state
+    bench = text_run / "bench.jsonl"
+    bench.write_bytes(orjson.dumps({"question": "第97号：这是关于gamma", "answer": "-"}))
+    assert cli.main(["merge", str(text_run), f"merge.decontaminate.benchmarks=[{bench}]"]) == 0
+    stale = review.section(ctx)
+    why = "the merged dataset changed since the export of"
+    assert (
+        stale.data["current"] is False
+        and why in stale.data["stale"]
+        and "(102 records then, 101 now)" in stale.data["stale"]
+    )
+    assert stale.card[0].startswith(
+        f"Human agreement (dataset stage, n = 102), reviewed on an earlier state of the dataset ({why}"
+    )
+    assert stale.lines[0].startswith("**Reviewed on an earlier state of the dataset**: " + why)
+    assert stale.card[0].endswith(card.split(": ", 1)[1])  # the numbers themselves are those of the review
