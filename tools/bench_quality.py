@@ -8,7 +8,9 @@ JSONL of ``{author, title, text}``, the chinese-poetry corpus) becomes the answe
 "请写一首题为《title》的诗。", its text the unit; a record of the bundled sample (``--input sample``: WuDao,
 WanJuan, SkyPile as they ship) the answer to "请介绍：<its first 20 characters>". Then the rules stage (Kun's
 post-rules, which also measures every kept pair's faithfulness) and the merge (final dedup by instruction,
-assembly, report), all on the inline executor: one process, one core.
+assembly, report), all on the inline executor: one process, one core. The run folder names the stage as
+``tools.bench_quality:AsPairs``: to read it with ``kun-hpc status`` / ``merge`` / ``inspect`` by hand, run
+them from the repo root with ``PYTHONPATH=.``.
 
 Measured, best of ``--repeat``:
 
