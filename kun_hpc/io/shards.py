@@ -159,6 +159,32 @@ class ZstdJsonlWriter:
         self._discard(RuntimeError("aborted"))
 
 
+class FilteredShard:
+    """The three files of a step that filters one shard: ``kept`` records, ``rejected`` ones (with their
+    ``reject``), ``quarantine`` (unreadable lines). Used as a context manager: if the block raises, all
+    three are aborted (no half-written file is left under a final name); :meth:`close` commits them and
+    returns the kept file's :class:`ShardInfo`."""
+
+    def __init__(self, kept: str | Path, rejected: str | Path, quarantine: str | Path, level: int = 3):
+        self.kept = ZstdJsonlWriter(kept, level)
+        self.rejected = ZstdJsonlWriter(rejected, level)
+        self.quarantine = ZstdJsonlWriter(quarantine, level)
+
+    def __enter__(self) -> FilteredShard:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is not None:
+            for w in (self.kept, self.rejected, self.quarantine):
+                w.abort()
+
+    def close(self) -> ShardInfo:
+        info = self.kept.close()
+        self.rejected.close()
+        self.quarantine.close()
+        return info
+
+
 class RollingShardWriter:
     """Writes records into consecutive shards, starting a new one at a record or byte limit.
 

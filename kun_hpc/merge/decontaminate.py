@@ -65,7 +65,7 @@ from kun_hpc.cluster.phases import Phase, PhaseUnit
 from kun_hpc.config import config_hash, file_sha256
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
-from kun_hpc.io.shards import ZstdJsonlWriter
+from kun_hpc.io.shards import FilteredShard
 from kun_hpc.merge.dedup import _records
 from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.normalize import make_normalizer, shingle_text
@@ -482,10 +482,8 @@ def decontaminate_unit(task: DecontaminateTask) -> dict:
     for s, path in enumerate(task.inputs):
         counts: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
         per_bench: dict[str, dict] = {}
-        out = ZstdJsonlWriter(task.outputs[s], task.zstd_level)
-        rej = ZstdJsonlWriter(task.rejected[s], task.zstd_level)
-        bad = ZstdJsonlWriter(task.quarantine[s], task.zstd_level)
-        try:
+        with FilteredShard(task.outputs[s], task.rejected[s], task.quarantine[s], task.zstd_level) as files:
+            out, rej, bad = files.kept, files.rejected, files.quarantine
             for batch in _batches(path, fields):
                 texts = [_text(r, f) for r, _ in batch for f in fields]
                 hits = index.first_hits(texts)
@@ -512,13 +510,7 @@ def decontaminate_unit(task: DecontaminateTask) -> dict:
                     b["benchmark_fields"][hit.benchmark_field] = (
                         b["benchmark_fields"].get(hit.benchmark_field, 0) + 1
                     )
-            info = out.close()
-            rej.close()
-            bad.close()
-        except BaseException:
-            for w in (out, rej, bad):
-                w.abort()
-            raise
+            info = files.close()
         check_accounting(task.outputs[s], counts)
         reports.append(
             {

@@ -66,7 +66,7 @@ from kun_hpc.cluster.phases import Phase, PhaseUnit
 from kun_hpc.config import config_hash
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
-from kun_hpc.io.shards import ZstdJsonlWriter
+from kun_hpc.io.shards import FilteredShard
 from kun_hpc.merge.minhash import MinHasher, mix64
 from kun_hpc.merge.normalize import make_normalizer, shingle_text, tokens
 from kun_hpc.stages.base import _input_items, check_accounting, read_marker
@@ -660,11 +660,9 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
         rem, absorb = body["remove"], body["absorb"]
         empty = {str(i): missing for i, missing in _load_meta(job.sig_dir(s))["no_content"]}
         level = int(job.settings.get("zstd_level", 3))
-        out = ZstdJsonlWriter(job.outputs[s], level)
-        rej = ZstdJsonlWriter(job.rejected[s], level)
-        bad = ZstdJsonlWriter(job.quarantine[s], level)
         counts: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
-        try:
+        with FilteredShard(job.outputs[s], job.rejected[s], job.quarantine[s], level) as files:
+            out, rej, bad = files.kept, files.rejected, files.quarantine
             for i, rec, line in _records(job.inputs[s]):
                 counts["in"] += 1
                 i = str(i)
@@ -694,13 +692,7 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
                         out.write(rec)
                     else:
                         out.write_line(line if line.endswith(b"\n") else line + b"\n")
-            info = out.close()
-            rej.close()
-            bad.close()
-        except BaseException:
-            for w in (out, rej, bad):
-                w.abort()
-            raise
+            info = files.close()
         check_accounting(job.outputs[s], counts)
         reports.append(
             {
