@@ -129,11 +129,14 @@ def table(page, anchor: str) -> list[list[str]]:
     return rows
 
 
-def test_every_image_loads_from_the_html_file_alone(page):
+def test_every_image_loads_from_the_html_file_alone(run, page):
     images = page.execute_script(
         "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])"
     )
-    assert sorted(alt for alt, *_ in images) == ["fake.png", "funnel.png", "lengths.png", "scores.png"]
+    # every plot the report wrote beside report.md is embedded: its own, the fake section's, the measures'
+    pngs = sorted(p.name for p in (run / "merge" / "report").glob("*.png"))
+    assert {"fake.png", "funnel.png", "lengths.png", "scores.png", "diversity_sunburst.png"} <= set(pngs)
+    assert sorted(alt for alt, *_ in images) == pngs
     for alt, complete, width, src in images:
         assert complete and width > 0, alt
         assert src == "data:image/png;base64,", alt
