@@ -16,6 +16,7 @@ import xxhash
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid, stage_hashes
+from kun_hpc.cluster.status import stage_funnel
 from kun_hpc.inference import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -260,7 +261,7 @@ def point_shards(cfg, side: str) -> list[dict]:
 def report_context(cfg, tmp_path: Path) -> QualityContext:
     folder = tmp_path / "report"
     folder.mkdir(exist_ok=True)
-    return QualityContext(cfg, folder, tmp_path / "dataset", "pairs", [], [], [])
+    return QualityContext(cfg, folder, tmp_path / "dataset", "pairs", [], [], stage_funnel(cfg))
 
 
 def cell_count(cell: str) -> tuple[int, float | None]:
@@ -285,7 +286,7 @@ def test_stats_add_up_over_chunks_shards_and_units_and_the_section_shows_them(tm
     markers = [read_marker(cfg.run.dir, "point", u.name) for u in plan_grid(cfg).units["point"]]
     assert len(markers) == 2 and all(len(m["shards"]) == 3 for m in markers)
     assert all(s["chunks"] > 1 for m in markers for s in m["shards"])
-    per, done, units = judge_stats(cfg)
+    per, done, units = judge_stats(stage_funnel(cfg))
     assert done == units == len(markers)
     assert {c: Counter(s["outcomes"]) for c, s in per.items()} == want
     for corpus, ts in tokens.items():
@@ -339,7 +340,7 @@ def test_calibrated_scores_of_kept_and_rejected_records_in_100_bins(tmp_path):
         millis = run_score_millis(r["instruction"])
         want.setdefault(r["corpus"], Counter())[str(millis // 10)] += 1  # bin i: [i/100, (i+1)/100)
         kept[r["corpus"]] += millis >= 500
-    per, *_ = judge_stats(cfg)
+    per, *_ = judge_stats(stage_funnel(cfg))
     assert {c: Counter(s["scores"]) for c, s in per.items()} == want
     assert {c: s["outcomes"]["good"] for c, s in per.items()} == dict(kept)
     rejected = {c: sum(w.values()) - kept[c] for c, w in want.items()}

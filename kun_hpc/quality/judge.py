@@ -26,9 +26,6 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 
-from omegaconf import DictConfig
-
-from kun_hpc.cluster.status import stage_markers
 from kun_hpc.quality import plots
 from kun_hpc.quality.section import QualityContext, Section, Table
 from kun_hpc.stages.base import add_stats
@@ -78,16 +75,15 @@ def token_summary(tokens: Mapping[str, int], truncated: int) -> dict:
     return {**out, "truncated": truncated, "share_truncated": truncated / n if n else None}
 
 
-def judge_stats(cfg: DictConfig) -> tuple[dict, int, int] | None:
+def judge_stats(funnel: list[dict]) -> tuple[dict, int, int] | None:
     """The Point stage's ``stats["judge"]`` summed over its done unit markers (``{corpus: {outcomes,
     tokens, truncated, scores}}``, see :meth:`~kun_hpc.stages.point.Point.chunk_stats`), the number of done
-    units and of units; None when ``pipeline.stages`` has no point stage."""
-    found = next(((m, n) for stage, m, n in stage_markers(cfg) if stage == STAGE), None)
-    if found is None:
+    units and of units, from the run's funnel rows (:func:`~kun_hpc.cluster.status.funnel_row` sums the
+    markers' ``stats``); None when the funnel has no point stage."""
+    row = next((r for r in funnel if r["step"] == STAGE), None)
+    if row is None:
         return None
-    markers, units = found
-    total = functools.reduce(add_stats, (m.get("stats", {}).get("judge", {}) for m in markers), {})
-    return total, len(markers), units
+    return row.get("stats", {}).get("judge", {}), row["units_done"], row["units"]
 
 
 # ------------------------------------------------------------------------------------------ section
@@ -95,7 +91,7 @@ def section(ctx: QualityContext) -> Section | None:
     """ "Judge health (Point)", key ``judge``: verdict shares and tokens per judgement (reference mode) or the
     score distribution with the threshold (calibrated mode), per corpus and over all; None when the run has
     no point stage. Writes ``judge_tokens.png`` or ``judge_scores.png`` into ``ctx.folder``."""
-    found = judge_stats(ctx.cfg)
+    found = judge_stats(ctx.funnel)
     if found is None:
         return None
     per, done, units = found
