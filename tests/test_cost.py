@@ -11,11 +11,11 @@ import pytest
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.executors import make_executor
+from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.cluster.status import funnel_row, yield_line
 from kun_hpc.merge.report import funnel
 from kun_hpc.merge.run import run_merge
 from kun_hpc.quality.cost import (
-    phase_markers,
     removed_duplicates,
     section,
     step_cost,

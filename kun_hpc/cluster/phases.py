@@ -120,3 +120,17 @@ def _run_phase(
                 "did not run (run again to resume):\n" + "\n".join(lines)
             )
     return [read_marker(u.run_dir, u.phase, u.name) for u in phase.units]
+
+
+def phase_markers(run_dir: str | Path, name: str) -> list[dict]:
+    """The markers of global phase ``name`` and its steps (``done/<name>/`` and ``done/<name>.<step>/``), of
+    each folder those of its latest run: sharing the config hash of its newest marker (an earlier, larger
+    run may have left markers of units this one has not)."""
+    done = Path(run_dir) / "done"
+    out = []
+    for folder in [done / name, *sorted(done.glob(f"{name}.*"))]:
+        markers = [orjson.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
+        if markers:
+            newest = max(markers, key=lambda m: m["timings"]["end"])["config_hash"]
+            out += [m for m in markers if m["config_hash"] == newest]
+    return out

@@ -62,6 +62,7 @@ import orjson
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.cluster.phases import Phase, PhaseUnit
+from kun_hpc.cluster.phases import phase_markers as latest_phase_markers
 from kun_hpc.config import config_hash, file_sha256
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
@@ -70,7 +71,7 @@ from kun_hpc.merge.dedup import _records
 from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.normalize import make_normalizer, shingle_text
 from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.stages.base import add_stats, check_accounting, marker_path, read_marker
+from kun_hpc.stages.base import add_stats, check_accounting
 
 PHASE = "merge-decontaminate"
 REASON = "contaminated"
@@ -578,12 +579,7 @@ def _reject(hit: Hit, where: str, n: int) -> dict:
 def phase_markers(run_dir: str | Path) -> list[dict]:
     """The markers of the latest ``merge-decontaminate`` run (those sharing the config hash of the marker
     that ended last; markers of an earlier merge of other inputs are left out); [] when none."""
-    folder = marker_path(run_dir, PHASE, "x").parent
-    markers = [m for p in sorted(folder.glob("*.json")) if (m := read_marker(run_dir, PHASE, p.stem))]
-    if not markers:
-        return []
-    latest = max(markers, key=lambda m: m["timings"]["end"])["config_hash"]
-    return [m for m in markers if m["config_hash"] == latest]
+    return latest_phase_markers(run_dir, PHASE)
 
 
 def _groups(names: list[str]) -> str:

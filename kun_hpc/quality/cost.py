@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import orjson
 from omegaconf import DictConfig
 
+from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.cluster.slurm import resources_for
 from kun_hpc.cluster.status import stage_markers
 from kun_hpc.merge.raw import PHASE as RAW_PHASE
@@ -63,20 +62,6 @@ def step_cost(cfg: DictConfig, step: str, markers: Sequence[dict] | None, funnel
             "gpu_hours": sum(s * g for s, g in zip(seconds, gpus, strict=True)) / 3600,
         }
     return row | {"in": funnel["in"] if funnel else None, "out": funnel["out"] if funnel else None}
-
-
-def phase_markers(run_dir: str | Path, name: str) -> list[dict]:
-    """The markers of global phase ``name`` and its steps (``done/<name>/`` and ``done/<name>.<step>/``), of
-    each folder those of its latest run: sharing the config hash of its newest marker (an earlier, larger
-    run may have left markers of units this one has not)."""
-    done = Path(run_dir) / "done"
-    out = []
-    for folder in [done / name, *sorted(done.glob(f"{name}.*"))]:
-        markers = [orjson.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
-        if markers:
-            newest = max(markers, key=lambda m: m["timings"]["end"])["config_hash"]
-            out += [m for m in markers if m["config_hash"] == newest]
-    return out
 
 
 def step_markers(ctx: QualityContext) -> list[tuple[str, list[dict] | None, str]]:

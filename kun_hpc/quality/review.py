@@ -47,13 +47,14 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig
 
+from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.cluster.status import stage_markers
 from kun_hpc.config import ConfigError
 from kun_hpc.inspect_run import stage_files
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.shards import iter_shard_lines, list_shards
 from kun_hpc.pipeline import load_run_config, stage_dir, stage_key
-from kun_hpc.quality.cost import ASSEMBLE, phase_markers
+from kun_hpc.quality.cost import ASSEMBLE
 from kun_hpc.quality.section import QualityContext, Section, Table
 
 GOOD, BAD = "好", "差"
