@@ -1,22 +1,39 @@
 """The ``kun-hpc`` command: ``kun-hpc COMMAND [CONFIG.yaml] [key=value ...]``.
 
 Every command takes an optional YAML preset from ``configs/`` and ``key=value`` overrides, saves the
-resolved config and its hash in the run directory, and runs on the configured executor.
+resolved config and its hash in the run directory, and runs on the configured executor. This module parses
+arguments, maps errors to exit codes (0 ok, 1 failed, 2 bad config, 3 too much bad input) and prints; what a
+command does is in :mod:`kun_hpc.run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import orjson
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from kun_hpc import config as config_mod
-from kun_hpc.cluster.executors import make_executor
-from kun_hpc.stages.summary import BadInputError, check_bad_fraction, print_reports
+from kun_hpc import run
+from kun_hpc.cluster.dag import Submitted
+from kun_hpc.cluster.funnel import print_funnel, yield_line
+from kun_hpc.cluster.plan import plan, print_plan
+from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, cancel
+from kun_hpc.cluster.status import failed_logs, merge_job_state, print_status, summarize, unit_statuses
+from kun_hpc.core.errors import BadInputError
+from kun_hpc.inspect_run import add_parser as add_inspect_parser
+from kun_hpc.inspect_run import main as inspect_main
+from kun_hpc.quality.review import add_parser as add_review_parser
+from kun_hpc.quality.review import main as review_main
+from kun_hpc.stages.filter import calibration_path, needs_calibration
+from kun_hpc.stages.summary import print_reports
+from kun_hpc.train.launch import prepare, run_local, submit_slurm
+from kun_hpc.train.sizing import print_estimates, train_plan
 
 COMMANDS = {
     "shard": "native corpus files -> zstd JSONL shards with a manifest",
@@ -53,11 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             c.add_argument("--failed", action="store_true", default=True, help="failed units (the default)")
             c.add_argument("-n", "--lines", type=int, default=20)
-    from kun_hpc.inspect_run import add_parser as add_inspect_parser
-
     add_inspect_parser(sub)  # takes a run folder, not a config
-    from kun_hpc.quality.review import add_parser as add_review_parser
-
     add_review_parser(sub)  # export / import: also a run folder
     return p
 
@@ -84,12 +97,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     if ns.command == "inspect":
-        from kun_hpc.inspect_run import main as inspect_main
-
         return inspect_main(ns)
     if ns.command == "review":
-        from kun_hpc.quality.review import main as review_main
-
         return review_main(ns)
     preset, overrides = split_args(ns.args)
     if ns.command == "train":  # the task decides train.output, which is resolved at load
@@ -119,150 +128,63 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _start(cfg: DictConfig, command: str) -> Path:
-    run_dir = Path(cfg.run.dir)
-    digest = config_mod.save_resolved(cfg, run_dir)
-    print(f"kun-hpc {command}: run dir {run_dir} (config {digest})", file=sys.stderr)
-    return run_dir
+class TerminalView:
+    """How ``kun-hpc`` shows a run (:class:`kun_hpc.run.View`): notes and tables on stderr, as it goes."""
 
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
 
-def _shard_step(cfg: DictConfig, executor, run_dir: Path, command: str = "shard") -> None:
-    """Shard (or reshard) on the executor, print the table, fail above shard.max_bad_fraction."""
-    if command == "shard":
-        from kun_hpc.stages.shard import run_shard as step
-    else:
-        from kun_hpc.stages.reshard import run_reshard as step
-    reports = step(cfg, executor, run_dir / "logs" / command)
-    print_reports(reports)
-    check_bad_fraction(reports, cfg.shard.max_bad_fraction)
+    def note(self, text: str) -> None:
+        print(text, file=sys.stderr)
+
+    def steps(self, reports: list) -> None:
+        print_reports(reports)
+
+    def funnel(self, rows: list[dict] | None = None) -> None:
+        print_funnel(self.cfg, rows=rows)
+
+    def grid(self, result: Submitted) -> None:
+        print_status(unit_statuses(self.cfg))
+        print_funnel(self.cfg)
+        for f in (f for fs in result.failed.values() for f in fs):
+            print(f"failed: {f}", file=sys.stderr)
+        for stage, names in result.skipped.items():
+            if names:
+                print(f"not run ({stage}): {', '.join(names)}: an upstream unit failed", file=sys.stderr)
+
+    def follow(self, cfg: DictConfig) -> int:
+        return _watch(cfg, until_settled=True)
 
 
 def cmd_shard(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    _shard_step(cfg, make_executor(cfg), _start(cfg, "shard"))
+    view = TerminalView(cfg)
+    run.start(cfg, "shard", view)
+    run.shard(cfg, run.make_executor(cfg), view)
     return 0
 
 
 def cmd_reshard(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    _shard_step(cfg, make_executor(cfg), _start(cfg, "reshard"), "reshard")
+    view = TerminalView(cfg)
+    run.start(cfg, "reshard", view)
+    run.shard(cfg, run.make_executor(cfg), view, "reshard")
     return 0
 
 
 def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.dag import run_grid
-    from kun_hpc.cluster.grid import plan_grid
-    from kun_hpc.cluster.status import print_funnel, print_status, unit_statuses
-    from kun_hpc.pipeline import check_model_folders, stage_class
-
-    check_model_folders(cfg)
-    run_dir = _start(cfg, "run")
-    executor = make_executor(cfg)
-    _shard_step(cfg, executor, run_dir)
-    if cfg.dedup.raw:
-        _dedup_raw_step(cfg, executor)
-    for name in cfg.pipeline.stages:  # cluster-wide preparation (e.g. the filter's calibration)
-        stage_class(name).before_run(cfg, executor, run_dir / "logs")
-    grid = plan_grid(cfg)
-    if not grid.stages:
-        print(
-            f"kun-hpc run: no stages in pipeline.stages; shards are ready under {cfg.shard.output}",
-            file=sys.stderr,
-        )
-        return _merge_step(cfg, executor) if cfg.merge.auto else 0
-    if cfg.executor.kind == "slurm" and _refuse_while_queued(cfg, "run", supersede_merge=True):
-        return 1  # submitting again would run units twice
-    submitted = run_grid(cfg, grid, executor)
-    pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())
-    print(f"kun-hpc run: pending units: {pending}", file=sys.stderr)
-    if cfg.executor.kind == "slurm":
-        jobs = " ".join(e["job"] for e in submitted.entries)
-        print(f"kun-hpc run: {submitted.sbatch_calls} sbatch calls, jobs {jobs or '-'}", file=sys.stderr)
-        if not ns.wait:
-            if cfg.merge.auto:
-                from kun_hpc.merge.job import submit_merge_job
-
-                job = submit_merge_job(cfg, executor, [e["job"] for e in submitted.entries])
-                print(
-                    f"kun-hpc run: merge job {job} starts when every unit has succeeded (Slurm cancels it "
-                    "if one fails: run again then)",
-                    file=sys.stderr,
-                )
-            return 0
-        rc = _watch(cfg, until_settled=True)
-        return _merge_step(cfg, executor) if rc == 0 and cfg.merge.auto else rc
-    print_status(unit_statuses(cfg))
-    print_funnel(cfg)
-    failed = [f for fs in submitted.failed.values() for f in fs]
-    for f in failed:
-        print(f"failed: {f}", file=sys.stderr)
-    for stage, names in submitted.skipped.items():
-        if names:
-            print(f"not run ({stage}): {', '.join(names)}: an upstream unit failed", file=sys.stderr)
-    if failed:
-        return 1
-    return _merge_step(cfg, executor) if cfg.merge.auto else 0
-
-
-def _dedup_raw_step(cfg: DictConfig, executor) -> None:
-    from kun_hpc.cluster.status import funnel_row, print_funnel
-    from kun_hpc.merge.raw import PHASE, run_dedup_raw
-
-    markers = run_dedup_raw(cfg, executor)
-    print_funnel(cfg, rows=[funnel_row(PHASE, markers, len(markers))])
-
-
-def _merge_step(cfg: DictConfig, executor) -> int:
-    from kun_hpc.merge.run import run_merge
-
-    result = run_merge(cfg, executor)
-    print(f"kun-hpc merge: {result.summary()}", file=sys.stderr)
-    return 0
+    return run.run(cfg, TerminalView(cfg), wait=ns.wait)
 
 
 def cmd_merge(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    if cfg.executor.kind == "slurm" and _refuse_while_queued(cfg, "merge"):
+    view = TerminalView(cfg)
+    executor = run.make_executor(cfg)
+    if executor.detached and run.refuse_while_queued(cfg, "merge", view):
         return 1  # two merges at once would write the same files
-    return _merge_step(cfg, make_executor(cfg))
-
-
-def _refuse_while_queued(cfg: DictConfig, command: str, supersede_merge: bool = False) -> bool:
-    """True (and says why) when jobs of the run are still queued or running. A merge job still pending is
-    cancelled first when ``supersede_merge``: the new submission brings its own."""
-    from kun_hpc.cluster.status import queued_tasks
-    from kun_hpc.merge.job import MERGE_STAGE
-
-    queued = queued_tasks(Path(cfg.run.dir))
-    waiting = [t for t, (stage, state) in queued.items() if stage == MERGE_STAGE and state == "PENDING"]
-    if supersede_merge and waiting:
-        subprocess.run(["scancel", *waiting], check=False)
-        print(f"kun-hpc {command}: cancelled the pending merge job {' '.join(waiting)}", file=sys.stderr)
-        queued = {t: v for t, v in queued.items() if t not in waiting}
-    if not queued:
-        return False
-    jobs = " ".join(sorted({t.split("_")[0] for t in queued}))
-    stages = ", ".join(sorted({stage for stage, _ in queued.values()}))
-    print(
-        f"kun-hpc {command}: {len(queued)} jobs of this run ({stages}) are still queued or running (jobs "
-        f"{jobs}); wait for them (kun-hpc status --watch) or kun-hpc cancel, then run again",
-        file=sys.stderr,
-    )
-    return True
+    return run.merge(cfg, executor, view)
 
 
 def _watch(cfg: DictConfig, until_settled: bool, follow_merge: bool = False) -> int:
     """Progress bars until no unit is queued (and, with ``follow_merge``, no merge job); 0 when every unit
     is done."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from kun_hpc.cluster.status import (
-        ACTIVE,
-        SchedulerView,
-        merge_job_state,
-        print_status,
-        summarize,
-        unit_statuses,
-    )
-
     view = SchedulerView(cfg.executor.poll_interval_s)
     merge = None
     console = Console(stderr=True)
@@ -303,14 +225,6 @@ def _print_merge_job(cfg: DictConfig, merge: tuple[str, str, str] | None, file=N
 
 
 def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.status import (
-        merge_job_state,
-        print_funnel,
-        print_status,
-        unit_statuses,
-        yield_line,
-    )
-
     if ns.watch:
         return _watch(cfg, until_settled=True, follow_merge=True)
     rows = unit_statuses(cfg)
@@ -322,26 +236,18 @@ def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
 
 
 def cmd_logs(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.status import failed_logs, unit_statuses
-
     print(failed_logs(unit_statuses(cfg), ns.lines))
     return 0
 
 
 def cmd_cancel(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.status import cancel
-
-    arrays = cancel(cfg)
+    arrays = cancel(Path(cfg.run.dir))
     print(f"kun-hpc cancel: scancel {' '.join(arrays) or '(nothing submitted)'}", file=sys.stderr)
     return 0
 
 
 def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    from kun_hpc.cluster.plan import plan, print_plan
-
     print_plan(plan(cfg))
-    from kun_hpc.train.sizing import print_estimates, train_plan
-
     rows = train_plan(cfg)
     if rows:
         print_estimates(rows, f"kun-hpc train {cfg.train.task} (estimates, not measurements)")
@@ -349,10 +255,6 @@ def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
 
 
 def cmd_filter_calibrate(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    import orjson
-
-    from kun_hpc.stages.filter import calibration_path, ensure_calibration, needs_calibration
-
     if not needs_calibration(cfg):
         print(
             "kun-hpc filter-calibrate: nothing to do: filter.perplexity needs a scorer and "
@@ -360,10 +262,11 @@ def cmd_filter_calibrate(cfg: DictConfig, ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    run_dir = _start(cfg, "filter-calibrate")
-    executor = make_executor(cfg)
-    _shard_step(cfg, executor, run_dir)
-    data = ensure_calibration(cfg, executor, run_dir / "logs", force=True)
+    view = TerminalView(cfg)
+    run_dir = run.start(cfg, "filter-calibrate", view)
+    executor = run.make_executor(cfg)
+    run.shard(cfg, executor, view)
+    data = run.calibrate(cfg, executor)
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     print(f"kun-hpc filter-calibrate: wrote {calibration_path(run_dir)}", file=sys.stderr)
     return 0
@@ -381,10 +284,6 @@ def _train_arguments(c: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    import orjson
-
-    from kun_hpc.train.launch import prepare, run_local, submit_slurm
-
     out = prepare(cfg)
     print(f"kun-hpc train {cfg.train.task}: output {out}", file=sys.stderr)
     if ns.executor == "slurm":

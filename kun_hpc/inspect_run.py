@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 from omegaconf import DictConfig
 
+from kun_hpc.config import load_run
+from kun_hpc.io.layout import dedup_raw_dir, shard_root, stage_dir, stage_key
 from kun_hpc.io.shards import iter_shard_lines, list_shards
-from kun_hpc.pipeline import dedup_raw_dir, load_run_config, shard_root, stage_dir, stage_key
 
 SHARD = "shard"
 ANY = "any"  # --reason any: every rejected record
@@ -127,7 +128,7 @@ def inspect_stage(
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise InspectError(f"{run_dir}: not a run folder (no config.yaml in it)")
-    cfg: DictConfig = load_run_config(run_dir)
+    cfg: DictConfig = load_run(run_dir)
     roots = {SHARD: shard_root(cfg)} | {
         stage_key(s): stage_dir(cfg, stage_key(s)) for s in cfg.pipeline.stages
     }
@@ -194,7 +195,7 @@ def render(result: Inspection, max_chars: int = 400, console=None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from kun_hpc.stages.summary import console as default_console
+    from kun_hpc.core.console import console as default_console
 
     console = console or default_console()
     what = (

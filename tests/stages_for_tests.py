@@ -7,7 +7,8 @@ from pathlib import Path
 
 import xxhash
 
-from kun_hpc.stages.base import Rejected, Stage
+from kun_hpc.core.records import Rejected
+from kun_hpc.stages.base import Stage
 
 
 class Tag(Stage):

@@ -3,7 +3,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import orjson
 import pytest
+from omegaconf import OmegaConf
 
 from kun_hpc import cli, config
 
@@ -103,3 +105,68 @@ def test_flags_may_come_before_or_after_the_overrides():
         assert ns.wait and ns.args == want, argv
     with pytest.raises(SystemExit):
         cli.parse(["run", "configs/demo.yaml", "--no-such-flag", "a=1"])
+
+
+def test_a_choice_is_its_plain_string_everywhere(tmp_path):
+    # OmegaConf finds a member by name and writes it by name: name and value must be the same text
+    for choice in config.choices.CHOICES:
+        assert [m.name for m in choice] == [m.value for m in choice], choice
+    cfg = config.load(None, [f"run.dir={tmp_path}", "executor.kind=slurm", "merge.dedup_by=[pair,text]"])
+    kind = cfg.executor.kind
+    assert kind is config.ExecutorKind.slurm
+    assert kind == "slurm" and f"{kind}" == str(kind) == "slurm" and repr(kind) == "'slurm'"
+    assert {"slurm": 1}[kind] == 1 and list(cfg.merge.dedup_by) == ["pair", "text"]
+    plain = OmegaConf.to_container(cfg.merge, resolve=True)
+    assert orjson.dumps(plain) == orjson.dumps({**plain, "dedup_by": ["pair", "text"]})
+    assert "kind: slurm\n" in config.to_yaml(cfg)
+    assert config.save_resolved(cfg, tmp_path) == config.config_hash(config.load_run(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "executor.kind=bogus",
+            "config key 'executor.kind': must be one of ('local', 'slurm', 'inline') (got 'bogus')",
+        ),
+        (
+            "corpora.0.format=parquet",
+            "config key 'corpora.0.format': must be one of ('wudao', 'wanjuan', 'skypile', 'jsonl')",
+        ),
+        (
+            "train.fsdp.sharding=hybrid",
+            "config key 'train.fsdp.sharding': must be one of ('full', 'grad_op', 'no_shard')",
+        ),
+        (
+            "train.fsdp.reduce_dtype=auto",
+            "config key 'train.fsdp.reduce_dtype': must be one of ('float32', 'bfloat16', 'float16')",
+        ),
+        (
+            "dedup.keep=[score,size]",
+            "config key 'dedup.keep.1': must be one of ('score', 'length', 'id') (got 'size')",
+        ),
+        ("merge.dedup_by=[text,text]", "config key 'merge.dedup_by': must list distinct keys"),
+        (
+            "filter.perplexity.drop=[head,middle,tail]",
+            "config key 'filter.perplexity.drop': must list some of",
+        ),
+        (
+            "label.engine.backend=tgi",
+            "config key 'label.engine.backend': must be one of ('vllm', 'transformers')",
+        ),
+        ("rules.answer_rules=[nope]", "config key 'rules.answer_rules': unknown rules"),
+    ],
+)
+def test_a_bad_choice_names_its_key_and_the_valid_values(override, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load(None, [override])
+
+
+def test_the_rules_stage_implements_exactly_the_rule_names_of_the_config():
+    from kun_hpc.stages import rules
+
+    assert set(rules.INSTRUCTION_RULES) == set(config.INSTRUCTION_RULE_NAMES)
+    assert set(rules.ANSWER_RULES) == set(config.ANSWER_RULE_NAMES)
+    defaults = config.RulesConfig()
+    assert set(defaults.instruction_rules) <= set(config.INSTRUCTION_RULE_NAMES)
+    assert set(defaults.answer_rules) <= set(config.ANSWER_RULE_NAMES)

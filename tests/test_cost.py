@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from kun_hpc import cli, config
-from kun_hpc.cluster.executors import make_executor
+from kun_hpc.run import make_executor
 from kun_hpc.cluster.phases import phase_markers
-from kun_hpc.cluster.status import funnel_row, yield_line
-from kun_hpc.merge.report import funnel
-from kun_hpc.merge.run import run_merge
+from kun_hpc.cluster.funnel import funnel_row, yield_line
+from kun_hpc.report import funnel
+from kun_hpc.run import merge_dataset as run_merge
 from kun_hpc.quality.cost import (
     removed_duplicates,
     section,
@@ -252,7 +252,7 @@ def test_cost_section_and_the_status_line_of_a_merged_run(merged):
     assert t["gpu_hours"] == 0 and t["per_gpu_hour"] is None  # inline: no GPU asked for
     assert t["per_task_hour"] == pytest.approx(rows / hours)
     assert s.data["waste"] == [] and len(s.tables) == 1  # Synth is no Label: no waste rule applies
-    # the report keeps each section's data under quality.<key> (kun_hpc/merge/report.py): status reads it
+    # the report keeps each section's data under quality.<key> (kun_hpc/report.py): status reads it
     path = run / "merge" / "report" / "report.json"
     path.write_bytes(orjson.dumps({**report, "quality": {"cost": s.data}}))
     line = yield_line(cfg)

@@ -24,12 +24,11 @@ from kun_hpc.merge.decontaminate import (
     build_index,
     decontaminate_phase,
     index_dir,
-    phase_markers,
-    section,
 )
 from kun_hpc.merge.normalize import make_normalizer, shingle_text
-from kun_hpc.merge.run import run_merge
+from kun_hpc.quality.decontamination import phase_markers, section
 from kun_hpc.quality.section import QualityContext
+from kun_hpc.run import merge_dataset as run_merge
 from tests.conftest import sample_overrides
 
 CEVAL_HEADER = ["id", "question", "A", "B", "C", "D", "answer", "explanation"]

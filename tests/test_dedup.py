@@ -15,11 +15,13 @@ import pytest
 from kun_hpc import config
 from kun_hpc.cluster.executors import InlineExecutor
 from kun_hpc.cluster.phases import run_phases
+from kun_hpc.core.hashing import file_sha256
 from kun_hpc.io.quarantine import read_quarantine
-from kun_hpc.io.shards import ZstdJsonlWriter, file_sha256, list_shards, read_shard
+from kun_hpc.io.shards import ZstdJsonlWriter, list_shards, read_shard
 from kun_hpc.merge.dedup import dedup_phases, dedup_stats, make_job, settings_of
 from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.raw import run_dedup_raw
+from kun_hpc.run import drive
 from kun_hpc.stages.shard import run_shard
 from tests.conftest import REPO, sample_overrides, start_sandbox
 from tools.bench_dedup import KINDS, jaccard, lev_similarity, normal_form
@@ -44,7 +46,7 @@ def kept_and_rejected(root: Path) -> tuple[list[dict], list[dict]]:
 def sample_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("raw")
     cfg = sample_cfg(run)
-    run_shard(cfg, InlineExecutor(), run / "logs")
+    drive(run_shard(cfg), InlineExecutor(), run / "logs")
     run_dedup_raw(cfg, InlineExecutor())
     return run
 
@@ -71,8 +73,8 @@ def test_every_cross_corpus_duplicate_goes_and_no_distinct_text_does(sample_run)
 
 
 def test_apply_markers_keep_the_accounting(sample_run):
+    from kun_hpc.io.markers import read_marker
     from kun_hpc.merge.raw import PHASE
-    from kun_hpc.stages.base import read_marker
 
     markers = [read_marker(sample_run, f"{PHASE}.apply", p.stem) for p in (sample_run / "done" /
                f"{PHASE}.apply").glob("*.json")]  # fmt: skip
@@ -88,7 +90,7 @@ def test_apply_markers_keep_the_accounting(sample_run):
 # --------------------------------------------------------------------------------------- planted dups
 def _sample_records(run: Path) -> list[dict]:
     cfg = config.load(None, sample_overrides(run, "executor.kind=inline"))
-    run_shard(cfg, InlineExecutor(), run / "logs")
+    drive(run_shard(cfg), InlineExecutor(), run / "logs")
     seen, out = set(), []
     for p in list_shards(run / "shards"):
         for r in read_shard(p):
@@ -257,10 +259,10 @@ def test_raw_dedup_on_slurm_matches_the_local_run(sample_run, tmp_path):
     slurm_args = ("executor.kind=slurm", "executor.poll_interval_s=1", "executor.slurm.mem_gb=0.5",
                   "executor.slurm.time_min=10", "dedup.partitions=3", "dedup.shards_per_task=2")  # fmt: skip
     cfg = sample_cfg(tmp_path, *slurm_args)
-    from kun_hpc.cluster.executors import make_executor
-    from kun_hpc.cluster.slurm import read_registry
+    from kun_hpc.cluster.scheduler import read_registry
+    from kun_hpc.run import make_executor
 
-    run_shard(cfg, InlineExecutor(), tmp_path / "logs")
+    drive(run_shard(cfg), InlineExecutor(), tmp_path / "logs")
     run_dedup_raw(cfg, make_executor(cfg))
     phases = [e["stage"] for e in read_registry(tmp_path)]
     assert {"dedup-raw.signatures", "dedup-raw.buckets", "dedup-raw.clusters", "dedup-raw.apply"} <= set(

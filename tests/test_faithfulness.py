@@ -15,13 +15,15 @@ from omegaconf import OmegaConf
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import stage_hashes
+from kun_hpc.config import load_run as load_run_config
+from kun_hpc.core.records import Rejected
+from kun_hpc.filtering.faithfulness import BINS, Faithfulness, RuleParams, measure
 from kun_hpc.io.shards import ZstdJsonlWriter, read_shard
 from kun_hpc.merge.assemble import AssembleTask, arrow_schema, assemble_unit
-from kun_hpc.pipeline import load_run_config, make_stage
-from kun_hpc.quality.faithfulness import BINS, Faithfulness, measure, section, tone_section
+from kun_hpc.quality.faithfulness import section, tone_section
 from kun_hpc.quality.section import QualityContext
-from kun_hpc.stages.base import Rejected
-from kun_hpc.stages.rules import ANSWER_RULES, RuleParams, apply_rules
+from kun_hpc.stages.registry import make_stage
+from kun_hpc.stages.rules import ANSWER_RULES, apply_rules
 
 UNIT = "长城是中国古代的军事防御工程"
 # the unit kept in order, 伟大 and 。 added: LCS 14 of 14 unit and 17 answer characters; of the answer's 15

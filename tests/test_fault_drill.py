@@ -24,11 +24,13 @@ from omegaconf import DictConfig
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
-from kun_hpc.cluster.slurm import read_registry
+from kun_hpc.cluster.scheduler import read_registry
 from kun_hpc.cluster.status import merge_job_state, unit_statuses
+from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import list_shards, read_manifest, read_shard
-from kun_hpc.stages import base
-from kun_hpc.stages.base import committed_chunks, read_marker, run_unit
+from kun_hpc.stages import chunks as base
+from kun_hpc.stages.chunks import committed_chunks
+from kun_hpc.stages.runner import run_unit
 from tests.conftest import SLURM_RUN_ARGS, sample_overrides, start_sandbox
 from tests.test_kun_stages import CHAIN, GREEDY, _sample_lines, check_accounting, write_preset
 from tests.test_slurm import _array_task

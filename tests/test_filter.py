@@ -24,6 +24,7 @@ import zstandard
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
+from kun_hpc.core.records import Rejected
 from kun_hpc.filtering.buckets import Cutoffs, percentile, percentile_cutoffs
 from kun_hpc.filtering.chain import FilterChain
 from kun_hpc.filtering.clean import Cleaner, canon
@@ -39,8 +40,8 @@ from kun_hpc.filtering.segment import (
     split_span,
 )
 from kun_hpc.io.shards import list_shards, read_shard
-from kun_hpc.stages.base import Rejected, run_unit
 from kun_hpc.stages.filter import FilterStage, calibration_path
+from kun_hpc.stages.runner import run_unit
 from tests.conftest import REPO, sample_overrides, start_sandbox
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -693,7 +694,7 @@ def test_filter_stage_on_slurm_calibrates_in_a_job_and_equals_inline(
     tmp_path, tiny_model, kenlm_model, wiki_docs
 ):
 
-    from kun_hpc.cluster.slurm import read_registry
+    from kun_hpc.cluster.scheduler import read_registry
 
     start_sandbox()
     corpus = tmp_path / "wiki60.jsonl"

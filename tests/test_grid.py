@@ -9,8 +9,8 @@ import pytest
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import pending_units, plan_grid
 from kun_hpc.cluster.status import unit_statuses
+from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import read_shard
-from kun_hpc.stages.base import read_marker
 from tests.conftest import sample_overrides
 
 STAGES = "pipeline.stages=[tests.stages_for_tests:Upper,tests.stages_for_tests:Tag]"

@@ -15,8 +15,9 @@ import pytest
 import xxhash
 
 from kun_hpc import cli, config
+from kun_hpc.cluster.funnel import stage_funnel
 from kun_hpc.cluster.grid import plan_grid, stage_hashes
-from kun_hpc.cluster.status import stage_funnel
+from kun_hpc.core.records import Rejected
 from kun_hpc.inference import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -27,11 +28,12 @@ from kun_hpc.inference import (
     load_engine,
 )
 from kun_hpc.inference.engine import too_long_generation
+from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import read_shard
 from kun_hpc.quality.judge import histogram_percentile, judge_stats, section, token_summary
 from kun_hpc.quality.section import QualityContext
-from kun_hpc.stages.base import Rejected, read_marker, run_unit
 from kun_hpc.stages.point import Point
+from kun_hpc.stages.runner import run_unit
 from tests.conftest import SAMPLE
 
 EOS = 0

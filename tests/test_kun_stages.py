@@ -24,6 +24,8 @@ from omegaconf import OmegaConf
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid, stage_hashes
+from kun_hpc.core.hashing import file_sha256
+from kun_hpc.core.records import Rejected
 from kun_hpc.inference import (
     FINISH_LENGTH,
     FINISH_PROMPT_TOO_LONG,
@@ -35,13 +37,13 @@ from kun_hpc.inference import (
     SamplingSpec,
     load_engine,
 )
-from kun_hpc.io.shards import file_sha256, list_shards, read_shard
-from kun_hpc.pipeline import make_stage
+from kun_hpc.inference.prompt import PromptTemplate
+from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.answer import Answer, AnswerBudget
-from kun_hpc.stages.base import Rejected
 from kun_hpc.stages.label import Label
-from kun_hpc.stages.llm import PromptTemplate, record_seed
+from kun_hpc.stages.llm import record_seed
 from kun_hpc.stages.point import Point, parse_verdict
+from kun_hpc.stages.registry import make_stage
 from kun_hpc.stages.rules import (
     ANSWER_RULES,
     INSTRUCTION_RULES,
@@ -972,7 +974,7 @@ def test_units_group_shards_and_load_the_model_once(tmp_path, tiny_model):
         original()
 
     stage.setup = counting_setup
-    from kun_hpc.stages.base import run_unit
+    from kun_hpc.stages.runner import run_unit
 
     marker = run_unit(units["label"][0], stage)
     assert loads == [1] and stage.engine is None  # loaded once for the unit's two shards, freed at the end

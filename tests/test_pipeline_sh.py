@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from kun_hpc.config import load_run as load_run_config
 from kun_hpc.io.shards import list_shards, read_shard
-from kun_hpc.pipeline import load_run_config
 from tests.conftest import REPO, SAMPLE
 
 CPU_PROFILE = REPO / "configs" / "profiles" / "cpu.yaml"

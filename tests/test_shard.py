@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from kun_hpc import cli
+from kun_hpc.core.hashing import file_sha256
 from kun_hpc.io.quarantine import read_quarantine
-from kun_hpc.io.shards import file_sha256, list_shards, read_manifest, read_shard
+from kun_hpc.io.shards import list_shards, read_manifest, read_shard
 from kun_hpc.stages.reshard import destination
 from tests.conftest import sample_overrides
 
@@ -74,6 +75,7 @@ def test_rerun_with_same_config_is_a_no_op_and_a_changed_config_redoes(sharded, 
 def test_resume_runs_only_units_without_a_marker(tmp_path):
     from kun_hpc import config
     from kun_hpc.cluster.executors import InlineExecutor
+    from kun_hpc.run import drive
     from kun_hpc.stages import shard
 
     cfg = config.load(None, sample_overrides(tmp_path, "shard.records_per_shard=100"))
@@ -89,7 +91,7 @@ def test_resume_runs_only_units_without_a_marker(tmp_path):
             ran.extend(u.unit for u in units if u.corpus == "wudao")
             return super().map(fn, units, **kw)
 
-    reports = shard.run_shard(cfg, Recording(), tmp_path / "logs")
+    reports = drive(shard.run_shard(cfg), Recording(), tmp_path / "logs")
     assert ran == [u.unit for u in units[1:]]
     assert marker.exists() is False  # the work folder is cleaned once the corpus is finalized
     assert reports[0].written == 1300 and first["records"] == 650
@@ -163,6 +165,7 @@ def test_max_bad_fraction_makes_the_command_fail(tmp_path, sample, capsys):
 
 
 def test_a_failing_unit_fails_the_command_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
+    from kun_hpc.run import drive
     from kun_hpc.stages import shard
 
     real = shard.read_piece

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from kun_hpc import cli, config
 from kun_hpc.inference import EngineSpec, SamplingSpec, load_engine
+from kun_hpc.inference.prompt import PromptTemplate
 from kun_hpc.stages.label import Label
-from kun_hpc.stages.llm import PromptTemplate, plain
+from kun_hpc.stages.llm import plain
 from kun_hpc.train.data import END_OF_TURN, build_sft_set, data_path, read_examples, report_path
 from kun_hpc.train.sft import IGNORE, LOG_FILE, collate, token_loss_sum
 from tests.conftest import REPO, SAMPLE

@@ -200,8 +200,8 @@ def kun_phase(inp: dict, work: Path, i: int) -> dict:
 
 
 def kun_collect(inp: dict, work: Path) -> dict:
+    from kun_hpc.io.markers import read_marker
     from kun_hpc.io.shards import list_shards, read_shard
-    from kun_hpc.stages.base import read_marker
 
     phases, settings = _kun_phases(inp, work)
     out = work / "kun"

@@ -117,7 +117,7 @@ def kun_runner(variant: str, tiny: Path, kenlm_path: Path | None):
 
 
 def _kun_counts(results: list) -> tuple[int, Counter]:
-    from kun_hpc.stages.base import Rejected
+    from kun_hpc.core.records import Rejected
 
     kept = 0
     reasons: Counter = Counter()

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO))
 import xxhash  # noqa: E402
 
 from kun_hpc import config  # noqa: E402
+from kun_hpc.core.counts import add_stats  # noqa: E402
 from kun_hpc.inference import EngineSpec, load_engine  # noqa: E402
 from kun_hpc.quality.judge import token_summary  # noqa: E402
-from kun_hpc.stages.base import add_stats  # noqa: E402
 from kun_hpc.stages.point import Point  # noqa: E402
 from tests.test_judge import ScriptedJudge  # noqa: E402
 

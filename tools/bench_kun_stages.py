@@ -133,7 +133,8 @@ def best_of(
 def run_stage_once(stage, records_path: Path, work: Path, chunk: int, prov: dict) -> None:
     import shutil
 
-    from kun_hpc.stages.base import ShardTask, run_shard_task
+    from kun_hpc.stages.base import ShardTask
+    from kun_hpc.stages.chunks import run_shard_task
 
     if work.exists():
         shutil.rmtree(work)
@@ -150,8 +151,8 @@ def run_stage_once(stage, records_path: Path, work: Path, chunk: int, prov: dict
 def bench_stage(name: str, records: list[dict], args, tmp: Path) -> dict:
     from vllm import SamplingParams
 
-    from kun_hpc.pipeline import make_stage
     from kun_hpc.stages.llm import record_seed
+    from kun_hpc.stages.registry import make_stage
 
     cfg = load_config(name, args, ["point.mode=reference"] if name == "point" else [])
     stage = make_stage(name, cfg)
@@ -228,7 +229,7 @@ def bench_stage(name: str, records: list[dict], args, tmp: Path) -> dict:
 
 
 def bench_prefix_caching(records: list[dict], args, tmp: Path) -> list[dict]:
-    from kun_hpc.pipeline import make_stage
+    from kun_hpc.stages.registry import make_stage
 
     rows = []
     for mode in ("reference", "calibrated"):

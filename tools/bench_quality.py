@@ -14,7 +14,7 @@ them from the repo root with ``PYTHONPATH=.``.
 
 Measured, best of ``--repeat``:
 
-* ``faithfulness``: :func:`kun_hpc.quality.faithfulness.measure` alone over every pair the rules stage kept
+* ``faithfulness``: :func:`kun_hpc.filtering.faithfulness.measure` alone over every pair the rules stage kept
   (what the rules stage spends on it), records/s;
 * the merge once (its dedup passes, which quality does not change), then its assembly, report and card
   again with ``merge.quality.enabled`` false and true, alternating (the dataset, report and assemble
@@ -36,12 +36,11 @@ sys.path.insert(0, str(REPO))
 
 from kun_hpc import cli, config  # noqa: E402
 from kun_hpc.cluster.executors import InlineExecutor  # noqa: E402
+from kun_hpc.filtering.faithfulness import RuleParams, measure  # noqa: E402
 from kun_hpc.io.shards import list_shards, read_shard  # noqa: E402
-from kun_hpc.merge.run import run_merge  # noqa: E402
 from kun_hpc.quality import report as quality_report  # noqa: E402
-from kun_hpc.quality.faithfulness import measure  # noqa: E402
+from kun_hpc.run import merge_dataset as run_merge  # noqa: E402
 from kun_hpc.stages.base import Stage  # noqa: E402
-from kun_hpc.stages.rules import RuleParams  # noqa: E402
 
 
 class AsPairs(Stage):

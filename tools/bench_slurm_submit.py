@@ -28,9 +28,10 @@ sys.path.insert(0, str(REPO))
 
 from kun_hpc import config  # noqa: E402
 from kun_hpc.cluster.grid import plan_grid  # noqa: E402
-from kun_hpc.cluster.slurm import SlurmExecutor  # noqa: E402
-from kun_hpc.cluster.status import SchedulerView, unit_statuses  # noqa: E402
-from kun_hpc.stages.base import run_unit  # noqa: E402
+from kun_hpc.cluster.scheduler import SchedulerView  # noqa: E402
+from kun_hpc.cluster.status import unit_statuses  # noqa: E402
+from kun_hpc.run import make_executor  # noqa: E402
+from kun_hpc.stages.runner import run_unit  # noqa: E402
 
 SHIM = """#!/bin/sh
 echo "$(date +%s.%N) {name}" >> "{log}"
@@ -105,9 +106,10 @@ def main() -> int:
     cfg = config.load(None, overrides)
     config.save_resolved(cfg, cfg.run.dir)
     units = plan_grid(cfg).units["tag"]
-    ex = SlurmExecutor(cfg)
+    ex = make_executor(cfg)
     t0 = time.time()
-    entries = ex.submit(run_unit, units, stage="tag", log_dir=Path(cfg.run.dir) / "logs" / "tag")
+    ex.submit(run_unit, units, name="tag", log_dir=Path(cfg.run.dir) / "logs" / "tag")
+    entries = ex.entries
     submit_s = time.time() - t0
     sbatch = calls(log, t0, time.time()).get("sbatch", 0)
     print(

@@ -1,11 +1,12 @@
-"""Render docs/config-reference.md (between the REFERENCE markers) from kun_hpc/config.py.
+"""Render docs/config-reference.md (between the REFERENCE markers) from the package kun_hpc/config/.
 
     python tools/render_config_reference.py            # rewrite the doc
     python tools/render_config_reference.py --check    # exit 1 when the doc is not current
 
 Walks the structured config (``OmegaConf.structured(Config)``) for every key and its default, and reads the
-meaning of each field from the source of its dataclass: the comment lines right above the field and the
-comment at the end of its line(s); a section's intro is its dataclass docstring.
+meaning of each field from the source of its dataclass (in whichever module of the package defines it): the
+comment lines right above the field and the comment at the end of its line(s); a section's intro is its
+dataclass docstring. A choice (an enum of kun_hpc/config/choices.py) is shown as the ``str`` it is.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ sys.path.insert(0, str(REPO))
 from omegaconf import OmegaConf  # noqa: E402
 
 from kun_hpc import config  # noqa: E402
+from kun_hpc.config import choices  # noqa: E402
 from tools import doc_block  # noqa: E402
 
 DOC = REPO / "docs" / "config-reference.md"
 BEGIN, END = "<!-- REFERENCE BEGIN (tools/render_config_reference.py) -->", "<!-- REFERENCE END -->"
+CHOICE = re.compile(r"\b(?:" + "|".join(c.__name__ for c in choices.CHOICES) + r")\b")
 
 
 def field_notes(cls: type) -> dict[str, tuple[str, str]]:
@@ -51,12 +54,12 @@ def field_notes(cls: type) -> dict[str, tuple[str, str]]:
         inline = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
         inline = [c for c in inline if c and c != "fmt: skip"]
         text = " — ".join(t for t in (" ".join(above), " ".join(inline)) if t)
-        out[node.target.id] = (ast.get_source_segment(src, node.annotation), text)
+        out[node.target.id] = (CHOICE.sub("str", ast.get_source_segment(src, node.annotation)), text)
     return out
 
 
 def expand(text: str) -> str:
-    """A comment's ``one of EXECUTORS`` names a tuple of kun_hpc.config: spell its values out."""
+    """A comment's ``one of EXECUTORS`` names a tuple of kun_hpc.config's choices: spell its values out."""
 
     def values(m: re.Match) -> str:
         v = getattr(config, m.group(0), None)

@@ -1,108 +1,81 @@
-"""Run the grid: on Slurm as chained arrays, locally stage by stage. Only pending units run."""
+"""Run the grid as chains: unit g of stage k+1 runs after unit g of stage k, on any executor.
+
+Only pending units are submitted (:func:`kun_hpc.cluster.grid.pending_units`); a unit whose upstream unit is
+already done waits for nothing. The executor honours the order (on Slurm, ``aftercorr`` arrays submitted at
+once; inline and local, a unit starts when its upstream ended) and never runs a unit whose upstream failed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from kun_hpc.cluster.executors import Executor
+from kun_hpc.cluster.executors import Executor, Outcome, Task, failure_line
 from kun_hpc.cluster.grid import Grid, pending_units
 from kun_hpc.cluster.progress import stage_bars
-from kun_hpc.cluster.slurm import SlurmExecutor
 from kun_hpc.cluster.status import record_local_outcome
-from kun_hpc.stages.base import Unit, run_unit
+from kun_hpc.stages.runner import run_unit
 
 
 @dataclass
 class Submitted:
+    """What :func:`submit_grid` handed over, and (after :func:`wait_grid`) how it ended."""
+
     pending: dict[str, int]
-    entries: list[dict] = field(default_factory=list)  # slurm: one per sbatch call
-    failed: dict[str, list[str]] = field(default_factory=dict)  # local: units that failed
-    skipped: dict[str, list[str]] = field(default_factory=dict)  # local: not run, upstream failed
+    tasks: dict[str, list[Task]] = field(default_factory=dict)  # stage -> one task per pending unit
+    failed: dict[str, list[str]] = field(default_factory=dict)  # units that failed ("unit: why (log)")
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # not run: an upstream unit failed
 
     @property
-    def sbatch_calls(self) -> int:
-        return len(self.entries)
+    def all_tasks(self) -> list[Task]:
+        return [t for ts in self.tasks.values() for t in ts]
+
+    @property
+    def jobs(self) -> list[str]:
+        """The scheduler's array jobs submitted, in order (empty off Slurm)."""
+        return list(dict.fromkeys(t.array for t in self.all_tasks if t.array))
 
 
-def run_grid(cfg: DictConfig, grid: Grid, executor: Executor) -> Submitted:
+def submit_grid(grid: Grid, executor: Executor, log_root: Path) -> Submitted:
+    """Hand every pending unit to the executor, each after its upstream unit of the same group."""
     pending = pending_units(grid)
     result = Submitted({s: len(u) for s, u in pending.items()})
-    log_root = Path(cfg.run.dir) / "logs"
-    if isinstance(executor, SlurmExecutor):
-        try:
-            _submit_chains(grid, pending, executor, log_root, result)
-        except (FailedJobError, FailedSubmissionError) as e:
-            jobs = " ".join(e["job"] for e in result.entries) or "none"
-            raise RuntimeError(
-                f"sbatch failed after {len(result.entries)} arrays were submitted (jobs {jobs}): they stay "
-                f"queued; let them run or kun-hpc cancel, then run again to submit the rest.\n{e}"
-            ) from None
-    else:
-        _run_stagewise(grid, pending, executor, log_root, result)
+    previous: dict[int, Task] = {}  # group -> the task of the stage before
+    try:
+        for stage in grid.stages:
+            units = pending[stage]
+            after = [previous.get(u.index) for u in units]
+            tasks = executor.submit(run_unit, units, name=stage, log_dir=log_root / stage, after=after)
+            result.tasks[stage] = tasks
+            previous = {u.index: t for u, t in zip(units, tasks, strict=True)}
+    except (FailedJobError, FailedSubmissionError) as e:
+        jobs = " ".join(result.jobs) or "none"
+        raise RuntimeError(
+            f"sbatch failed after {len(result.jobs)} arrays were submitted (jobs {jobs}): they stay "
+            f"queued; let them run or kun-hpc cancel, then run again to submit the rest.\n{e}"
+        ) from None
     return result
 
 
-def _submit_chains(
-    grid: Grid, pending: dict[str, list[Unit]], ex: SlurmExecutor, log_root: Path, result: Submitted
-) -> None:
-    """Stage k+1's array chunk c depends (aftercorr) on stage k's chunk c, holding the same groups in the
-    same order. Units whose upstream is already done go in arrays of their own, without dependency."""
-    previous: list[dict] = []  # registry entries of the previous stage, chained ones first
-    prev_groups: list[list[int]] = []
-    for stage in grid.stages:
-        units = {u.index: u for u in pending[stage]}
-        entries: list[dict] = []
-        groups: list[list[int]] = []
-        chained: set[int] = set()
-        for entry, idxs in zip(previous, prev_groups, strict=True):
-            chunk = [units[i] for i in idxs]  # pending(k+1) contains pending(k), group by group
-            chained.update(idxs)
-            # the previous chunk has at most MaxArraySize tasks, so this submits exactly one array
-            new = ex.submit(
-                run_unit,
-                chunk,
-                stage=stage,
-                log_dir=log_root / stage,
-                dependencies=[f"aftercorr:{entry['job']}"],
-            )
-            entries += new
-            result.entries += new
-            groups.append(idxs)
-        free = [u for i, u in sorted(units.items()) if i not in chained]
-        if free:
-            new = ex.submit(run_unit, free, stage=stage, log_dir=log_root / stage)
-            entries += new
-            result.entries += new
-            start = 0
-            for e in new:
-                groups.append([u.index for u in free[start : start + len(e["units"])]])
-                start += len(e["units"])
-        previous, prev_groups = entries, groups
+def wait_grid(result: Submitted, executor: Executor, run_dir: Path) -> Submitted:
+    """Wait for every submitted unit with a bar per stage; keep each failure's error where ``status`` finds
+    it (:func:`~kun_hpc.cluster.status.record_local_outcome`), and list failed and skipped units."""
+    with stage_bars({s: len(ts) for s, ts in result.tasks.items()}, not executor.detached) as bars:
+        executor.wait(result.all_tasks, _recording(run_dir, bars.done))
+    for stage, tasks in result.tasks.items():
+        outcomes = [t.outcome for t in tasks if t.outcome is not None]
+        result.skipped[stage] = [o.unit.name for o in outcomes if o.skipped]
+        result.failed[stage] = [failure_line(o) for o in outcomes if not o.ok and not o.skipped]
+    return result
 
 
-def _run_stagewise(
-    grid: Grid, pending: dict[str, list[Unit]], ex: Executor, log_root: Path, result: Submitted
-) -> None:
-    broken: set[int] = set()  # groups whose chain failed at some stage
-    run_dir = log_root.parent
-    with stage_bars({s: len(pending[s]) for s in grid.stages}) as bars:
-        for stage in grid.stages:
-            todo = [u for u in pending[stage] if u.index not in broken]
-            result.skipped[stage] = [u.name for u in pending[stage] if u.index in broken]
-            bars.skip(stage, len(result.skipped[stage]), "upstream failed")
-            outcomes = ex.map(
-                run_unit, todo, name=stage, log_dir=log_root / stage, on_done=bars.on_done(stage)
-            )
-            result.failed[stage] = []
-            for o in outcomes:
-                record_local_outcome(run_dir, stage, o.unit.name, None if o.ok else o.error, o.log or "")
-                if not o.ok:
-                    broken.add(o.unit.index)
-                    result.failed[stage].append(
-                        f"{o.unit.name}: {o.error.strip().splitlines()[0] if o.error else ''}"
-                        + (f" (log: {o.log})" if o.log else "")
-                    )
+def _recording(run_dir: Path, then: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
+    def done(o: Outcome) -> None:
+        if not o.skipped:
+            record_local_outcome(run_dir, o.name, o.unit.name, None if o.ok else o.error, o.log or "")
+        then(o)
+
+    return done

@@ -14,9 +14,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.config import config_hash
+from kun_hpc.io.layout import dedup_raw_dir, shard_root, stage_dir, stage_key
+from kun_hpc.io.markers import valid_marker
 from kun_hpc.io.shards import list_shards
-from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, stage_key
-from kun_hpc.stages.base import ShardTask, Unit, read_marker
+from kun_hpc.stages.base import ShardTask, Unit
+from kun_hpc.stages.registry import stage_class
 
 
 @dataclass
@@ -96,8 +98,8 @@ def plan_grid(cfg: DictConfig) -> Grid:
 
 
 def is_done(unit: Unit) -> bool:
-    marker = read_marker(unit.run_dir, unit.stage, unit.name)
-    return marker is not None and marker.get("config_hash") == unit.config_hash
+    """The unit has a marker written under its config hash."""
+    return valid_marker(unit.run_dir, unit.stage, unit.name, unit.config_hash) is not None
 
 
 def pending_units(grid: Grid) -> dict[str, list[Unit]]:

@@ -12,8 +12,6 @@ whose marker holds the same config hash, so an interrupted dedup resumes at the 
 from __future__ import annotations
 
 import importlib
-import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +20,9 @@ from typing import Any
 
 import orjson
 
-from kun_hpc.cluster.executors import Executor, OnDone
+from kun_hpc.cluster.executors import Executor, OnDone, failure_line
 from kun_hpc.cluster.progress import stage_bars
-from kun_hpc.io.atomic import atomic_write_bytes
-from kun_hpc.stages.base import marker_path, read_marker
+from kun_hpc.io.markers import read_marker, runtime_fields, valid_marker, write_marker
 
 
 @dataclass(frozen=True)
@@ -57,15 +54,14 @@ class PhaseFailed(RuntimeError):
 
 
 def is_phase_done(u: PhaseUnit) -> bool:
-    m = read_marker(u.run_dir, u.phase, u.name)
-    return m is not None and m.get("config_hash") == u.config_hash
+    return valid_marker(u.run_dir, u.phase, u.name, u.config_hash) is not None
 
 
 def run_phase_unit(u: PhaseUnit) -> dict:
     """Run one unit (unless its marker is valid) and commit its marker: the function's result plus where,
     when and under which config hash it ran."""
-    marker = read_marker(u.run_dir, u.phase, u.name)
-    if marker is not None and marker.get("config_hash") == u.config_hash:
+    marker = valid_marker(u.run_dir, u.phase, u.name, u.config_hash)
+    if marker is not None:
         return marker
     module, _, func = u.fn.partition(":")
     started = time.time()
@@ -75,14 +71,9 @@ def run_phase_unit(u: PhaseUnit) -> dict:
         "phase": u.phase,
         "config_hash": u.config_hash,
         **result,
-        "timings": {"start": started, "end": time.time(), "seconds": round(time.time() - started, 3)},
-        "host": socket.gethostname(),
-        "job": os.environ.get("SLURM_JOB_ID", ""),
-        "array_task": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+        **runtime_fields(started),
     }
-    atomic_write_bytes(
-        marker_path(u.run_dir, u.phase, u.name), orjson.dumps(marker, option=orjson.OPT_INDENT_2)
-    )
+    write_marker(u.run_dir, u.phase, u.name, marker)
     return marker
 
 
@@ -94,10 +85,10 @@ def run_phases(phases: Sequence[Phase], executor: Executor, log_root: Path) -> l
     out = []
     todos = [[u for u in phase.units if not is_phase_done(u)] for phase in phases]
     # Slurm waits are followed by `run --wait` / `status --watch`, not by these bars
-    bars_on = executor.kind != "slurm"
+    bars_on = not executor.detached
     with stage_bars({p.name: len(t) for p, t in zip(phases, todos, strict=True)}, bars_on) as bars:
         for phase, todo in zip(phases, todos, strict=True):
-            out.append(_run_phase(phase, todo, executor, log_root, bars.on_done(phase.name)))
+            out.append(_run_phase(phase, todo, executor, log_root, bars.done))
     return out
 
 
@@ -110,11 +101,7 @@ def _run_phase(
         )
         failed = [o for o in outcomes if not o.ok]
         if failed:
-            lines = [
-                f"  {o.unit.name}: {o.error.strip().splitlines()[0] if o.error.strip() else 'failed'}"
-                + (f" (log: {o.log})" if o.log else "")
-                for o in failed
-            ]
+            lines = [f"  {failure_line(o)}" for o in failed]
             raise PhaseFailed(
                 f"phase {phase.name}: {len(failed)} of {len(todo)} units failed; the phases after it "
                 "did not run (run again to resume):\n" + "\n".join(lines)

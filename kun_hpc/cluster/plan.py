@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from kun_hpc.cluster.grid import pending_units, plan_grid
 from kun_hpc.cluster.slurm import live_max_array_size, resources_for
+from kun_hpc.core.counts import Counts
+from kun_hpc.io.layout import stage_key
+from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import MANIFEST, read_manifest
-from kun_hpc.pipeline import stage_key
-from kun_hpc.stages.base import chunk_units, read_marker
 
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 
@@ -140,7 +141,7 @@ def plan(cfg: DictConfig) -> Plan:
             thr, source = None, "unknown: set pipeline.throughput." + key
         n_in = sum(m["in"] for m in measured)
         if measured and n_in:
-            keep, keep_source = sum(chunk_units(m)["out"] for m in measured) / n_in, "measured"
+            keep, keep_source = sum(Counts.from_dict(m).unit_counts.out for m in measured) / n_in, "measured"
         elif key in cfg.pipeline.expected_keep:
             keep, keep_source = float(cfg.pipeline.expected_keep[key]), "pipeline.expected_keep"
         else:
@@ -171,7 +172,7 @@ def plan(cfg: DictConfig) -> Plan:
 def print_plan(result: Plan | list[StagePlan], console=None) -> None:
     from rich.table import Table
 
-    from kun_hpc.stages.summary import console as default_console
+    from kun_hpc.core.console import console as default_console
 
     console = console or default_console()
     result = result if isinstance(result, Plan) else Plan(list(result))

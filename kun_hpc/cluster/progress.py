@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -13,7 +13,7 @@ from kun_hpc.cluster.executors import Outcome
 
 
 class StageBars:
-    """One bar per name; :meth:`on_done` gives the callback an executor calls as each unit ends."""
+    """One bar per stage or phase name, advanced by :meth:`done` as each unit ends."""
 
     def __init__(self, progress: Progress | None, totals: Mapping[str, int]):
         self.progress = progress
@@ -21,23 +21,29 @@ class StageBars:
         if progress is not None:
             for name, total in totals.items():
                 self.tasks[name] = progress.add_task(name, total=total, failed="")
-        self.failed: dict[str, int] = dict.fromkeys(totals, 0)
+        self.failed: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
 
-    def on_done(self, name: str) -> Callable[[Outcome], None]:
-        def done(outcome: Outcome) -> None:
-            if not outcome.ok:
-                self.failed[name] += 1
-            if self.progress is not None:
-                failed = f"[red]{self.failed[name]} failed" if self.failed[name] else ""
-                self.progress.update(self.tasks[name], advance=1, failed=failed)
-
-        return done
-
-    def skip(self, name: str, n: int, why: str) -> None:
-        """Units that will not run (an upstream unit failed): the bar says so instead of stalling."""
-        if self.progress is not None and n:
-            self.progress.update(self.tasks[name], total=self.progress.tasks[self.tasks[name]].total - n,
-                                 failed=f"[yellow]{n} not run: {why}")  # fmt: skip
+    def done(self, outcome: Outcome) -> None:
+        """The callback an executor calls as each unit ends (``outcome.name`` is its stage or phase); a unit
+        that will not run (an upstream unit failed) shrinks its bar, which says so instead of stalling."""
+        name = outcome.name
+        if outcome.skipped:
+            self.skipped[name] = self.skipped.get(name, 0) + 1
+        elif not outcome.ok:
+            self.failed[name] = self.failed.get(name, 0) + 1
+        if self.progress is None or name not in self.tasks:
+            return
+        notes = []
+        if self.failed.get(name):
+            notes.append(f"[red]{self.failed[name]} failed")
+        if self.skipped.get(name):
+            notes.append(f"[yellow]{self.skipped[name]} not run: upstream failed")
+        task = self.tasks[name]
+        if outcome.skipped:
+            self.progress.update(task, total=self.progress.tasks[task].total - 1, failed=" ".join(notes))
+        else:
+            self.progress.update(task, advance=1, failed=" ".join(notes))
 
 
 @contextmanager

@@ -11,7 +11,9 @@
   chunks, when the job restarts or the run is submitted again.
 * sbatch runs with ``--parsable``; the job id is found even when a site wrapper prints more.
 * Every submission is appended to ``<run>/jobs.jsonl`` (stage, array job id, unit per array index), which
-  ``status``, ``logs`` and ``cancel`` read.
+  ``status``, ``logs`` and ``cancel`` read (:mod:`kun_hpc.cluster.scheduler`).
+* Resources come from the caller: a function from a stage or phase name to its ``executor.slurm`` settings
+  (:func:`resources_for` over the run's config), so the executor reads no config.
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import submitit
 from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import FailedSubmissionError
 
-from kun_hpc.cluster.executors import Executor, Outcome
+from kun_hpc.cluster.executors import After, Executor, Outcome, Task, upstream
+from kun_hpc.cluster.scheduler import SchedulerView, record_submission, tail, wait_for_jobs
 
-REGISTRY = "jobs.jsonl"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -50,7 +51,9 @@ def parse_job_id(output: str | bytes) -> str:
     raise FailedSubmissionError(f"could not find a job id in the sbatch output: {output!r}")
 
 
-class _SlurmExecutor(submitit.SlurmExecutor):
+class SbatchExecutor(submitit.SlurmExecutor):
+    """submitit's SlurmExecutor with ``sbatch --parsable`` and a job id found in any sbatch output."""
+
     def _make_submission_command(self, submission_file_path: Path) -> list[str]:
         return ["sbatch", "--parsable", str(submission_file_path)]
 
@@ -100,13 +103,6 @@ def _safe(key: str, value: Any) -> Any:
     return value
 
 
-def resources_for(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    res = OmegaConf.to_container(cfg.executor.slurm)
-    if stage in cfg.executor.stage_resources:
-        res.update(OmegaConf.to_container(cfg.executor.stage_resources[stage]))
-    return res
-
-
 def submitit_parameters(res: dict[str, Any], name: str) -> dict[str, Any]:
     extra = {"requeue": True, "kill-on-invalid-dep": "yes"}
     extra.update({str(k).replace("_", "-"): _safe(k, v) for k, v in (res.get("extra_flags") or {}).items()})
@@ -127,14 +123,32 @@ def submitit_parameters(res: dict[str, Any], name: str) -> dict[str, Any]:
     return params
 
 
-class SlurmExecutor(Executor):
-    kind = "slurm"
+Resources = Callable[[str], dict[str, Any]]
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.run_dir = Path(cfg.run.dir)
-        self._max_array: int | None = cfg.executor.slurm.max_array_size
-        self.sbatch_calls = 0
+
+class SlurmExecutor(Executor):
+    """Units as sbatch arrays (see the module docstring). ``resources(name)``: the ``executor.slurm``
+    settings of a stage or phase; ``max_array_size``: ``None`` reads the live MaxArraySize once."""
+
+    kind = "slurm"
+    detached = True
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        resources: Resources,
+        max_array_size: int | None = None,
+        poll_interval_s: float = 10.0,
+    ):
+        self.run_dir = Path(run_dir)
+        self.resources = resources
+        self._max_array = max_array_size
+        self.poll_interval_s = poll_interval_s
+        self.entries: list[dict] = []  # the registry entries of every sbatch call made here
+
+    @property
+    def sbatch_calls(self) -> int:
+        return len(self.entries)
 
     @property
     def max_array_size(self) -> int:
@@ -146,93 +160,105 @@ class SlurmExecutor(Executor):
         size = self.max_array_size  # array indices run 0..MaxArraySize-1
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def submit(
-        self,
-        fn: Callable[[Any], Any],
-        units: Sequence[Any],
-        *,
-        stage: str,
-        log_dir: Path,
-        dependencies: Sequence[str | None] | None = None,
-    ) -> list[dict]:
-        """Submit units as arrays; ``dependencies[c]`` is the sbatch dependency of chunk c. Returns the
-        registry entries (one per sbatch call)."""
+    def submit(self, fn, units, *, name, log_dir, after=None):
+        """Units with no ``after`` go in arrays of at most MaxArraySize; units that each wait for one task of
+        the same earlier array, in its order, go in one array chained task by task (``aftercorr``); any
+        other ``after`` becomes ``afterok`` on the arrays named."""
+        tasks = [Task(name, u) for u in units]
+        free: list[int] = []
+        corr: dict[str, list[int]] = {}  # upstream array -> positions of the units waiting on its tasks
+        other: dict[str, list[int]] = {}  # afterok dependency -> positions
+        for i in range(len(units)):
+            ups = upstream(after[i]) if after else []
+            if not ups:
+                free.append(i)
+            elif len(ups) == 1 and ups[0].array:
+                corr.setdefault(ups[0].array, []).append(i)
+            else:
+                arrays = list(dict.fromkeys(t.array or t.job for t in sorted(ups, key=lambda t: t.seq)))
+                other.setdefault("afterok:" + ":".join(arrays), []).append(i)
         with _outside_any_job():
-            return self._submit(fn, units, stage=stage, log_dir=log_dir, dependencies=dependencies)
-
-    def _submit(self, fn, units, *, stage, log_dir, dependencies) -> list[dict]:
-        res = resources_for(self.cfg, stage)
-        entries = []
-        for c, idx in enumerate(self.chunks(len(units))):
-            ex = _SlurmExecutor(folder=log_dir)
-            params = submitit_parameters(res, f"kun-{stage}")
-            dep = dependencies[c] if dependencies else None
-            if dep:
-                params["dependency"] = dep
-            ex.update_parameters(**params)
-            chunk = [units[i] for i in idx]
-            jobs = ex.map_array(UnitTask(fn), chunk)
-            self.sbatch_calls += 1
-            array_id = jobs[0].job_id.split("_")[0]
-            # a one-unit chunk is a plain job ("60"), the others are array tasks ("56_0", ...)
-            entry = {
-                "stage": stage,
-                "job": array_id,
-                "tasks": [j.job_id for j in jobs],
-                "units": [getattr(u, "unit", str(i)) for i, u in zip(idx, chunk, strict=True)],
-                "dependency": dep,
-                "log_dir": str(log_dir),
-                "submitted": time.time(),
-            }
-            entries.append(entry)
-            record_submission(self.run_dir, entry)
-        return entries
-
-    def map(self, fn, units, *, name, log_dir, on_done=None):
-        """Blocking map (shard, reshard, dedup phases): submit arrays, wait for them, report each unit."""
-        if not units:
-            return []
-        entries = self.submit(fn, units, stage=name.split()[0], log_dir=Path(log_dir))
-        from kun_hpc.cluster.status import SchedulerView, wait_for_jobs
-
-        view = SchedulerView(self.cfg.executor.poll_interval_s)
-        states = wait_for_jobs(view, (t for e in entries for t in e["tasks"]))
-        out = []
-        i = 0
-        for e in entries:
-            for k, _ in enumerate(e["units"]):
-                unit = units[i]
-                i += 1
-                job = e["tasks"][k]
-                state = states.get(job, "UNKNOWN")
-                job_obj = submitit.SlurmJob(folder=e["log_dir"], job_id=job)
-                if state == "COMPLETED":
-                    out.append(Outcome(unit, True, job_obj.result(), log=str(job_obj.paths.stderr)))
+            for array, positions in sorted(corr.items(), key=lambda kv: _upstream(after, kv[1][0]).seq):
+                ups = [_upstream(after, i) for i in positions]
+                whole = (
+                    sorted(t.index for t in ups) == list(range(len(ups))) and len(ups) <= self.max_array_size
+                )
+                if whole:  # task j of the new array waits for task j of the upstream one
+                    order = sorted(positions, key=lambda i: _upstream(after, i).index)
+                    self._sbatch(fn, tasks, order, name, Path(log_dir), f"aftercorr:{array}")
                 else:
-                    err = _tail(job_obj.paths.stderr, 5)
-                    out.append(
-                        Outcome(unit, False, error=f"job {job} {state}\n{err}", log=str(job_obj.paths.stderr))
-                    )
-                if on_done:
-                    on_done(out[-1])
-        return out
+                    for c in self.chunks(len(positions)):
+                        self._sbatch(
+                            fn, tasks, [positions[k] for k in c], name, Path(log_dir), f"afterok:{array}"
+                        )
+            for dependency, positions in other.items():
+                for c in self.chunks(len(positions)):
+                    self._sbatch(fn, tasks, [positions[k] for k in c], name, Path(log_dir), dependency)
+            for c in self.chunks(len(free)):
+                self._sbatch(fn, tasks, [free[k] for k in c], name, Path(log_dir), None)
+        return tasks
+
+    def _sbatch(
+        self, fn: Callable[[Any], Any], tasks: list[Task], positions: list[int], name: str, log_dir: Path,
+        dependency: str | None,
+    ) -> None:  # fmt: skip
+        stage = name.split()[0]
+        ex = SbatchExecutor(folder=log_dir)
+        params = submitit_parameters(self.resources(stage), f"kun-{stage}")
+        if dependency:
+            params["dependency"] = dependency
+        ex.update_parameters(**params)
+        chunk = [tasks[i].unit for i in positions]
+        jobs = ex.map_array(UnitTask(fn), chunk)
+        array_id = jobs[0].job_id.split("_")[0]
+        # a one-unit chunk is a plain job ("60"), the others are array tasks ("56_0", ...)
+        entry = {
+            "stage": stage,
+            "job": array_id,
+            "tasks": [j.job_id for j in jobs],
+            "units": [getattr(u, "unit", str(i)) for i, u in zip(positions, chunk, strict=True)],
+            "dependency": dependency,
+            "log_dir": str(log_dir),
+            "submitted": time.time(),
+        }
+        self.entries.append(entry)
+        record_submission(self.run_dir, entry)
+        for k, (i, job) in enumerate(zip(positions, jobs, strict=True)):
+            tasks[i].job, tasks[i].array, tasks[i].index, tasks[i].seq = (
+                job.job_id,
+                array_id,
+                k,
+                len(self.entries),
+            )
+            tasks[i].log_dir = str(log_dir)
+
+    def wait(self, tasks, on_done=None):
+        """Wait until the tasks left the queue; a task that did not complete fails with its log's tail."""
+        states = wait_for_jobs(SchedulerView(self.poll_interval_s), (t.job for t in tasks))
+        for t in tasks:
+            state = states.get(t.job, "UNKNOWN")
+            job = submitit.SlurmJob(folder=t.log_dir, job_id=t.job)
+            log = str(job.paths.stderr)
+            if state == "COMPLETED":
+                outcome = Outcome(t.unit, True, job.result(), log=log)
+            else:
+                outcome = Outcome(
+                    t.unit, False, error=f"job {t.job} {state}\n{tail(job.paths.stderr, 5, '')}", log=log
+                )
+            outcome.name = t.name
+            t.outcome = outcome
+            if on_done:
+                on_done(outcome)
+        return [t.outcome for t in tasks]
 
 
-def _tail(path: Path, n: int) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
+def _upstream(after: Sequence[After] | None, i: int) -> Task:
+    return upstream(after[i])[0]  # type: ignore[index]
 
 
-def record_submission(run_dir: Path, entry: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / REGISTRY, "ab") as f:
-        f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
-
-
-def read_registry(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / REGISTRY
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+def resources_for(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """``executor.slurm`` with ``executor.stage_resources[stage]`` over it (plain dict)."""
+    res = OmegaConf.to_container(cfg.executor.slurm)
+    if stage in cfg.executor.stage_resources:
+        res.update(OmegaConf.to_container(cfg.executor.stage_resources[stage]))
+    return res

@@ -15,8 +15,9 @@ import subprocess
 import sys
 
 from kun_hpc.cluster.grid import plan_grid
-from kun_hpc.pipeline import load_run_config, stage_key
-from kun_hpc.stages.base import run_unit
+from kun_hpc.config import load_run
+from kun_hpc.io.layout import stage_key
+from kun_hpc.stages.runner import run_unit
 
 
 def _requeue_on_usr2() -> None:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir, stage = argv[0], stage_key(argv[1])
     index = int(argv[2] if len(argv) == 3 else os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    cfg = load_run_config(run_dir)
+    cfg = load_run(run_dir)
     units = plan_grid(cfg).units.get(stage)
     if units is None:
         print(f"kun-hpc worker: no stage {stage!r} in {run_dir}/config.yaml pipeline.stages", file=sys.stderr)

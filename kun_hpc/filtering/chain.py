@@ -22,13 +22,13 @@ import time
 from collections import Counter
 from typing import Any
 
+from kun_hpc.core.records import Rejected
 from kun_hpc.filtering.buckets import Cutoffs
 from kun_hpc.filtering.clean import Cleaner, find_damage
 from kun_hpc.filtering.perplexity import Scorer, make_scorer
 from kun_hpc.filtering.rules import build_rules, first_failure
 from kun_hpc.filtering.segment import segment_texts
 from kun_hpc.filtering.tokens import TokenCounter
-from kun_hpc.stages.base import Rejected
 
 Result = dict | Rejected
 

@@ -1,5 +1,6 @@
 """LLM inference for the Label / Point / Answer stages: one interface, vLLM and transformers backends."""
 
+from kun_hpc.inference.backends import load_engine
 from kun_hpc.inference.engine import (
     BACKENDS,
     FINISH_LENGTH,
@@ -11,7 +12,6 @@ from kun_hpc.inference.engine import (
     ModelPathError,
     PromptTooLong,
     SamplingSpec,
-    load_engine,
     load_tokenizer,
     resolve_model_path,
 )

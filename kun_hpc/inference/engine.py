@@ -17,15 +17,15 @@ import os
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# the specs are the config's schema of an engine section (kun_hpc/config/engine.py), imported from here too
+from kun_hpc.config.engine import BACKENDS as BACKENDS
+from kun_hpc.config.engine import DTYPES, EngineSpec, SamplingSpec
 from kun_hpc.inference.prompt import Prompt, PromptLike, encode_prompts, special_tokens
-
-BACKENDS = ("vllm", "transformers")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 FINISH_STOP = "stop"  # an EOS token or a stop string ended the generation
 FINISH_LENGTH = "length"  # max_new_tokens (or max_model_len) reached
@@ -38,113 +38,6 @@ class ModelPathError(FileNotFoundError):
 
 class PromptTooLong(ValueError):
     """A prompt does not fit the engine's max_model_len."""
-
-
-@dataclass
-class SamplingSpec:
-    """How to sample. ``temperature == 0`` is greedy decoding (top_p and seed are then irrelevant).
-
-    Stop strings end a generation; the returned text excludes the stop string (as vLLM does), which
-    :attr:`Generation.stop_string` names (Point's ``stop_at_verdict`` puts a verdict tag back). A stop string
-    that is a special token (``<|im_end|>``) never shows in the text, which is decoded without special tokens:
-    both engines stop on it as a token, and only as a token: a model that writes its text as plain pieces
-    wrote content, which is neither cut nor ended there (issue 12). The seed makes sampled outputs
-    reproducible: both engines draw each prompt's tokens from a generator of its own, seeded with ``seed``
-    or with the prompt's entry of ``generate(..., seeds=)``, so a prompt's output does not depend on the
-    other prompts of its batch.
-    """
-
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0  # nucleus sampling, in (0, 1]
-    repetition_penalty: float = 1.0  # 1.0: none; > 1 discourages repeats
-    max_new_tokens: int = 512  # a generation stops here (then it is truncated)
-    stop: list[str] = field(default_factory=list)  # strings (or special tokens) that end a generation
-    seed: int = 0  # base seed; a record's seed comes from it and the record's id (not from its batch)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = [str(s) for s in (self.stop or [])]
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SamplingSpec:
-        return cls(**_known(cls, d))
-
-
-@dataclass
-class EngineSpec:
-    """Which model, which backend and how to run it.
-
-    vLLM uses every field but ``batch_size`` and ``device``; transformers uses ``model``, ``dtype``,
-    ``max_model_len``, ``trust_remote_code``, ``batch_size`` and ``device``. ``extra`` goes unchanged to
-    ``vllm.LLM(...)`` or ``AutoModelForCausalLM.from_pretrained(...)``.
-
-    ``dtype="auto"`` means the checkpoint's own dtype in both backends (vLLM's own "auto" would silently
-    run a float32 checkpoint in bfloat16). ``enforce_eager`` skips vLLM's torch.compile / CUDA graphs: on
-    CPU that cuts engine start from ~20-35 s to under a second of engine init.
-    """
-
-    model: str  # a local model folder (config.json, weights, tokenizer); nothing is downloaded
-    backend: str = "vllm"  # vllm | transformers
-    dtype: str = "auto"  # auto (the checkpoint's) | bfloat16 | float16 | float32
-    tensor_parallel_size: int = 1  # vLLM: GPUs one model is split over
-    gpu_memory_utilization: float = 0.9  # vLLM: share of GPU memory for weights and KV cache
-    max_num_seqs: int = 256  # vLLM: sequences in flight at once
-    max_model_len: int | None = None  # prompt + generation tokens; None: the model's
-    enable_prefix_caching: bool = True  # vLLM: reuse the KV cache of a shared prompt prefix
-    enable_chunked_prefill: bool | None = None  # None: vLLM's default
-    enforce_eager: bool = False  # vLLM: no torch.compile / CUDA graphs (faster start, slower steps)
-    max_num_batched_tokens: int | None = None  # None: vLLM's default
-    trust_remote_code: bool = False  # run model code shipped in the model folder
-    seed: int = 0  # the engine's global seed (sampling seeds: sampling.seed)
-    batch_size: int = 16  # transformers: prompts per forward/generate call
-    device: str = "auto"  # transformers: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    # more keyword arguments for vllm.LLM(...) or AutoModelForCausalLM.from_pretrained(...)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.model = str(self.model)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"engine backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"engine dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1 or self.max_num_seqs < 1 or self.tensor_parallel_size < 1:
-            raise ValueError("batch_size, max_num_seqs and tensor_parallel_size must be >= 1")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
-        self.extra = dict(self.extra or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EngineSpec:
-        return cls(**_known(cls, d))
-
-
-def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
-    return dict(d)
 
 
 @dataclass
@@ -218,7 +111,8 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
 
 
 class Engine(ABC):
-    """A loaded model. Use :func:`load_engine`; ``close()`` (or a ``with`` block) frees it."""
+    """A loaded model. Use :func:`~kun_hpc.inference.backends.load_engine`; ``close()`` (or a ``with`` block)
+    frees it."""
 
     spec: EngineSpec
     model_path: Path
@@ -375,18 +269,3 @@ def load_tokenizer(model: str | os.PathLike, trust_remote_code: bool = False) ->
     go_offline()
     path = resolve_model_path(model)
     return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-
-
-def load_engine(spec: EngineSpec | Mapping[str, Any]) -> Engine:
-    """Load the model ``spec`` names with the backend it names (local folders only)."""
-    if not isinstance(spec, EngineSpec):
-        spec = EngineSpec.from_dict(spec)
-    go_offline()
-    path = resolve_model_path(spec.model)
-    if spec.backend == "vllm":
-        from kun_hpc.inference.vllm_engine import VLLMEngine
-
-        return VLLMEngine(spec, path)
-    from kun_hpc.inference.hf_engine import HFEngine
-
-    return HFEngine(spec, path)

@@ -13,6 +13,9 @@ Hugging Face tokenizers split out special tokens before they normalize and pre-t
 are the ids of the pieces between its special tokens, joined. Where a prompt's data holds no special token's
 text, :func:`encode_prompts` therefore makes exactly the ids of the whole string encoded as before (it is
 the same call): clean prompts, model outputs and greedy parity do not change.
+
+A :class:`PromptTemplate` is such a template file with ``{text}`` / ``{instruction}`` placeholders: the LLM
+stages and the training sets fill it with a record's fields as data parts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
+
+from kun_hpc.core.hashing import file_sha256
 
 Part = tuple[str, bool]  # (text, is_data)
 
@@ -164,3 +170,53 @@ def encode_prompts(
             ids.extend(next(plain))
         out[i] = ids + after
     return out
+
+
+PLACEHOLDER = re.compile(r"\{(text|instruction)\}")
+
+
+class PromptTemplate:
+    """A prompt template file: its text with ``{text}`` / ``{instruction}`` placeholders, substituted in one
+    pass (a record's text holding ``{instruction}`` stays as it is). :meth:`prompt` keeps the template's
+    literal text (whose ``<|im_start|>`` / ``<|im_end|>`` are control tokens) apart from the values
+    (data: encoded as plain text whatever they hold, issue 12); :meth:`render` is its text."""
+
+    def __init__(self, text: str, path: Path | None = None):
+        self.text = text
+        self.path = path
+        self.fields = set(PLACEHOLDER.findall(text))
+        self.sha256 = ""
+
+    @classmethod
+    def load(cls, path: Path, expected_sha256: str, needs: Sequence[str]) -> PromptTemplate:
+        path = Path(path)
+        template = cls(path.read_bytes().decode("utf-8"), path)
+        template.sha256 = file_sha256(path)
+        if expected_sha256 and template.sha256 != expected_sha256:
+            raise RuntimeError(
+                f"prompt template {path} changed after this run was configured (sha256 "
+                f"{template.sha256[:16]}, configured {expected_sha256[:16]}): run `kun-hpc run` again with "
+                "your preset (a run folder keeps the hash it was run with) to re-plan with the new template"
+            )
+        missing = [f"{{{f}}}" for f in needs if f not in template.fields]
+        extra = [f"{{{f}}}" for f in sorted(template.fields - set(needs))]
+        if missing or extra:
+            raise ValueError(
+                f"prompt template {path}: needs the placeholders {' '.join(f'{{{f}}}' for f in needs)}"
+                + (f"; missing {' '.join(missing)}" if missing else "")
+                + (f"; {' '.join(extra)} cannot be filled by this stage" if extra else "")
+            )
+        return template
+
+    def prompt(self, **values: str) -> Prompt:
+        """The template filled with ``values`` (one per placeholder; KeyError for a missing one)."""
+        parts: list[tuple[str, bool]] = []
+        at = 0
+        for m in PLACEHOLDER.finditer(self.text):
+            parts += [(self.text[at : m.start()], False), (values[m.group(1)], True)]
+            at = m.end()
+        return Prompt((*parts, (self.text[at:], False)))
+
+    def render(self, **values: str) -> str:
+        """The text of :meth:`prompt`."""
+        return self.prompt(**values).text

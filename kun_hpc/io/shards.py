@@ -289,16 +289,6 @@ def read_manifest(folder: str | Path) -> dict:
     return orjson.loads((Path(folder) / MANIFEST).read_bytes())
 
 
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def input_info(path: str | Path, pieces: int) -> dict:
     st = os.stat(path)
     return {"path": str(path), "bytes": st.st_size, "pieces": pieces}

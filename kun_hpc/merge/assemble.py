@@ -1,10 +1,11 @@
 """The dataset of a merge: the inputs (the last stage's shards of every complete group), the rows and their
-columns, and the ``merge-assemble`` phase that writes them (:func:`kun_hpc.merge.run.run_merge` runs the
+columns, and the ``merge-assemble`` phase that writes them (:func:`kun_hpc.run.merge_dataset` runs the
 whole merge).
 
 A run whose last stage makes answers (``answer``, ``rules``) becomes an instruction dataset: ``instruction``,
 ``output`` (the stage's ``answer``), ``id``, ``corpus``, ``score``, ``verdict``, ``ppl``, the answer's
-faithfulness (``lcs_recall``, ``lcs_precision``, ``novel_share``, ``flags``: kun_hpc/quality/faithfulness.py),
+faithfulness (``lcs_recall``, ``lcs_precision``, ``novel_share``, ``flags``:
+kun_hpc/filtering/faithfulness.py),
 ``dup_count``, ``dup_corpora`` and ``prov``. Any other run (no stage, or ``filter`` last) becomes a text
 dataset with ``text`` in place of the pair, deduplicated by text. Records carry every upstream stage's
 fields and ``prov`` entries, so the last stage's record already is the join of the stage outputs by id.
@@ -28,12 +29,13 @@ from omegaconf import DictConfig
 from kun_hpc.cluster.grid import is_done, plan_grid, raw_dedup_hash, stage_hashes
 from kun_hpc.cluster.phases import PhaseUnit, is_phase_done
 from kun_hpc.config import config_hash
+from kun_hpc.filtering import faithfulness
+from kun_hpc.filtering.faithfulness import RuleParams
+from kun_hpc.io.layout import dedup_raw_dir, shard_root, stage_dir, stage_key
 from kun_hpc.io.shards import ZstdJsonlWriter, list_shards, read_shard, shard_name
 from kun_hpc.merge.dedup import dedup_phases
 from kun_hpc.merge.raw import PHASE as RAW_PHASE
-from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_class, stage_dir, stage_key
-from kun_hpc.quality import faithfulness
-from kun_hpc.stages.rules import RuleParams
+from kun_hpc.stages.registry import stage_class
 
 PAIR_STAGES = ("answer", "rules")
 LENGTH_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1 << 62]
@@ -143,7 +145,7 @@ class AssembleTask:
 def to_row(rec: dict, kind: str, params: RuleParams | None = None) -> dict:
     """A dataset row (:data:`PAIR_FIELDS` or :data:`TEXT_FIELDS`) from a last-stage record. A pair's
     faithfulness columns come from its ``faithfulness`` field, else are measured with ``params``
-    (:func:`kun_hpc.quality.faithfulness.of_record`), else null."""
+    (:func:`kun_hpc.filtering.faithfulness.of_record`), else null."""
     score, ppl = rec.get("score"), rec.get("ppl")
     row = {
         "id": str(rec.get("id", "")),
@@ -182,7 +184,7 @@ def arrow_schema(kind: str):
 
 def assemble_unit(task: AssembleTask) -> dict:
     """Write one dataset shard (JSONL zstd, and Parquet) per input shard; counts and histograms. Pairs add the
-    histograms of the faithfulness measures (over :data:`kun_hpc.quality.faithfulness.BINS`), the count of
+    histograms of the faithfulness measures (over :data:`kun_hpc.filtering.faithfulness.BINS`), the count of
     each flag (``flags``) and of each matched refusal phrase (``refusal_phrases``)."""
     by_corpus: Counter[str] = Counter()
     flags: Counter[str] = Counter()

@@ -55,23 +55,21 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.cluster.phases import Phase, PhaseUnit
-from kun_hpc.cluster.phases import phase_markers as latest_phase_markers
-from kun_hpc.config import config_hash, file_sha256
+from kun_hpc.config import config_hash
+from kun_hpc.core.counts import Counts, add_stats
+from kun_hpc.core.hashing import file_sha256
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
 from kun_hpc.io.shards import FilteredShard
 from kun_hpc.merge.dedup import _records
 from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.normalize import make_normalizer, shingle_text
-from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.stages.base import add_stats, check_accounting
 
 PHASE = "merge-decontaminate"
 REASON = "contaminated"
@@ -83,7 +81,6 @@ CMMLU = ["", "question", "a", "b", "c", "d", "answer"]
 CSV_FIELDS = ("question", "answer")
 SHOWN_PROBLEMS = 10  # bad benchmark rows printed (and kept in index.json) per file
 BATCH_CHARS = 1 << 20  # record characters hashed at once (the shingle arrays take ~50 bytes per character)
-SHOWN_FILES = 20  # benchmark files in the report's table (the most rejections first)
 
 
 class BenchmarkError(RuntimeError):
@@ -479,9 +476,9 @@ def decontaminate_unit(task: DecontaminateTask) -> dict:
     quarantine. Marker: in, out, rejected, quarantined, per benchmark file (``benchmarks``) and per shard."""
     index = NgramIndex.load(task.index, task.fingerprint)
     fields = record_fields(task.kind)
-    reports = []
+    reports, total = [], Counts()
     for s, path in enumerate(task.inputs):
-        counts: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
+        counts = Counts()
         per_bench: dict[str, dict] = {}
         with FilteredShard(task.outputs[s], task.rejected[s], task.quarantine[s], task.zstd_level) as files:
             out, rej, bad = files.kept, files.rejected, files.quarantine
@@ -489,19 +486,19 @@ def decontaminate_unit(task: DecontaminateTask) -> dict:
                 texts = [_text(r, f) for r, _ in batch for f in fields]
                 hits = index.first_hits(texts)
                 for k, (rec, line) in enumerate(batch):
-                    counts["in"] += 1
+                    counts.in_ += 1
                     if type(rec) is Bad:
-                        counts["quarantined"][rec.reason] += 1
+                        counts.quarantined[rec.reason] += 1
                         bad.write(rec.to_dict())
                         continue
                     mine = hits[k * len(fields) : (k + 1) * len(fields)]
                     j = next((j for j, hit in enumerate(mine) if hit is not None), None)
                     if j is None:
-                        counts["out"] += 1
+                        counts.out += 1
                         out.write_line(line if line.endswith(b"\n") else line + b"\n")
                         continue
                     hit = mine[j]
-                    counts["rejected"][REASON] += 1
+                    counts.rejected[REASON] += 1
                     rej.write({**rec, "reject": _reject(hit, fields[j], index.n)})
                     b = per_bench.setdefault(
                         hit.benchmark, {"rejected": 0, "fields": {}, "benchmark_fields": {}}
@@ -512,26 +509,24 @@ def decontaminate_unit(task: DecontaminateTask) -> dict:
                         b["benchmark_fields"].get(hit.benchmark_field, 0) + 1
                     )
             info = files.close()
-        check_accounting(task.outputs[s], counts)
+        counts.check(task.outputs[s])
         reports.append(
             {
                 "input": path,
                 "output": task.outputs[s],
                 "sha256": info.sha256,
                 "bytes": info.bytes,
-                **{k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()},
+                **counts.to_dict(),
                 "benchmarks": per_bench,
             }
         )
+        total += counts
     benchmarks: dict = {}
     for r in reports:
         benchmarks = add_stats(benchmarks, r["benchmarks"])
     return {
         "stage": PHASE,
-        "in": sum(r["in"] for r in reports),
-        "out": sum(r["out"] for r in reports),
-        "rejected": dict(sum((Counter(r["rejected"]) for r in reports), Counter())),
-        "quarantined": dict(sum((Counter(r["quarantined"]) for r in reports), Counter())),
+        **total.to_dict(),
         "benchmarks": benchmarks,
         "index": task.fingerprint,
         "shards": reports,
@@ -573,97 +568,3 @@ def _reject(hit: Hit, where: str, n: int) -> dict:
         "field": where,
         "ngram": hit.ngram,
     }
-
-
-# ----------------------------------------------------------------------------------------------- report
-def phase_markers(run_dir: str | Path) -> list[dict]:
-    """The markers of the latest ``merge-decontaminate`` run (those sharing the config hash of the marker
-    that ended last; markers of an earlier merge of other inputs are left out); [] when none."""
-    return latest_phase_markers(run_dir, PHASE)
-
-
-def _groups(names: list[str]) -> str:
-    """``cmmlu (67 files), mmlu.jsonl``: benchmark names by the folder they were named by."""
-    tops = Counter(n.split("/", 1)[0] + ("/" if "/" in n else "") for n in names)
-    return ", ".join(f"{t[:-1]} ({c} file{'s' * (c > 1)})" if t.endswith("/") else t for t, c in tops.items())
-
-
-def section(ctx: QualityContext) -> Section | None:
-    """The "Decontamination" section: records checked, rejected as contaminated, per benchmark file and per
-    field, what the index holds (texts too short to index, skipped rows); None when no benchmark is set or
-    the phase has not run."""
-    if not ctx.cfg.merge.decontaminate.benchmarks:
-        return None
-    markers = phase_markers(ctx.run_dir)
-    if not markers:
-        return None
-    info = orjson.loads((index_dir(ctx.cfg) / "index.json").read_bytes())
-    n = info["ngram"]
-    checked = sum(m["in"] for m in markers)
-    rejected = sum(m["rejected"].get(REASON, 0) for m in markers)
-    per: dict = {}
-    for m in markers:
-        per = add_stats(per, m.get("benchmarks", {}))
-    files = info["files"]
-    what = "pairs" if ctx.kind == "pairs" else "records"
-    share = f" ({rejected / checked:.2%})" if checked else ""
-    short = sum(f["short"] for f in files)
-    skipped = sum(sum(f["problems"].values()) for f in files)
-    indexed = sum(f["indexed"] for f in files)
-    lines = [
-        f"{checked:,} {what} checked against {len(files)} benchmark files ({indexed:,} texts indexed as "
-        f"{info['ngrams']:,} distinct character {n}-grams): **{rejected:,} rejected as `{REASON}`**{share}. "
-        f"A record is contaminated when its {' or '.join(record_fields(ctx.kind))} shares one {n}-gram "
-        "(normalised: no whitespace or punctuation) with a benchmark question or correct answer.",
-    ]
-    if short:
-        lines.append(
-            f"{short:,} benchmark texts are shorter than {n} characters and were not indexed (a short "
-            "answer would match every record that mentions it): they cannot be detected here."
-        )
-    if skipped:
-        reasons = Counter()
-        for f in files:
-            reasons.update(f["problems"])
-        lines.append(
-            f"Benchmark rows or fields skipped: {skipped:,} ("
-            + ", ".join(f"{r} {c:,}" for r, c in reasons.most_common())
-            + ")."
-        )
-    record_cols = list(record_fields(ctx.kind))
-    bench_cols = [f for f in info["fields"] if any(f in p.get("benchmark_fields", {}) for p in per.values())]
-    order = sorted(files, key=lambda f: (-per.get(f["name"], {}).get("rejected", 0), f["name"]))
-    rows = []
-    for f in order[:SHOWN_FILES]:
-        p = per.get(f["name"], {})
-        rows.append(
-            [
-                f["name"],
-                f["layout"],
-                f"{f['rows']:,}",
-                f"{f['indexed']:,}",
-                f"{f['short']:,}",
-                f"{p.get('rejected', 0):,}",
-                *(f"{p.get('fields', {}).get(c, 0):,}" for c in record_cols),
-                *(f"{p.get('benchmark_fields', {}).get(c, 0):,}" for c in bench_cols),
-            ]
-        )
-    header = [
-        "benchmark file",
-        "layout",
-        "rows",
-        "texts indexed",
-        "too short",
-        f"{what} rejected",
-        *(f"by {c}" for c in record_cols),
-        *(f"matched {c}" for c in bench_cols),
-    ]
-    title = "Per benchmark file" + (
-        f" (the {SHOWN_FILES} with the most rejections)" if len(files) > SHOWN_FILES else ""
-    )
-    card = [
-        f"Decontaminated against {_groups([f['name'] for f in files])} (character {n}-grams): "
-        f"{rejected:,} {what} removed."
-    ]
-    data = {"ngram": n, "checked": checked, "rejected": rejected, "benchmarks": per, "index": info}
-    return Section("decontamination", "Decontamination", data, lines, [Table(header, rows, title)], card=card)

@@ -64,12 +64,14 @@ import zstandard
 
 from kun_hpc.cluster.phases import Phase, PhaseUnit
 from kun_hpc.config import config_hash
+from kun_hpc.core.counts import Counts
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
+from kun_hpc.io.markers import read_marker
 from kun_hpc.io.quarantine import Bad
 from kun_hpc.io.shards import FilteredShard
 from kun_hpc.merge.minhash import MinHasher, mix64
 from kun_hpc.merge.normalize import make_normalizer, shingle_text, tokens
-from kun_hpc.stages.base import _input_items, check_accounting, read_marker
+from kun_hpc.stages.chunks import input_items
 
 ENTRY = np.dtype([("key", "<u8"), ("row", "<u4")])  # a bucket entry: 12 bytes
 PAIR = np.dtype([("a", "<u8"), ("b", "<u8"), ("sim", "<f4")])  # a verified pair of global ids
@@ -112,7 +114,7 @@ def key_text(record: dict, key: str) -> str | None:
 
 def _records(path: str) -> Iterator[tuple[int, dict | Bad, bytes]]:
     """(line index, record or Bad, raw line) of a shard; indexes match across phases."""
-    for i, item in enumerate(_input_items(path)):
+    for i, item in enumerate(input_items(path)):
         if type(item) is Bad:
             yield i, item, b""
             continue
@@ -652,7 +654,7 @@ def _no_content_detail(key: str, missing: bool) -> str:
 def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
     """Each shard of the group: kept records to its output, removed ones to its rejected file."""
     job, shards = args
-    reports = []
+    reports, total = [], Counts()
     for s in shards:
         body = orjson.loads(
             zstandard.decompress((Path(job.work) / "remove" / f"{s:05d}.json.zst").read_bytes())
@@ -660,31 +662,31 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
         rem, absorb = body["remove"], body["absorb"]
         empty = {str(i): missing for i, missing in _load_meta(job.sig_dir(s))["no_content"]}
         level = int(job.settings.get("zstd_level", 3))
-        counts: dict[str, Any] = {"in": 0, "out": 0, "rejected": Counter(), "quarantined": Counter()}
+        counts = Counts()
         with FilteredShard(job.outputs[s], job.rejected[s], job.quarantine[s], level) as files:
             out, rej, bad = files.kept, files.rejected, files.quarantine
             for i, rec, line in _records(job.inputs[s]):
-                counts["in"] += 1
+                counts.in_ += 1
                 i = str(i)
                 if type(rec) is Bad:
-                    counts["quarantined"][rec.reason] += 1
+                    counts.quarantined[rec.reason] += 1
                     bad.write(rec.to_dict())
                 elif i in empty:
-                    counts["rejected"][REASONS["empty"]] += 1
+                    counts.rejected[REASONS["empty"]] += 1
                     detail = _no_content_detail(job.key, empty[i])
                     rej.write(
                         {**rec, "reject": {"stage": job.name, "reason": REASONS["empty"], "detail": detail}}
                     )
                 elif i in rem:
                     reason, survivor, sim = rem[i]
-                    counts["rejected"][reason] += 1
+                    counts.rejected[reason] += 1
                     what = "copy" if reason == REASONS["exact"] else f"near copy (n-gram Jaccard {sim:.2f})"
                     detail = f"{what} of {survivor} (by {job.key})"
                     reject = {"stage": job.name, "reason": reason, "detail": detail, "survivor": survivor,
                               "similarity": sim}  # fmt: skip
                     rej.write({**rec, "reject": reject})
                 else:
-                    counts["out"] += 1
+                    counts.out += 1
                     if i in absorb:
                         count, corpora = absorb[i]
                         rec["dup_count"] = int(rec.get("dup_count") or 0) + count
@@ -693,24 +695,18 @@ def apply_unit(args: tuple[DedupJob, list[int]]) -> dict:
                     else:
                         out.write_line(line if line.endswith(b"\n") else line + b"\n")
             info = files.close()
-        check_accounting(job.outputs[s], counts)
+        counts.check(job.outputs[s])
         reports.append(
             {
                 "input": job.inputs[s],
                 "output": job.outputs[s],
                 "sha256": info.sha256,
                 "bytes": info.bytes,
-                **{k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()},
+                **counts.to_dict(),
             }
         )
-    return {
-        "stage": job.name,
-        "in": sum(r["in"] for r in reports),
-        "out": sum(r["out"] for r in reports),
-        "rejected": dict(sum((Counter(r["rejected"]) for r in reports), Counter())),
-        "quarantined": dict(sum((Counter(r["quarantined"]) for r in reports), Counter())),
-        "shards": reports,
-    }
+        total += counts
+    return {"stage": job.name, **total.to_dict(), "shards": reports}
 
 
 def dedup_stats(run_dir: str | Path, name: str, partitions: int) -> dict:

@@ -13,7 +13,7 @@ from kun_hpc.cluster.grid import raw_dedup_hash
 from kun_hpc.cluster.phases import run_phases
 from kun_hpc.io.shards import list_shards
 from kun_hpc.merge.dedup import DedupJob, dedup_phases, make_job, settings_of
-from kun_hpc.pipeline import dedup_raw_dir, shard_root
+from kun_hpc.io.layout import dedup_raw_dir, shard_root
 
 PHASE = "dedup-raw"
 

@@ -22,9 +22,8 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import jieba
-import jieba.posseg
 import orjson
 
 from kun_hpc.io.shards import iter_shard_lines
@@ -114,8 +113,12 @@ def openings(texts: Sequence[str], chars: int, top: int) -> list[tuple[str, int]
 
 
 @functools.cache
-def _tagger() -> jieba.posseg.POSTokenizer:
-    """jieba's part-of-speech tokenizer with its dictionary loaded once, without jieba's log lines."""
+def _tagger() -> Any:
+    """jieba's part-of-speech tokenizer (``jieba.posseg.POSTokenizer``) with its dictionary loaded once,
+    without jieba's log lines; imported on first use (a second at import: only the report needs it)."""
+    import jieba
+    import jieba.posseg
+
     jieba.setLogLevel(logging.WARNING)
     jieba.initialize()
     return jieba.posseg.dt

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from kun_hpc.quality import plots
 from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.stages.base import add_stats
+from kun_hpc.core.counts import add_stats
 from kun_hpc.stages.point import BAD, BOTH, GOOD, SCORE_BINS, UNPARSEABLE
 
 STAGE = "point"
@@ -78,7 +78,7 @@ def token_summary(tokens: Mapping[str, int], truncated: int) -> dict:
 def judge_stats(funnel: list[dict]) -> tuple[dict, int, int] | None:
     """The Point stage's ``stats["judge"]`` summed over its done unit markers (``{corpus: {outcomes,
     tokens, truncated, scores}}``, see :meth:`~kun_hpc.stages.point.Point.chunk_stats`), the number of done
-    units and of units, from the run's funnel rows (:func:`~kun_hpc.cluster.status.funnel_row` sums the
+    units and of units, from the run's funnel rows (:func:`~kun_hpc.cluster.funnel.funnel_row` sums the
     markers' ``stats``); None when the funnel has no point stage."""
     row = next((r for r in funnel if r["step"] == STAGE), None)
     if row is None:

@@ -10,12 +10,23 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+if TYPE_CHECKING:
+    from matplotlib import pyplot
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib import font_manager, ft2font
+
+@functools.cache
+def _pyplot() -> pyplot:
+    """matplotlib's pyplot on the Agg backend, imported on first use (it costs a second at import; only the
+    merge report draws)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
 
 LOG_SPAN = 100  # largest / smallest non-zero count from which an axis is logarithmic
 
@@ -49,7 +60,7 @@ def bar_chart(
     bar with its count; returns the file name. Axis logarithmic when :func:`wants_log`."""
     n = max(len(series), 1)
     height = max(3.0, 0.3 * len(labels) + 1.5) if horizontal else 4.0
-    fig, ax = plt.subplots(figsize=(8, height))
+    fig, ax = _pyplot().subplots(figsize=(8, height))
     width = 0.8 / n
     log = wants_log([v for vals in series.values() for v in vals])
     for j, (name, vals) in enumerate(series.items()):
@@ -88,7 +99,7 @@ def histogram(
 ) -> str:
     """A histogram from its bin ``edges`` (len(counts) + 1) and counts, each bar with its count, and an
     optional vertical line at ``mark`` (a threshold); returns the file name."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _pyplot().subplots(figsize=(8, 4))
     widths = [b - a for a, b in itertools.pairwise(edges)]
     bars = ax.bar(list(edges[:-1]), list(counts), widths, align="edge", edgecolor="white")
     ax.bar_label(bars, labels=[f"{c:,.0f}" if c else "" for c in counts], fontsize=7, padding=1)
@@ -109,6 +120,8 @@ def cjk_fonts() -> tuple[str, ...]:
     """Family names of the installed fonts that hold CJK ideographs (Chinese labels need one): matplotlib's
     font list and the system's fonts (``fc-list``), so a font installed after matplotlib cached its list
     counts too (it is added to matplotlib's list)."""
+    from matplotlib import font_manager, ft2font
+
     known = {f.fname for f in font_manager.fontManager.ttflist}
     names = set()
     for path in sorted(known | set(font_manager.findSystemFonts())):
@@ -129,7 +142,10 @@ def chinese_labels() -> Iterator[None]:
     """Plots drawn inside use a CJK font as fallback for their labels when one is installed; without one the
     labels show empty boxes, and matplotlib's warning per missing glyph is silenced (the section says so)."""
     fonts = cjk_fonts()
-    with plt.rc_context({"font.family": ["DejaVu Sans", *fonts]} if fonts else {}), warnings.catch_warnings():
+    with (
+        _pyplot().rc_context({"font.family": ["DejaVu Sans", *fonts]} if fonts else {}),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
         yield
 
@@ -139,13 +155,13 @@ def sunburst(path: Path, tree: list[dict], title: str) -> str:
     """Self-Instruct's verb-object sunburst as a nested donut: inner ring the verbs, outer ring each verb's
     nouns, wedges sized by pair counts (a verb's wedge: the pairs of the nouns shown), each labelled with
     its word and count; returns the file name."""
-    cmap = plt.get_cmap("tab20")
+    cmap = _pyplot().get_cmap("tab20")
     inner = [sum(n["count"] for n in v["nouns"]) for v in tree]
     outer = [n for v in tree for n in v["nouns"]]
     colours = [cmap(2 * i % 20 + 2 * i // 20 % 2) for i in range(len(tree))]  # 10 hues dark, then light
     outer_colours = [(*colours[i][:3], 0.55) for i, v in enumerate(tree) for _ in v["nouns"]]
     total = sum(inner) or 1
-    fig, ax = plt.subplots(figsize=(9, 9))
+    fig, ax = _pyplot().subplots(figsize=(9, 9))
     style = {"edgecolor": "white", "linewidth": 0.8}
     ax.pie(
         inner,
@@ -180,5 +196,5 @@ def sunburst(path: Path, tree: list[dict], title: str) -> str:
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return Path(path).name

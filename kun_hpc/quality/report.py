@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kun_hpc.merge import decontaminate
-from kun_hpc.quality import cost, diversity, faithfulness, judge, review
+from kun_hpc.quality import cost, decontamination, diversity, faithfulness, judge, review
 from kun_hpc.quality.section import QualityContext, Section
 
 BUILDERS: list[Callable[[QualityContext], Section | None]] = [
@@ -13,7 +12,7 @@ BUILDERS: list[Callable[[QualityContext], Section | None]] = [
     faithfulness.section,
     faithfulness.tone_section,
     diversity.section,
-    decontaminate.section,
+    decontamination.section,
     review.section,
     cost.section,
 ]

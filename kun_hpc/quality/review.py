@@ -47,13 +47,13 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig
 
+from kun_hpc.cluster.funnel import stage_markers
 from kun_hpc.cluster.phases import phase_markers
-from kun_hpc.cluster.status import stage_markers
-from kun_hpc.config import ConfigError
+from kun_hpc.config import ConfigError, load_run
 from kun_hpc.inspect_run import stage_files
 from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.layout import stage_dir, stage_key
 from kun_hpc.io.shards import iter_shard_lines, list_shards
-from kun_hpc.pipeline import load_run_config, stage_dir, stage_key
 from kun_hpc.quality.cost import ASSEMBLE
 from kun_hpc.quality.section import QualityContext, Section, Table
 
@@ -117,7 +117,7 @@ def run_config(run_dir: str | Path) -> DictConfig:
     """The run's saved config (``<run>/config.yaml``); :class:`ReviewError` when ``run_dir`` is no run."""
     if not (Path(run_dir) / "config.yaml").is_file():
         raise ReviewError(f"{run_dir}: not a run folder (no config.yaml in it)")
-    return load_run_config(run_dir)
+    return load_run(run_dir)
 
 
 def _record(line: bytes, path: Path, line_no: int) -> dict:
@@ -1063,7 +1063,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _print_export(result: ReviewSet, run_dir: str | Path) -> None:
     from rich.table import Table as RichTable
 
-    from kun_hpc.stages.summary import console
+    from kun_hpc.core.console import console
 
     out = console()
     table = RichTable(title=f"review set: {len(result.rows)} records of stage {result.stage}")
@@ -1088,7 +1088,7 @@ def _print_import(result: dict, run_dir: Path) -> None:
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    from kun_hpc.stages.summary import console
+    from kun_hpc.core.console import console
 
     out = console()
     for t in (confusion_table(result), reason_table(result)):

@@ -19,9 +19,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.config import find_file
+from kun_hpc.core.records import Rejected
 from kun_hpc.inference import Generation, encode_prompts, load_tokenizer
-from kun_hpc.stages.base import Rejected
-from kun_hpc.stages.llm import LLMStage, PromptTemplate, accept_output
+from kun_hpc.inference.prompt import PromptTemplate
+from kun_hpc.stages.llm import LLMStage, accept_output
 
 
 class Answer(LLMStage):

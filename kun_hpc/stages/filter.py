@@ -2,7 +2,7 @@
 
 Each input document fans out into units (see :mod:`kun_hpc.filtering.chain`): kept units go to the output
 shard, rejected ones to the rejected file with their reason, and the unit's marker counts documents and units
-(:mod:`kun_hpc.stages.base`). It runs on every executor, chunked and resumable like every stage.
+(:mod:`kun_hpc.core.counts`). It runs on every executor, chunked and resumable like every stage.
 
 Percentile thresholds and the cluster
 -------------------------------------
@@ -23,19 +23,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 from omegaconf import DictConfig, OmegaConf
 
+from kun_hpc import config
 from kun_hpc.config import ConfigError, config_hash
+from kun_hpc.core.records import Rejected
 from kun_hpc.filtering.buckets import Cutoffs, percentile_cutoffs
 from kun_hpc.filtering.chain import FilterChain
 from kun_hpc.filtering.tokens import TokenizerNotFound, tokenizer_file
 from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.layout import shard_root
 from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.answer import AnswerBudget
-from kun_hpc.stages.base import Rejected, Stage
+from kun_hpc.stages.base import Stage
+from kun_hpc.stages.steps import Array, Step
 from kun_hpc.text_libraries import t2s_converter
 
 CALIBRATION = Path("filter") / "calibration.json"
@@ -62,14 +65,17 @@ class FilterStage(Stage):
         return {k: info[k] for k in keys if k in info}
 
     @classmethod
-    def hash_inputs(cls, cfg: DictConfig) -> dict:
-        return {"tokenizer": str(Path(tokenizer_path(cfg)).resolve()), **AnswerBudget.hash_inputs(cfg)}
-
-    @classmethod
-    def before_run(cls, cfg: DictConfig, executor: Any, log_dir: Path) -> None:
+    def preflight(cls, cfg: DictConfig) -> None:
         if cfg.filter.clean.t2s:  # a release that corrupts text fails here once, before any unit is submitted
             t2s_converter(cfg.filter.clean.opencc_config)
-        ensure_calibration(cfg, executor, log_dir)
+
+    @classmethod
+    def prepare(cls, cfg: DictConfig) -> Step:
+        return calibration(cfg)
+
+    @classmethod
+    def hash_inputs(cls, cfg: DictConfig) -> dict:
+        return {"tokenizer": str(Path(tokenizer_path(cfg)).resolve()), **AnswerBudget.hash_inputs(cfg)}
 
 
 def tokenizer_path(cfg: DictConfig) -> str:
@@ -164,9 +170,7 @@ def sample_shards(shards: list[Path], k: int) -> list[Path]:
 
 def calibrate(task: CalibrationTask) -> dict:
     """Compute the percentile cut-offs from the run's sample and write them (runs as a job)."""
-    from kun_hpc.pipeline import load_run_config, shard_root
-
-    cfg = load_run_config(task.run_dir)
+    cfg = config.load_run(task.run_dir)
     p = cfg.filter.perplexity
     started = time.time()
     shards = sample_shards(list_shards(shard_root(cfg)), p.sample_max_shards)
@@ -205,20 +209,18 @@ def calibrate(task: CalibrationTask) -> dict:
     return data
 
 
-def ensure_calibration(cfg: DictConfig, executor: Any, log_dir: Path, force: bool = False) -> dict | None:
-    """The run's calibration, computed on ``executor`` (one job) when missing, stale or ``force``d; None when
-    the filter needs none."""
+def calibration(cfg: DictConfig, force: bool = False) -> Step:
+    """The run's calibration (a :mod:`~kun_hpc.stages.steps` step: one job, :func:`calibrate`), computed
+    when missing, stale or ``force``d; None when the filter needs none. Raises RuntimeError when it
+    failed."""
     if not needs_calibration(cfg):
         return None
     if not force:
         data = read_calibration(cfg)
         if data is not None:
             return data
-    (outcome,) = executor.map(
-        calibrate,
-        [CalibrationTask(str(cfg.run.dir))],
-        name="filter calibrate",
-        log_dir=Path(log_dir) / "filter-calibrate",
+    (outcome,) = yield Array(
+        calibrate, [CalibrationTask(str(cfg.run.dir))], "filter calibrate", "filter-calibrate"
     )
     if not outcome.ok:
         where = f" (log: {outcome.log})" if outcome.log else ""

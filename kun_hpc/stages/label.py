@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from kun_hpc.core.records import Rejected
 from kun_hpc.inference import Generation
 from kun_hpc.stages.answer import AnswerBudget
-from kun_hpc.stages.base import Rejected
 from kun_hpc.stages.llm import LLMStage, accept_output
 from kun_hpc.stages.rules import INSTRUCTION_SETTINGS, Drop, RuleSet
 

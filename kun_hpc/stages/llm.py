@@ -25,16 +25,15 @@ prompt fields hold one), and ``missing_field`` for an input record without the f
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import xxhash
 from omegaconf import DictConfig, OmegaConf
 
-from kun_hpc.config import file_sha256, find_file
+from kun_hpc.config import find_file
+from kun_hpc.core.records import Rejected
 from kun_hpc.filtering.clean import find_damage, strip_controls
 from kun_hpc.inference import (
     FINISH_LENGTH,
@@ -46,56 +45,8 @@ from kun_hpc.inference import (
     SamplingSpec,
     load_engine,
 )
-from kun_hpc.stages.base import Rejected, Stage
-
-PLACEHOLDER = re.compile(r"\{(text|instruction)\}")
-
-
-class PromptTemplate:
-    """A prompt template file: its text with ``{text}`` / ``{instruction}`` placeholders, substituted in one
-    pass (a record's text holding ``{instruction}`` stays as it is). :meth:`prompt` keeps the template's
-    literal text (whose ``<|im_start|>`` / ``<|im_end|>`` are control tokens) apart from the values
-    (data: encoded as plain text whatever they hold, issue 12); :meth:`render` is its text."""
-
-    def __init__(self, text: str, path: Path | None = None):
-        self.text = text
-        self.path = path
-        self.fields = set(PLACEHOLDER.findall(text))
-        self.sha256 = ""
-
-    @classmethod
-    def load(cls, path: Path, expected_sha256: str, needs: Sequence[str]) -> PromptTemplate:
-        path = Path(path)
-        template = cls(path.read_bytes().decode("utf-8"), path)
-        template.sha256 = file_sha256(path)
-        if expected_sha256 and template.sha256 != expected_sha256:
-            raise RuntimeError(
-                f"prompt template {path} changed after this run was configured (sha256 "
-                f"{template.sha256[:16]}, configured {expected_sha256[:16]}): run `kun-hpc run` again with "
-                "your preset (a run folder keeps the hash it was run with) to re-plan with the new template"
-            )
-        missing = [f"{{{f}}}" for f in needs if f not in template.fields]
-        extra = [f"{{{f}}}" for f in sorted(template.fields - set(needs))]
-        if missing or extra:
-            raise ValueError(
-                f"prompt template {path}: needs the placeholders {' '.join(f'{{{f}}}' for f in needs)}"
-                + (f"; missing {' '.join(missing)}" if missing else "")
-                + (f"; {' '.join(extra)} cannot be filled by this stage" if extra else "")
-            )
-        return template
-
-    def prompt(self, **values: str) -> Prompt:
-        """The template filled with ``values`` (one per placeholder; KeyError for a missing one)."""
-        parts: list[tuple[str, bool]] = []
-        at = 0
-        for m in PLACEHOLDER.finditer(self.text):
-            parts += [(self.text[at : m.start()], False), (values[m.group(1)], True)]
-            at = m.end()
-        return Prompt((*parts, (self.text[at:], False)))
-
-    def render(self, **values: str) -> str:
-        """The text of :meth:`prompt`."""
-        return self.prompt(**values).text
+from kun_hpc.inference.prompt import PromptTemplate
+from kun_hpc.stages.base import Stage
 
 
 def record_seed(stage: str, record: Mapping[str, Any], base: int) -> int:

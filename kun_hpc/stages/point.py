@@ -36,8 +36,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from kun_hpc.core.records import Rejected
 from kun_hpc.inference import FINISH_LENGTH, FINISH_PROMPT_TOO_LONG, Generation, Prompt
-from kun_hpc.stages.base import Rejected
 from kun_hpc.stages.llm import LLMStage, bad_generation, output_text
 
 GOOD, BAD, BOTH, UNPARSEABLE = "good", "bad", "both", "unparseable"
@@ -147,7 +147,7 @@ class Point(LLMStage):
 
     def chunk_stats(self, outputs: list[dict | Rejected]) -> dict:
         """Judge health of one chunk, ``{"judge": {corpus: {...}}}``, summed over chunks, shards and units
-        (:func:`~kun_hpc.stages.base.add_stats`). Per corpus (a record's ``corpus``, else
+        (:func:`~kun_hpc.core.counts.add_stats`). Per corpus (a record's ``corpus``, else
         :data:`NO_CORPUS`):
 
         * ``outcomes``: every output counted once: ``good`` (kept), ``bad`` (``verdict_bad``, or calibrated

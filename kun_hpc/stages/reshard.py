@@ -24,8 +24,8 @@ import xxhash
 import zstandard
 from omegaconf import DictConfig
 
-from kun_hpc.cluster.executors import Executor
 from kun_hpc.config import config_hash
+from kun_hpc.core.counts import Counts
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
 from kun_hpc.io.readers import InputPiece, piece_lines, plan_pieces, too_long_bad
@@ -40,6 +40,7 @@ from kun_hpc.io.shards import (
 )
 from kun_hpc.io.streams import HashingWriter, LineTooLong
 from kun_hpc.stages.shard import QUARANTINE, WORK, load_marker
+from kun_hpc.stages.steps import Array, Step
 from kun_hpc.stages.summary import StepReport, failed_units_message
 
 FLUSH_BYTES = 64 * 2**20
@@ -128,15 +129,13 @@ def split_unit(u: SplitUnit) -> dict:
                 flush()
         flush()
     quarantine.close()
-    if read != written + quarantine.total:
-        raise RuntimeError(f"{u.unit}: accounting broken: read {read} != {written} + {quarantine.total}")
+    counts = Counts(read, written, quarantined=quarantine.counts)
+    counts.check(u.unit)
     marker = {
         "unit": u.unit,
         "input": source,
         "config_hash": u.config_hash,
-        "read": read,
-        "records": written,
-        "quarantined": dict(quarantine.counts),
+        **counts.to_shard_marker(),
         "index": index,
     }
     atomic_write_bytes(work / f"{u.unit}.done.json", orjson.dumps(marker))
@@ -177,7 +176,9 @@ def merge_unit(u: MergeUnit) -> dict:
     return marker
 
 
-def run_reshard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[StepReport]:
+def run_reshard(cfg: DictConfig) -> Step:
+    """Reshard ``reshard.input`` into ``reshard.num_shards`` shards (a :mod:`~kun_hpc.stages.steps` step:
+    a split array, then a merge array); returns its report."""
     r = cfg.reshard
     src, out = Path(r.input), Path(r.output)
     files = [p for p in list_shards(src) if out not in p.parents]
@@ -209,7 +210,7 @@ def run_reshard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[Step
         )
         for p in pieces
     ]
-    _run(executor, split_unit, splits, work, cfg_hash, name + " (split)", log_dir)
+    yield from _run(split_unit, splits, work, cfg_hash, name + " (split)")
     split_ids = tuple(s.unit for s in splits)
     merges = [
         MergeUnit(
@@ -225,24 +226,23 @@ def run_reshard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[Step
     for old in out.glob("part-*.jsonl.zst"):
         if int(old.name[5:10]) >= r.num_shards:
             old.unlink()
-    _run(executor, merge_unit, merges, work, cfg_hash, name + " (merge)", log_dir)
+    yield from _run(merge_unit, merges, work, cfg_hash, name + " (merge)")
     split_markers = [load_marker(work, s.unit, cfg_hash) for s in splits]
     shards = [ShardInfo(**s) for m in merges for s in load_marker(work, m.unit, cfg_hash)["shards"]]
-    quarantined: Counter[str] = Counter()
     (out / QUARANTINE).mkdir(parents=True, exist_ok=True)
-    for s, m in zip(splits, split_markers, strict=True):
-        quarantined.update(m["quarantined"])
+    for s in splits:
         q = work / QUARANTINE / f"{s.unit}.jsonl.zst"
         if q.exists():
             q.replace(out / QUARANTINE / q.name)
+    total = sum((Counts.from_shard_marker(m) for m in split_markers), Counts())
     counts = Counter(p.path for p in pieces)
     manifest = write_manifest(
         out,
         shards=shards,
         inputs=[input_info(f, counts[str(f)]) for f in files],
         config_hash=cfg_hash,
-        read=sum(m["read"] for m in split_markers),
-        quarantined=dict(quarantined),
+        read=total.in_,
+        quarantined=dict(total.quarantined),
         extra={"num_shards": r.num_shards, "routing": "xxh3_64(id) % num_shards"},
     )
     shutil.rmtree(work)
@@ -250,8 +250,8 @@ def run_reshard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[Step
     return reports
 
 
-def _run(executor: Executor, fn, units: list, work: Path, cfg_hash: str, name: str, log_dir: Path) -> None:
+def _run(fn, units: list, work: Path, cfg_hash: str, name: str) -> Step:
     todo = [u for u in units if load_marker(work, u.unit, cfg_hash) is None]
-    failed = [o for o in executor.map(fn, todo, name=name, log_dir=log_dir) if not o.ok]
+    failed = [o for o in ((yield Array(fn, todo, name, "reshard")) if todo else []) if not o.ok]
     if failed:
         raise RuntimeError(failed_units_message(name, failed, len(units)))

@@ -21,9 +21,9 @@ Beyond the reference (issue 14): the answer rules ``drift`` (reason ``answer_dri
 (``answer_copy``) judge the answer against the unit it polished (the record's ``text``): they are *unit
 rules*, called with (answer, unit, params), beside the text rules in :data:`ANSWER_RULES` and in the same
 order. Every pair the stage keeps and that has a string ``text`` gets a ``faithfulness`` field, measured on
-the final answer (:func:`kun_hpc.quality.faithfulness.measure`), whether or not those rules are listed. A pair
-without a string ``text`` gets no such field, and is dropped as ``missing_field`` only when a unit rule is
-listed.
+the final answer (:func:`kun_hpc.filtering.faithfulness.measure`), whether or not those rules are listed. A
+pair without a string ``text`` gets no such field, and is dropped as ``missing_field`` only when a unit rule
+is listed.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kun_hpc.quality.faithfulness import COPY, DRIFT, measure
-from kun_hpc.stages.base import Rejected, Stage
+from kun_hpc.config import ANSWER_RULE_NAMES, INSTRUCTION_RULE_NAMES
+from kun_hpc.core.records import Rejected
+from kun_hpc.filtering.faithfulness import COPY, DRIFT, RuleParams, measure
+from kun_hpc.stages.base import Stage
 
 
 @dataclass(frozen=True)
@@ -44,39 +46,6 @@ class Drop:
 
     reason: str
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class RuleParams:
-    """The settings of the rules (the ``rules`` config section, as plain values)."""
-
-    instruction_keywords: tuple[str, ...]
-    answer_keywords: tuple[str, ...]
-    whitespace_run: int
-    min_answer_chars: int
-    max_opening_repeats: int
-    max_unit_chars: int
-    novel_ngram: int  # the faithfulness measure's settings (kun_hpc/quality/faithfulness.py)
-    drift_min_novel: float
-    copy_min_recall: float
-    copy_min_precision: float
-    refusal: re.Pattern[str] | None = None  # rules.refusal_patterns, one alternation
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> RuleParams:
-        return cls(
-            tuple(section["instruction_keywords"]),
-            tuple(section["answer_keywords"]),
-            int(section["whitespace_run"]),
-            int(section["min_answer_chars"]),
-            int(section["max_opening_repeats"]),
-            int(section["max_unit_chars"]),
-            int(section["novel_ngram"]),
-            float(section["drift_min_novel"]),
-            float(section["copy_min_recall"]),
-            float(section["copy_min_precision"]),
-            refusal_pattern(section.get("refusal_patterns") or ()),
-        )
 
 
 Rule = Callable[[str, RuleParams], "str | Drop"]
@@ -143,11 +112,6 @@ def repeated_opening(text: str, p: RuleParams) -> str | Drop:
     return text
 
 
-def refusal_pattern(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """One case-insensitive regular expression matching any of ``patterns`` (None for none)."""
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
-
-
 def refusal(text: str, p: RuleParams) -> str | Drop:
     """Drop a refusal or assistant boilerplate (作为一个AI…, 我无法…, 抱歉，我…, "As an AI", "I'm sorry"):
     ``rules.refusal_patterns``; the detail is the matched phrase."""
@@ -177,7 +141,7 @@ INSTRUCTION_RULES: dict[str, Rule] = {
 }
 # drift: novel_share >= rules.drift_min_novel; copy: lcs_recall and lcs_precision >= rules.copy_min_*
 UNIT_RULES: dict[str, UnitRule] = {DRIFT: _flagged(DRIFT), COPY: _flagged(COPY)}
-# one namespace of answer rule names, text rules and unit rules (config.validate_kun checks names against it)
+# one namespace of answer rule names, text rules and unit rules
 ANSWER_RULES: dict[str, Rule | UnitRule] = {
     "strip_whitespace": strip_whitespace,
     "not_empty": _not_empty("answer"),
@@ -187,6 +151,10 @@ ANSWER_RULES: dict[str, Rule | UnitRule] = {
     "repeated_opening": repeated_opening,
     **UNIT_RULES,
 }
+# the config's vocabulary (kun_hpc/config/kun.py, what a config may list) is exactly what is implemented here
+for _names, _rules in ((INSTRUCTION_RULE_NAMES, INSTRUCTION_RULES), (ANSWER_RULE_NAMES, ANSWER_RULES)):
+    if set(_names) != set(_rules):
+        raise ImportError(f"rule names of kun_hpc.config {sorted(_names)} != the rules here {sorted(_rules)}")
 
 
 def apply_rules(

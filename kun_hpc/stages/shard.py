@@ -19,9 +19,10 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig, OmegaConf
 
-from kun_hpc.cluster.executors import Executor
 from kun_hpc.config import config_hash
+from kun_hpc.core.counts import Counts
 from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.markers import is_valid
 from kun_hpc.io.quarantine import Bad, Quarantine
 from kun_hpc.io.readers import Fields, InputPiece, expand_paths, fields_for, plan_pieces, read_piece
 from kun_hpc.io.record_ids import UnitIds, repeated_across
@@ -35,6 +36,7 @@ from kun_hpc.io.shards import (
     shard_name,
     write_manifest,
 )
+from kun_hpc.stages.steps import Array, Step
 from kun_hpc.stages.summary import StepReport, failed_units_message
 
 WORK = "_work"
@@ -78,7 +80,7 @@ def load_marker(work: Path, unit: str, cfg_hash: str) -> dict | None:
     if not path.exists():
         return None
     marker = orjson.loads(path.read_bytes())
-    return marker if marker.get("config_hash") == cfg_hash else None
+    return marker if is_valid(marker, cfg_hash) else None
 
 
 def shard_unit(u: ShardUnit) -> dict:
@@ -111,16 +113,13 @@ def shard_unit(u: ShardUnit) -> dict:
     shards = writer.close()
     quarantine.close()
     ids.save(_ids(work, u.unit))
-    written = sum(s.records for s in shards)
-    if read != written + quarantine.total:  # would be a bug in a reader or writer, never bad input
-        raise RuntimeError(f"{u.unit}: accounting broken: read {read} != {written} + {quarantine.total}")
+    counts = Counts(read, sum(s.records for s in shards), quarantined=quarantine.counts)
+    counts.check(u.unit)  # would be a bug in a reader or writer, never bad input
     marker = {
         "unit": u.unit,
         "input": u.piece.label,
         "config_hash": u.config_hash,
-        "read": read,
-        "records": written,
-        "quarantined": dict(quarantine.counts),
+        **counts.to_shard_marker(),
         "shards": [asdict(s) for s in shards],
     }
     atomic_write_bytes(_marker(work, u.unit), orjson.dumps(marker))
@@ -183,7 +182,6 @@ def finalize(
     work = out / WORK
     quarantine_repeats_across(work, units, markers)
     shards: list[ShardInfo] = []
-    quarantined: Counter[str] = Counter()
     for old in out.glob("part-*.jsonl.zst"):
         old.unlink()
     (out / QUARANTINE).mkdir(parents=True, exist_ok=True)
@@ -193,16 +191,16 @@ def finalize(
             info.name = shard_name(len(shards))
             (work / u.unit / s["name"]).replace(out / info.name)
             shards.append(info)
-        quarantined.update(m["quarantined"])
         for q in sorted((work / QUARANTINE).glob(f"{u.unit}*.jsonl.zst")):
             q.replace(out / QUARANTINE / q.name)
+    total = sum((Counts.from_shard_marker(m) for m in markers), Counts())
     manifest = write_manifest(
         out,
         shards=shards,
         inputs=inputs,
         config_hash=cfg_hash,
-        read=sum(m["read"] for m in markers),
-        quarantined=dict(quarantined),
+        read=total.in_,
+        quarantined=dict(total.quarantined),
         extra={"corpus": units[0].corpus if units else out.name},
     )
     shutil.rmtree(work)
@@ -251,14 +249,16 @@ def _rewrite_without(work: Path, u: ShardUnit, marker: dict, parts: list[Path], 
     quarantine.close()
     shutil.rmtree(work / u.unit)
     fresh.replace(work / u.unit)
-    marker["shards"] = [asdict(s) for s in shards]
-    marker["records"] = sum(s.records for s in shards)
-    marker["quarantined"] = dict(Counter(marker["quarantined"]) + quarantine.counts)
+    counts = Counts.from_shard_marker(marker) + Counts(quarantined=quarantine.counts)
+    counts.out = sum(s.records for s in shards)
+    counts.check(u.unit)
+    marker.update(counts.to_shard_marker(), shards=[asdict(s) for s in shards])
     atomic_write_bytes(_marker(work, u.unit), orjson.dumps(marker))
 
 
-def run_shard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[StepReport]:
-    """Shard every configured corpus; returns one report per corpus."""
+def run_shard(cfg: DictConfig) -> Step:
+    """Shard every configured corpus (a :mod:`~kun_hpc.stages.steps` step: one array per corpus); returns
+    one report per corpus."""
     reports = []
     for corpus in cfg.corpora:
         out = Path(cfg.shard.output) / corpus.name
@@ -269,7 +269,7 @@ def run_shard(cfg: DictConfig, executor: Executor, log_dir: Path) -> list[StepRe
             continue
         work = out / WORK
         todo = [u for u in units if load_marker(work, u.unit, cfg_hash) is None]
-        outcomes = executor.map(shard_unit, todo, name=f"shard-{corpus.name}", log_dir=log_dir)
+        outcomes = (yield Array(shard_unit, todo, f"shard-{corpus.name}", "shard")) if todo else []
         failed = [o for o in outcomes if not o.ok]
         if failed:
             raise RuntimeError(failed_units_message(f"shard {corpus.name}", failed, len(units)))

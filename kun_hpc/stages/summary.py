@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-
-class BadInputError(RuntimeError):
-    """More input was quarantined than the config allows (``max_bad_fraction``)."""
+from kun_hpc.core.console import console
+from kun_hpc.core.errors import BadInputError
 
 
 @dataclass
@@ -35,12 +34,6 @@ class StepReport:
     @property
     def bad(self) -> int:
         return sum(self.quarantined.values())
-
-
-def console(stderr: bool = False) -> Console:
-    """A rich console; 160 columns when the output is a file or pipe, so tables are not truncated."""
-    c = Console(stderr=stderr)
-    return c if c.is_terminal else Console(stderr=stderr, width=160)
 
 
 def print_reports(reports: list[StepReport], out: Console | None = None) -> None:

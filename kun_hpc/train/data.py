@@ -37,11 +37,10 @@ import xxhash
 from omegaconf import DictConfig
 
 from kun_hpc.config import find_file
-from kun_hpc.inference.prompt import Prompt, encode_prompts
+from kun_hpc.inference.prompt import Prompt, PromptTemplate, encode_prompts
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
 from kun_hpc.io.streams import UnsupportedEncoding, iter_lines, prologue_length
-from kun_hpc.stages.llm import PromptTemplate
 
 END_OF_TURN = "<|im_end|>"  # ends every target: the stop string of the inference stages
 CHATML_TOKENS = ("<|im_start|>", END_OF_TURN)

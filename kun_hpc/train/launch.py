@@ -154,10 +154,10 @@ def slurm_parameters(cfg: DictConfig) -> dict[str, Any]:
 
 
 def submit_slurm(cfg: DictConfig) -> submitit.Job:
-    from kun_hpc.cluster.slurm import _SlurmExecutor
+    from kun_hpc.cluster.slurm import SbatchExecutor
 
     out = Path(cfg.train.output)
-    ex = _SlurmExecutor(folder=out / "logs")
+    ex = SbatchExecutor(folder=out / "logs")
     ex.update_parameters(**slurm_parameters(cfg))
     job = ex.submit(TrainTask(), str(out / "config.yaml"))
     with open(out / JOBS_FILE, "ab") as f:

@@ -133,7 +133,7 @@ def estimate(
 def print_estimates(rows: list[TrainEstimate], title: str) -> None:
     from rich.table import Table
 
-    from kun_hpc.stages.summary import console
+    from kun_hpc.core.console import console
 
     table = Table(title=title)
     for col in ("model", "params", "strategy", "GPUs", "state GiB/GPU", "activ. GiB/GPU", "total GiB/GPU",

@@ -1,7 +1,7 @@
 """The funnel report and the dataset card of a merge.
 
 The funnel reads only what the steps committed: shard manifests, the raw dedup's, the stages', the
-merge-decontaminate and the merge dedups' markers (counted by :func:`kun_hpc.cluster.status.funnel_row`, the
+merge-decontaminate and the merge dedups' markers (counted by :func:`kun_hpc.cluster.funnel.funnel_row`, the
 same counting ``kun-hpc status`` prints), and the assemble markers for the dataset itself. The quality
 measures (:func:`kun_hpc.quality.report.sections`) are rendered generically, whatever they are.
 
@@ -32,20 +32,21 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig, OmegaConf
 
-from kun_hpc.cluster.status import corpus_of, funnel_row, stage_markers
+from kun_hpc.cluster.funnel import corpus_of, funnel_row, stage_markers
+from kun_hpc.core.counts import Counts
 from kun_hpc.inspect_run import clip
 from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.layout import dedup_raw_dir, shard_root, stage_dir, stage_key
+from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import MANIFEST, iter_shard_lines, read_manifest
 from kun_hpc.merge.assemble import LENGTH_BINS, PAIR_FIELDS, SCORE_BINS, TEXT_FIELDS, merge_dir
 from kun_hpc.merge.decontaminate import PHASE as DECONTAMINATE
 from kun_hpc.merge.dedup import dedup_stats
 from kun_hpc.merge.raw import PHASE as RAW_PHASE
 from kun_hpc.merge.raw import raw_job
-from kun_hpc.pipeline import dedup_raw_dir, shard_root, stage_dir, stage_key
 from kun_hpc.quality import plots
 from kun_hpc.quality import report as quality
 from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.stages.base import read_marker
 
 if TYPE_CHECKING:
     from kun_hpc.merge.assemble import MergeResult
@@ -107,17 +108,14 @@ def dataset_counts(result: MergeResult) -> dict:
 def shard_row(cfg: DictConfig) -> dict:
     """The ``shard`` step from each corpus's manifest: records read, written, quarantined by reason."""
     root = shard_root(cfg)
-    row = {"step": "shard", "in": 0, "out": 0, "rejected": {}, "quarantined": Counter(), "by_corpus": {}}
+    total, by_corpus = Counts(), {}
     for c in cfg.corpora:
         if not (root / c.name / MANIFEST).is_file():
             continue
-        m = read_manifest(root / c.name)
-        row["in"] += m["read"]
-        row["out"] += m["records"]
-        row["quarantined"].update(m["quarantined"])
-        row["by_corpus"][c.name] = {"in": m["read"], "out": m["records"], "rejected": dict(m["quarantined"])}
-    row["quarantined"] = dict(row["quarantined"])
-    return row
+        counts = Counts.from_shard_marker(read_manifest(root / c.name))
+        total += counts
+        by_corpus[c.name] = {"in": counts.in_, "out": counts.out, "rejected": dict(counts.quarantined)}
+    return {"step": "shard", **total.to_dict(), "by_corpus": by_corpus}
 
 
 def dedup_rows(cfg: DictConfig, result: MergeResult) -> dict[str, dict]:

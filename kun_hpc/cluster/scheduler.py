@@ -1,0 +1,181 @@
+"""The Slurm scheduler as kun-hpc sees it: the run's job registry, batched job states, waits and cancels.
+
+Every sbatch call of a run is appended to ``<run>/jobs.jsonl`` (stage, array job id, unit per array index),
+which ``status``, ``logs`` and ``cancel`` read. The scheduler is asked at most once per ``poll_interval_s``,
+with one ``squeue`` call for all of the user's jobs and one ``sacct`` call for every job that left the queue,
+whatever the number of units. ``SchedulerView.calls`` counts them (the status benchmark reports calls per
+minute).
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+REGISTRY = "jobs.jsonl"
+MERGE_STAGE = "merge"  # the merge driver's name in the registry (kun_hpc/run.py) and its resources key
+
+TERMINAL_BAD = {
+    "FAILED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "CANCELLED",
+    "PREEMPTED",
+}
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
+
+
+def record_submission(run_dir: Path, entry: dict) -> None:
+    """Append one sbatch call's entry to the run's registry."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / REGISTRY, "ab") as f:
+        f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def read_registry(run_dir: Path) -> list[dict]:
+    """Every sbatch call of the run, in submission order (empty when it never submitted)."""
+    path = Path(run_dir) / REGISTRY
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def merge_tasks(run_dir: Path) -> list[str]:
+    """Every merge driver job the run ever submitted."""
+    return [t for e in read_registry(run_dir) if e["stage"] == MERGE_STAGE for t in e["tasks"]]
+
+
+@dataclass
+class SchedulerView:
+    """Batched, rate-limited view of job states: ``{"123_4": ("RUNNING", reason)}``."""
+
+    min_interval_s: float = 10.0
+    calls: Counter = field(default_factory=Counter)
+    _last: float = 0.0
+    _states: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def states(self, jobs: set[str], force: bool = False) -> dict[str, tuple[str, str]]:
+        now = time.monotonic()
+        if force or not self._states or now - self._last >= self.min_interval_s:
+            self._refresh(jobs)
+            self._last = time.monotonic()
+        return {j: self._states[j] for j in jobs if j in self._states}
+
+    def _refresh(self, jobs: set[str]) -> None:
+        queued = self.queued()
+        gone = {j for j in jobs if j not in queued}
+        finished = self._sacct(gone) if gone else {}
+        self._states = {**finished, **queued}
+
+    def queued(self) -> dict[str, tuple[str, str]]:
+        """Every job of the user in the queue now: ``{task: (state, reason)}`` (one squeue call)."""
+        self.calls["squeue"] += 1
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"], capture_output=True, text=True
+        )
+        states = {}
+        for line in out.stdout.splitlines():
+            job, state, reason = [*line.split("|"), "", ""][:3]
+            states[job.strip()] = (state.strip(), reason.strip())
+        return states
+
+    def _sacct(self, jobs: set[str]) -> dict[str, tuple[str, str]]:
+        arrays = sorted({j.split("_")[0] for j in jobs})
+        self.calls["sacct"] += 1
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode"],
+            capture_output=True,
+            text=True,
+        )
+        states = {}
+        for line in out.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 3:
+                for job in expand_array_ids(parts[0]):
+                    states[job] = (parts[1].split()[0] if parts[1] else "", f"exit {parts[2]}")
+        return states
+
+
+def queued_tasks(run_dir: Path, view: SchedulerView | None = None) -> dict[str, tuple[str, str]]:
+    """The run's registered jobs still in the queue: ``{task: (stage, state)}``."""
+    entries = read_registry(run_dir)
+    if not entries:
+        return {}
+    queue = (view or SchedulerView(0)).queued()
+    return {t: (e["stage"], queue[t][0]) for e in entries for t in e["tasks"] if t in queue}
+
+
+def expand_array_ids(job: str) -> list[str]:
+    """``123_[0-3,7%2]`` (array tasks that never started share one row) -> ``123_0 .. 123_3, 123_7``."""
+    m = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job)
+    if not m:
+        return [job]
+    out = []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def wait_for_jobs(
+    view: SchedulerView, tasks: Iterable[str], timeout_s: float | None = None
+) -> dict[str, str]:
+    """Block until all of ``tasks`` (array tasks, jobs) have left the queue; return their final states."""
+    jobs = set(tasks)
+    start = time.monotonic()
+    while True:
+        states = view.states(jobs, force=True)
+        settled = {j: s for j, (s, _) in states.items() if s and s not in ACTIVE}
+        if len(settled) == len(jobs):
+            return settled
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(
+                f"jobs still running after {timeout_s}s: {sorted(set(jobs) - set(settled))[:10]}"
+            )
+        time.sleep(view.min_interval_s)
+
+
+def cancel(run_dir: Path) -> list[str]:
+    """scancel every array of this run (those that left the queue ignore it); the array ids."""
+    arrays = sorted({e["job"] for e in read_registry(Path(run_dir))})
+    if arrays:
+        subprocess.run(["scancel", *arrays], check=False)
+    return arrays
+
+
+def scancel(jobs: list[str]) -> None:
+    """scancel these jobs (array tasks or jobs)."""
+    if jobs:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
+def tail(path: str | Path, n: int = 20, missing: str | None = None) -> str:
+    """The last ``n`` lines of a log; ``missing`` (default: ``(no log: <why>)``) when it cannot be read."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError as e:
+        return f"(no log: {e})" if missing is None else missing

@@ -1,0 +1,147 @@
+"""Building a config: defaults <- YAML preset (and the presets it includes) <- ``key=value`` overrides,
+resolved, made absolute, validated; and saving it, with its hash, in a run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kun_hpc.config.kun import LLM_STAGES
+from kun_hpc.config.paths import REPO_ROOT, absolute_paths, find_file
+from kun_hpc.config.schema import Config, validate
+from kun_hpc.core.errors import ConfigError
+from kun_hpc.core.hashing import file_sha256
+from kun_hpc.io.atomic import atomic_write_bytes
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "config_hash",
+    "load",
+    "load_run",
+    "preset_layers",
+    "save_resolved",
+    "to_yaml",
+]
+
+DEFAULT_PRESET = REPO_ROOT / "configs" / "default.yaml"
+
+
+def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Defaults <- YAML preset <- ``key=value`` overrides, validated and resolved.
+
+    Without a preset, ``configs/default.yaml`` (the bundled sample on the local executor) is used.
+    """
+    if preset is None and DEFAULT_PRESET.is_file():
+        preset = DEFAULT_PRESET
+    try:
+        cfg = OmegaConf.structured(Config)
+        if preset is not None:
+            for layer in preset_layers(Path(preset)):
+                cfg = OmegaConf.merge(cfg, layer)
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must be key=value, got: {' '.join(bad)}")
+            for item in overrides:
+                key, _, value = item.partition("=")
+                OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
+        # an absolute run dir before anything is resolved from it: the saved config of a run then names the
+        # same folders from any working directory
+        cfg.run.dir = str(Path(OmegaConf.select(cfg, "run.dir")).expanduser().resolve())
+        OmegaConf.resolve(cfg)
+        absolute_paths(cfg)
+        _fill_template_hashes(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def load_run(run_dir: str | Path) -> DictConfig:
+    """The config a run was started with (its folder's ``config.yaml``)."""
+    return load(Path(run_dir) / "config.yaml")
+
+
+def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """A preset and the presets it builds on, to merge in order (last wins).
+
+    A preset may start with ``include: [other.yaml, ...]`` (paths relative to its own folder): those are
+    merged first, in order, then the preset itself. So a user's config can be a cluster profile plus a
+    corpus plus a few lines of its own.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"config include loop: {chain}")
+    layer = OmegaConf.load(path)
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"config file {path}: must be a mapping of sections, not a list")
+    includes = layer.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    layers = []
+    for inc in includes:
+        layers += preset_layers(path.parent / str(inc), (*seen, path))
+    return [*layers, layer]
+
+
+def _fill_template_hashes(cfg: DictConfig) -> None:
+    """Record each prompt template's sha256 in its section (kept when already set: a run's saved config
+    holds the hash the run was submitted with, and the stage refuses a template changed since)."""
+    for key in LLM_STAGES:
+        section = cfg[key]
+        if not section.template_sha256 and not OmegaConf.is_missing(section, "template"):
+            path = find_file(section.template)
+            if path.is_file():
+                section.template_sha256 = file_sha256(path)
+
+
+_BAD_CHOICE = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")  # OmegaConf's, of an enum
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    """OmegaConf's error as ``config key '<key>': <why>``: a list index spelt as in an override
+    (``corpora.0.format``), a bad choice as the checks word it (``must be one of (...) (got '...')``)."""
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    if bad := _BAD_CHOICE.fullmatch(msg):
+        msg = f"must be one of {tuple(bad[2].split(', '))} (got {bad[1]!r})"
+    if not key:
+        return f"config: {msg}"
+    key = _INDEX.sub(r".\1", str(key))
+    return f"config key '{key}': {msg}"
+
+
+def to_yaml(cfg: DictConfig | Any) -> str:
+    """The config as YAML, resolved, keys sorted; a choice as its value."""
+    return OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
+
+
+def config_hash(section: DictConfig | Any) -> str:
+    """Stable short hash of a (sub)config: same values, same hash, whatever the key order. A choice hashes
+    as its value (a config section's by ``enum_to_str``; one in a plain dict as orjson writes a str enum)."""
+    if isinstance(section, (DictConfig, ListConfig)):
+        section = OmegaConf.to_container(section, resolve=True, enum_to_str=True)
+    text = orjson.dumps(section, option=orjson.OPT_SORT_KEYS, default=repr).decode()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_resolved(cfg: DictConfig, run_dir: str | Path) -> str:
+    """Write ``config.yaml`` and ``config.sha256`` into the run dir; return the hash."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = to_yaml(cfg)
+    digest = config_hash(cfg)
+
+    atomic_write_bytes(run_dir / "config.yaml", text.encode())
+    atomic_write_bytes(run_dir / "config.sha256", (digest + "\n").encode())
+    return digest
