@@ -10,11 +10,8 @@ import orjson
 import pytest
 
 from kun_hpc import cli, config
-from kun_hpc.run import make_executor
-from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.cluster.funnel import funnel_row, yield_line
-from kun_hpc.report import funnel
-from kun_hpc.run import merge_dataset as run_merge
+from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.quality.cost import (
     removed_duplicates,
     section,
@@ -25,6 +22,9 @@ from kun_hpc.quality.cost import (
     waste,
 )
 from kun_hpc.quality.section import QualityContext
+from kun_hpc.report import funnel
+from kun_hpc.run import make_executor
+from kun_hpc.run import merge_dataset as run_merge
 from tests.conftest import SAMPLE
 
 KUN = "pipeline.stages=[filter,label,point,answer,rules]"

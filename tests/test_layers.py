@@ -1,5 +1,5 @@
-"""The package imports one way (issue 15): each module imports only modules of its own layer or below, and no
-import cycle exists, counting imports inside functions (``ast``, every ``import`` statement wherever it is)."""
+"""The package imports one way (issue 15): each module imports only modules of its own layer or below, and
+no import cycle exists, counting imports inside functions (``ast``: every ``import`` statement anywhere)."""
 
 from __future__ import annotations
 

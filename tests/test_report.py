@@ -19,10 +19,10 @@ import yaml
 
 from kun_hpc import cli
 from kun_hpc.io.shards import ZstdJsonlWriter, iter_shard_lines, list_shards, read_shard
-from kun_hpc.report import Step, keep_percent, size_category, step_samples, strip_local_paths
 from kun_hpc.quality import plots
 from kun_hpc.quality import report as quality_report
 from kun_hpc.quality.section import QualityContext, Section, Table
+from kun_hpc.report import Step, keep_percent, size_category, step_samples, strip_local_paths
 from tests.conftest import REPO, sample_overrides
 
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver (make test installs it)

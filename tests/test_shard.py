@@ -165,7 +165,6 @@ def test_max_bad_fraction_makes_the_command_fail(tmp_path, sample, capsys):
 
 
 def test_a_failing_unit_fails_the_command_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
-    from kun_hpc.run import drive
     from kun_hpc.stages import shard
 
     real = shard.read_piece

@@ -16,9 +16,8 @@ import pytest
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
-from kun_hpc.cluster.scheduler import read_registry
+from kun_hpc.cluster.scheduler import expand_array_ids, read_registry
 from kun_hpc.cluster.slurm import parse_job_id, submitit_parameters
-from kun_hpc.cluster.scheduler import expand_array_ids
 from kun_hpc.cluster.status import unit_statuses
 from kun_hpc.core.hashing import file_sha256
 from kun_hpc.io.shards import list_shards, read_shard

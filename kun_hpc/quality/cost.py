@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from kun_hpc.cluster.funnel import stage_markers
 from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.cluster.slurm import resources_for
-from kun_hpc.cluster.funnel import stage_markers
-from kun_hpc.merge.raw import PHASE as RAW_PHASE
 from kun_hpc.io.layout import stage_key
-from kun_hpc.stages.registry import stage_class
+from kun_hpc.merge.raw import PHASE as RAW_PHASE
 from kun_hpc.quality.section import QualityContext, Section, Table
 from kun_hpc.stages.answer import configured as answer_budgeted
 from kun_hpc.stages.llm import LLMStage
+from kun_hpc.stages.registry import stage_class
 
 DECONTAMINATE = "merge-decontaminate"
 ASSEMBLE = "merge-assemble"

@@ -26,9 +26,9 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 
+from kun_hpc.core.counts import add_stats
 from kun_hpc.quality import plots
 from kun_hpc.quality.section import QualityContext, Section, Table
-from kun_hpc.core.counts import add_stats
 from kun_hpc.stages.point import BAD, BOTH, GOOD, SCORE_BINS, UNPARSEABLE
 
 STAGE = "point"
