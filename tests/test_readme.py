@@ -55,6 +55,7 @@ def small_sample(dest: Path, n: int) -> dict[str, Path]:
 
 
 @pytest.mark.vllm
+@pytest.mark.demo
 @pytest.mark.skipif(not CAN_RUN, reason="needs make and this checkout's .venv (make setup)")
 def test_make_demo_from_a_clean_clone(tmp_path):
     assert quick_start_commands() == ["make demo", "make test"]

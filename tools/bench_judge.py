@@ -9,7 +9,7 @@ Point's real code in reference mode with Kun's sampling (temperature 0.5, top_p 
 1.2, a seed per record), chunks of 256, once per setting; the figures come from the stage's own
 ``chunk_stats`` (what the markers hold and the report's Judge health section reads).
 
-``--engine scripted``: tests/test_judge.py's ``ScriptedJudge`` (one token per character, stop strings and
+``--engine scripted``: tests/quality/test_judge.py's ``ScriptedJudge`` (one token per character, stop strings and
 ``max_new_tokens`` as the engines apply them) with a judge that gives its verdict in its first characters
 and then explains for 20 to 1,500 characters; one judgement in 20 names both tags, one in 25 none (a hash
 of the instruction decides, so both settings judge the same texts). ``--engine tiny``: the tiny random
@@ -34,7 +34,7 @@ from kun_hpc.core.counts import add_stats  # noqa: E402
 from kun_hpc.inference import EngineSpec, load_engine  # noqa: E402
 from kun_hpc.quality.judge import token_summary  # noqa: E402
 from kun_hpc.stages.point import Point  # noqa: E402
-from tests.test_judge import ScriptedJudge  # noqa: E402
+from tests.quality.test_judge import ScriptedJudge  # noqa: E402
 
 SEED = REPO / "shards" / "sample" / "seed" / "alpaca_zh_demo.json"
 WORDS = "这个指令清晰明确，要求具体，可以回答。但是它也有一些含糊之处，需要更多背景信息才能给出好的回答。"

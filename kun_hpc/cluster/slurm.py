@@ -169,11 +169,12 @@ class SlurmExecutor(Executor):
         corr: dict[str, list[int]] = {}  # upstream array -> positions of the units waiting on its tasks
         other: dict[str, list[int]] = {}  # afterok dependency -> positions
         for i in range(len(units)):
-            ups = upstream(after[i]) if after else []
+            wanted = after[i] if after else None
+            ups = upstream(wanted)
             if not ups:
                 free.append(i)
-            elif len(ups) == 1 and ups[0].array:
-                corr.setdefault(ups[0].array, []).append(i)
+            elif isinstance(wanted, Task) and wanted.array:
+                corr.setdefault(wanted.array, []).append(i)
             else:
                 arrays = list(dict.fromkeys(t.array or t.job for t in sorted(ups, key=lambda t: t.seq)))
                 other.setdefault("afterok:" + ":".join(arrays), []).append(i)

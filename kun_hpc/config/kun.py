@@ -130,7 +130,7 @@ class RulesConfig:
             r"\bI (cannot|can['’]t|can not) (help|assist|provide|answer|fulfill|comply)\b",
         ]
     )
-    # faithfulness of an answer to the unit it polished (kun_hpc/quality/faithfulness.py), put on every pair
+    # faithfulness of an answer to the unit it polished (kun_hpc/filtering/faithfulness.py), put on every pair
     # the rules stage keeps as `faithfulness`; the rules drift (answer_drift) and copy (answer_copy) drop
     # the flagged pairs when listed in answer_rules (they are not by default: flags are reported either way)
     novel_ngram: int = 3  # n of the character n-grams of novel_share (answer n-grams not in the unit)

@@ -81,7 +81,7 @@ class ExecutorConfig:
 
 @dataclass
 class PipelineConfig:
-    # stage names in order (see kun_hpc/pipeline.py), or "package.module:Class" for your own stages
+    # stage names in order (see kun_hpc/stages/registry.py), or "package.module:Class" for your own stages
     stages: list[str] = field(default_factory=list)
     shards_per_task: int = 1  # a unit is (stage, group of this many shards); amortises model loading
     chunk_records: int = 1000  # a unit commits its output every this many input records

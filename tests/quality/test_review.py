@@ -99,13 +99,13 @@ def make_run(root: Path, *extra: str) -> Path:
 @pytest.fixture(scope="module")
 def ref_run(tmp_path_factory) -> Path:
     """Point (reference mode) -> Answer, merged."""
-    stages = "pipeline.stages=[tests.test_review:Point,tests.test_review:Answer]"
+    stages = "pipeline.stages=[tests.quality.test_review:Point,tests.quality.test_review:Answer]"
     return make_run(tmp_path_factory.mktemp("review-ref"), stages, "merge.parquet=false")
 
 
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory) -> Path:
-    stages = "pipeline.stages=[tests.test_review:Point]"
+    stages = "pipeline.stages=[tests.quality.test_review:Point]"
     return make_run(
         tmp_path_factory.mktemp("review-cal"), stages, "point.mode=calibrated", "merge.auto=false"
     )

@@ -28,7 +28,7 @@ from kun_hpc.inference import (
 from kun_hpc.inference.engine import check_prompts
 from tests.tokens_for_tests import SPECIALS, plain_ids
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 import make_tiny_model  # noqa: E402
 
