@@ -6,7 +6,7 @@
     [dedup.raw: exact + MinHash dedup across all shards --> <run>/dedup_raw/...]   kun_hpc/merge/raw.py
     [preparation: the filter's perplexity calibration --> <run>/filter/...]         kun_hpc/stages/filter.py
     the grid: shards --stage 1--> <run>/stages/<stage 1>/<corpus>/... --stage 2--> ...
-    merge: [decontaminate] -> dedup by instruction -> dataset + card + report        kun_hpc/merge/, report.py
+    merge: [decontaminate] -> dedup by instruction -> dataset + card + report        kun_hpc/merge/, report/
 
 The per-shard stages are ``pipeline.stages`` (in Kun: filter, label, point, answer, rules). Shard i of a
 stage is made from shard i of the stage before, so the grid is a set of chains, one per group of
@@ -213,9 +213,9 @@ def merge_dataset(cfg: DictConfig, executor: Executor) -> MergeResult:
 
         last stage's shards of every complete group                              merge/assemble.find_inputs
           [--merge-decontaminate (per shard; merge.decontaminate.benchmarks)-->]  merge/decontaminate.py
-          --merge-dedup-<key> (4 phases per merge.dedup_by entry)-->              merge/dedup.py
+          --merge-dedup-<key> (4 phases per merge.dedup_by entry)-->              merge/dedup/
           --merge-assemble (per shard)--> <merge.output>/dataset/{jsonl,parquet}  merge/assemble.py
-        then the report with its quality sections, and the card (dataset/README.md)  report.py
+        then the report with its quality sections, and the card (dataset/README.md)  report/
     """
     inputs = find_inputs(cfg)
     if inputs.missing:

@@ -45,7 +45,7 @@ def test_the_config_reference_names_every_key():
     for key in keys:
         assert f"| `{key}` |" in doc
     unexplained = [line.split("|")[1].strip() for line in doc.splitlines() if line.rstrip().endswith("|  |")]
-    assert not unexplained, f"config fields without a comment in kun_hpc/config.py: {unexplained}"
+    assert not unexplained, f"config fields without a comment in kun_hpc/config/: {unexplained}"
 
 
 @pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)

@@ -2,8 +2,9 @@
 
 Reports, in one run, on the real sandbox cluster (MaxArraySize 1001 unless --max-array says otherwise):
 * sbatch calls and submit time of kun-hpc's chunked arrays (expected: ceil(N / MaxArraySize) calls);
-* scheduler calls per minute while ``kun-hpc status --watch``-style polling runs (kun_hpc.cluster.status),
-  beside submitit's own default polling (``job.done()`` over every job, as a wait loop does) on the same grid.
+* scheduler calls per minute while ``kun-hpc status --watch``-style polling runs (kun_hpc.cluster.status over
+  kun_hpc.cluster.scheduler), beside submitit's own default polling (``job.done()`` over every job, as a wait
+  loop does) on the same grid.
 
 Calls are counted by shims on PATH that log each call and exec the real squeue/sacct/sbatch. The jobs are
 submitted held (``--hold``), so nothing runs; they are cancelled at the end.

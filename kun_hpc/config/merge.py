@@ -40,7 +40,7 @@ class NormalizeConfig:
 
 @dataclass
 class DedupConfig:
-    """Exact and verified MinHash-LSH near-duplicate removal (kun_hpc/merge/dedup.py), raw and at merge.
+    """Exact and verified MinHash-LSH near-duplicate removal (kun_hpc/merge/dedup/), raw and at merge.
     What the defaults catch, with the S-curves: docs/merge.md."""
 
     raw: bool = False  # dedup the shards before the per-shard stages (their input is then <run>/dedup_raw)

@@ -2,7 +2,7 @@
 records by id), so sharding lets no id through twice (issue 12).
 
 The readers make ids unique by construction where the input allows it (WuDao: ``uniqueKey``, else file and
-native id; kun_hpc/io/readers.py). What repeats all the same is found here, in two steps:
+native id; kun_hpc/io/readers/). What repeats all the same is found here, in two steps:
 
 * within one shard unit (one input piece), :class:`UnitIds` remembers every id it let through; a repeat is
   quarantined as ``duplicate_id``, naming where the id was first seen;

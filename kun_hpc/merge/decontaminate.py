@@ -67,7 +67,7 @@ from kun_hpc.core.hashing import file_sha256
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.quarantine import Bad
 from kun_hpc.io.shards import FilteredShard
-from kun_hpc.merge.dedup import _records
+from kun_hpc.merge.dedup.job import shard_records
 from kun_hpc.merge.minhash import MinHasher
 from kun_hpc.merge.normalize import make_normalizer, shingle_text
 
@@ -537,7 +537,7 @@ def _batches(path: str, fields: tuple[str, ...]) -> Iterator[list[tuple[dict | B
     """(record or Bad, raw line) of a shard in batches of about :data:`BATCH_CHARS` checked characters."""
     batch: list[tuple[dict | Bad, bytes]] = []
     chars = 0
-    for _, rec, line in _records(path):
+    for _, rec, line in shard_records(path):
         batch.append((rec, line))
         if type(rec) is not Bad:
             chars += sum(len(_text(rec, f)) for f in fields)

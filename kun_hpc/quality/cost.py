@@ -1,7 +1,7 @@
 """Yield and cost of a run (issue 14, item 7): what each step spent, what came out, and what was wasted.
 
 **Task-hours** of a step: the ``timings.seconds`` of its tasks' completion markers (stage units:
-:func:`kun_hpc.stages.base.run_unit`; global phases: :func:`kun_hpc.cluster.phases.run_phase_unit`) summed,
+:func:`kun_hpc.stages.runner.run_unit`; global phases: :func:`kun_hpc.cluster.phases.run_phase_unit`) summed,
 / 3600. A marker times the task's last attempt only (a unit resumed after a requeue counts from its restart),
 so the figures are lower bounds; ``kun-hpc shard`` keeps no timings (its unit markers go when the manifest
 is written) and neither does the merge driver job.

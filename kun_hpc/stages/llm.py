@@ -94,7 +94,7 @@ def plain(section: Any) -> dict:
 
 class LLMStage(Stage):
     """Base of the LLM stages. Options: the stage's config section (``engine``, ``sampling``, ``template``,
-    ``template_sha256``, ``max_prompt_tokens``, ``reject_truncated``; see kun_hpc/config.py).
+    ``template_sha256``, ``max_prompt_tokens``, ``reject_truncated``; see kun_hpc/config/kun.py).
 
     Subclasses set ``needs`` (record fields the prompt uses) and implement :meth:`prompt` and :meth:`accept`;
     :meth:`infer_stream` is the engine call (generation by default)."""

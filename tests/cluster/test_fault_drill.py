@@ -31,9 +31,9 @@ from kun_hpc.io.shards import list_shards, read_manifest, read_shard
 from kun_hpc.stages import chunks as base
 from kun_hpc.stages.chunks import committed_chunks
 from kun_hpc.stages.runner import run_unit
+from tests.cluster.test_slurm import _array_task
 from tests.conftest import SLURM_RUN_ARGS, sample_overrides, start_sandbox
 from tests.stages.test_kun_stages import CHAIN, GREEDY, _sample_lines, check_accounting, write_preset
-from tests.cluster.test_slurm import _array_task
 
 SEED = 8
 RECORDS_PER_FILE = 24  # two input files -> 4 shards of <= 12 records -> 4 units per stage

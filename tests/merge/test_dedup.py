@@ -621,7 +621,7 @@ def test_copies_that_met_only_through_a_third_in_a_big_bucket_are_removed(tmp_pa
 
 
 def test_bucket_tasks_hold_few_files_open_and_close_them(tmp_path, monkeypatch):
-    from kun_hpc.merge import dedup as dedup_module
+    from kun_hpc.merge.dedup import verify as dedup_module
 
     recs = [{"id": f"r{i}", "text": f"同一首诗，第{i % 3}段文字。"} for i in range(60)]
     shards = write_shards(recs, tmp_path / "in", shards=12)

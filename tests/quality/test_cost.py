@@ -252,7 +252,7 @@ def test_cost_section_and_the_status_line_of_a_merged_run(merged):
     assert t["gpu_hours"] == 0 and t["per_gpu_hour"] is None  # inline: no GPU asked for
     assert t["per_task_hour"] == pytest.approx(rows / hours)
     assert s.data["waste"] == [] and len(s.tables) == 1  # Synth is no Label: no waste rule applies
-    # the report keeps each section's data under quality.<key> (kun_hpc/report.py): status reads it
+    # the report keeps each section's data under quality.<key> (kun_hpc/report/write.py): status reads it
     path = run / "merge" / "report" / "report.json"
     path.write_bytes(orjson.dumps({**report, "quality": {"cost": s.data}}))
     line = yield_line(cfg)
