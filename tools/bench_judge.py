@@ -12,8 +12,9 @@ Point's real code in reference mode with Kun's sampling (temperature 0.5, top_p 
 ``--engine scripted``: tests/quality/test_judge.py's ``ScriptedJudge`` (one token per character, stop
 strings and ``max_new_tokens`` as the engines apply them) with a judge that gives its verdict in its first
 characters and then explains for 20 to 1,500 characters; one judgement in 20 names both tags, one in 25
-none (a hash of the instruction decides, so both settings judge the same texts). ``--engine tiny``: the tiny random
-model (``tools/make_tiny_model.py``), which writes no tag: the option then changes nothing, as it should.
+none (a hash of the instruction decides, so both settings judge the same texts). ``--engine tiny``: the
+tiny random model (``tools/make_tiny_model.py``), which writes no tag: the option then changes nothing, as
+it should.
 """
 
 from __future__ import annotations
