@@ -69,15 +69,7 @@ class RulesConfig:
     """Kun's post-rules (kun_hpc/stages/rules.py): rule names in the order they run, and their settings."""
 
     # run on Label's instructions (label.apply_rules) and again in the rules stage, after Answer
-    instruction_rules: list[str] = field(
-        default_factory=lambda: [
-            "strip_whitespace",
-            "cut_whitespace_run",
-            "repeated_lines",
-            "not_empty",
-            "instruction_keywords",
-        ]
-    )
+    instruction_rules: list[str] = field(default_factory=lambda: list(INSTRUCTION_RULE_NAMES))
     # run in the rules stage on each answer
     answer_rules: list[str] = field(
         default_factory=lambda: [
