@@ -1,10 +1,11 @@
-"""Byte streams and bounded-memory line splitting for plain, gzip and zstd files.
+"""Decompressing byte streams for plain, gzip and zstd files.
 
 Compressed input is decoded here, frame by frame and member by member, rather than by zstandard's
 ``stream_reader`` (which reads a truncated frame as a clean end of file) or the ``gzip`` module (which
 throws away what one read had decoded when it meets the damage). A :class:`DecodedStream` hands out every
-byte that can be decoded and only then raises one of :data:`STREAM_ERRORS`; with :func:`iter_lines` that
-means every complete line before the damage is yielded and the cut line is not (issue 12).
+byte that can be decoded and only then raises one of :data:`STREAM_ERRORS`; with
+:func:`~kun_hpc.io.streams.lines.iter_lines` that means every complete line before the damage is yielded and
+the cut line is not (issue 12).
 
 What can and cannot be told apart (issue 12):
 
@@ -17,9 +18,6 @@ What can and cannot be told apart (issue 12):
   most damage late, so lines decoded before it still go through JSON parsing one by one). Zero padding
   after the last member is accepted, as by ``gzip``; other trailing bytes raise ``gzip.BadGzipFile``.
   A file cut exactly between members reads as complete, as with zstd frames.
-
-A text file may start with a UTF-8 byte order mark: :func:`prologue_length` skips it. UTF-16 and UTF-32
-(with or without a byte order mark) are refused with :class:`UnsupportedEncoding`, naming the encoding.
 """
 
 from __future__ import annotations
@@ -45,51 +43,6 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     tarfile.TarError,
 )
-
-UTF8_BOM = b"\xef\xbb\xbf"
-# RFC 8259 section 8.1 / RFC 4627 section 3: JSON text starts with an ASCII character, so the place of the
-# zero bytes among the first four tells UTF-16 and UTF-32 from UTF-8 even without a byte order mark.
-_OTHER_BOMS = (
-    (b"\x00\x00\xfe\xff", "UTF-32 BE"),
-    (b"\xff\xfe\x00\x00", "UTF-32 LE"),
-    (b"\xfe\xff", "UTF-16 BE"),
-    (b"\xff\xfe", "UTF-16 LE"),
-)
-
-
-class UnsupportedEncoding(ValueError):
-    """The file is not UTF-8 (a UTF-16 or UTF-32 byte order mark, or their zero-byte pattern)."""
-
-
-def prologue_length(head: bytes) -> int:
-    """How many bytes at the start of a text file come before its first record: 3 for a UTF-8 byte order
-    mark, else 0. ``head`` is the file's first bytes (at least 4 unless the file is shorter).
-
-    Raises :class:`UnsupportedEncoding` for UTF-16/UTF-32 text, naming the encoding (issue 12). Leading
-    whitespace and blank lines are not counted here: the readers skip them as they skip any blank line.
-    """
-    if head.startswith(UTF8_BOM):
-        return len(UTF8_BOM)
-    for bom, name in _OTHER_BOMS:
-        if head.startswith(bom):
-            raise UnsupportedEncoding(
-                f"the file starts with a {name} byte order mark: kun-hpc reads UTF-8 only; "
-                f"convert it first (iconv -f {name.replace(' ', '')} -t UTF-8)"
-            )
-    if len(head) >= 4 and 0 in head[:4]:
-        z = tuple(b == 0 for b in head[:4])
-        name = {
-            (True, True, True, False): "UTF-32 BE",
-            (False, True, True, True): "UTF-32 LE",
-            (True, False, True, False): "UTF-16 BE",
-            (False, True, False, True): "UTF-16 LE",
-        }.get(z)
-        if name:
-            raise UnsupportedEncoding(
-                f"the file looks like {name} without a byte order mark (zero bytes among its first four): "
-                f"kun-hpc reads UTF-8 only; convert it first (iconv -f {name.replace(' ', '')} -t UTF-8)"
-            )
-    return 0
 
 
 def compression_of(path: str | Path) -> str:
@@ -315,129 +268,3 @@ def _inflate(d, data: bytes) -> Iterator[bytes]:
         data = d.unconsumed_tail
         if d.eof or (not data and len(out) < CHUNK):
             return
-
-
-class LineTooLong:
-    """Stands in for a line longer than the limit; keeps only its start and its length."""
-
-    __slots__ = ("head", "length")
-
-    def __init__(self, head: bytes, length: int):
-        self.head = head
-        self.length = length
-
-
-def iter_lines(
-    stream: BinaryIO,
-    max_bytes: int,
-    *,
-    start: int = 0,
-    end: int | None = None,
-    chunk: int = CHUNK,
-    prologue: bool = False,
-) -> Iterator[tuple[int, bytes | LineTooLong]]:
-    """Yield ``(byte offset, line)`` for each line of ``stream`` without its newline.
-
-    Memory stays bounded by ``max_bytes``: a longer line is yielded as :class:`LineTooLong`
-    (its first bytes and length) and never held whole. With ``end``, only lines that *start*
-    before ``end`` are yielded (``start`` is the stream's current offset), which is how a plain
-    file is cut into byte-range pieces without losing or repeating a line. With ``prologue`` (the
-    stream is at the start of a file), a UTF-8 byte order mark there is skipped and UTF-16/32 text
-    raises :class:`UnsupportedEncoding` (see :func:`prologue_length`).
-
-    A line is yielded as soon as its newline was read, so when ``stream.read`` raises (a damaged
-    :class:`DecodedStream`), every complete line before the damage was yielded and the unfinished one
-    is dropped with the exception.
-    """
-    buf = b""
-    pos = start  # offset of buf[0]
-    long_head: bytes | None = None  # set while skipping through an over-long line
-    long_start = 0
-    while True:
-        data = stream.read(chunk)
-        if prologue:
-            prologue = False
-            while len(data) < 4:  # a short first read: look at 4 bytes unless the file is shorter
-                more = stream.read(chunk)
-                if not more:
-                    break
-                data += more
-            skip = prologue_length(data)
-            data = data[skip:]
-            pos += skip
-        if not data:
-            break
-        if long_head is not None:
-            nl = data.find(b"\n")
-            if nl < 0:
-                pos += len(data)
-                continue
-            pos += nl + 1
-            yield long_start, LineTooLong(long_head, pos - 1 - long_start)
-            long_head = None
-            if end is not None and pos >= end:
-                return
-            data = data[nl + 1 :]
-        buf += data
-        lines = buf.split(b"\n")
-        buf = lines.pop()
-        for line in lines:
-            if end is not None and pos >= end:
-                return
-            if len(line) > max_bytes:
-                yield pos, LineTooLong(line[:512], len(line))
-            else:
-                yield pos, line
-            pos += len(line) + 1
-        if len(buf) > max_bytes:
-            if end is not None and pos >= end:
-                return
-            long_head, long_start = buf[:512], pos
-            pos += len(buf)
-            buf = b""
-    if long_head is not None:
-        yield long_start, LineTooLong(long_head, pos - long_start)
-    elif buf and (end is None or pos < end):
-        if len(buf) > max_bytes:
-            yield pos, LineTooLong(buf[:512], len(buf))
-        else:
-            yield pos, buf
-
-
-def seek_line_start(f: BinaryIO, offset: int) -> int:
-    """Position a plain file at the first line that starts at or after ``offset``; return that offset."""
-    if offset == 0:
-        f.seek(0)
-        return 0
-    f.seek(offset - 1)
-    pos = offset - 1
-    while True:
-        chunk = f.read(CHUNK)
-        if not chunk:
-            return pos
-        nl = chunk.find(b"\n")
-        if nl >= 0:
-            pos += nl + 1
-            f.seek(pos)
-            return pos
-        pos += len(chunk)
-
-
-class HashingWriter(io.RawIOBase):
-    """A write-only sink that feeds a hash and counts bytes on their way to a file."""
-
-    def __init__(self, f: BinaryIO):
-        import hashlib
-
-        self._f = f
-        self.sha256 = hashlib.sha256()
-        self.nbytes = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[override]
-        self._f.write(b)
-        self.sha256.update(b)
-        self.nbytes += len(b)
-        return len(b)
