@@ -158,8 +158,8 @@ def run(cfg: DictConfig, view: View, wait: bool = False) -> int:
     pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())
     view.note(f"kun-hpc run: pending units: {pending}")
     if executor.detached:
-        jobs = " ".join(submitted.jobs)
-        view.note(f"kun-hpc run: {executor.sbatch_calls} sbatch calls, jobs {jobs or '-'}")  # type: ignore[attr-defined]
+        jobs = submitted.jobs  # one array (one sbatch call) each
+        view.note(f"kun-hpc run: {len(jobs)} sbatch calls, jobs {' '.join(jobs) or '-'}")
         if not wait:
             if cfg.merge.auto:
                 job = submit_merge_job(cfg, executor, submitted)
@@ -212,7 +212,7 @@ def merge_dataset(cfg: DictConfig, executor: Executor) -> MergeResult:
     ::
 
         last stage's shards of every complete group                              merge/assemble.find_inputs
-          [--merge-decontaminate (per shard; merge.decontaminate.benchmarks)-->]  merge/decontaminate.py
+          [--merge-decontaminate (per shard; merge.decontaminate.benchmarks)-->]  merge/decontaminate/
           --merge-dedup-<key> (4 phases per merge.dedup_by entry)-->              merge/dedup/
           --merge-assemble (per shard)--> <merge.output>/dataset/{jsonl,parquet}  merge/assemble.py
         then the report with its quality sections, and the card (dataset/README.md)  report/

@@ -68,7 +68,7 @@ class DedupConfig:
 
 @dataclass
 class DecontaminateConfig:
-    """Benchmark decontamination before the final dedup (kun_hpc/merge/decontaminate.py): a pair whose
+    """Benchmark decontamination before the final dedup (kun_hpc/merge/decontaminate/): a pair whose
     instruction or answer (a text record: its text) shares a character n-gram with a benchmark question or
     answer is rejected as `contaminated`, naming the benchmark file and row."""
 
