@@ -74,6 +74,7 @@ def test_reservoir_is_seeded_bounded_and_uniform():
     assert all(800 <= c <= 1000 for c in counts.values()), counts  # expected 900 each
 
 
+@pytest.mark.slow
 def test_kept_records_are_a_seeded_sample_of_the_stage_output(filter_run):
     result = inspect_stage(filter_run, "filter", n=6, seed=0)
     kept = sum(m["units"]["out"] for m in markers(filter_run, "filter"))
@@ -90,6 +91,7 @@ def test_kept_records_are_a_seeded_sample_of_the_stage_output(filter_run):
     assert {s.record["corpus"] for s in one.samples} == {"wanjuan"} and one.matched < kept
 
 
+@pytest.mark.slow
 def test_rejected_by_reason_and_unknown_reasons_list_what_exists(filter_run):
     by_reason = Counter()
     for m in markers(filter_run, "filter"):
@@ -107,6 +109,7 @@ def test_rejected_by_reason_and_unknown_reasons_list_what_exists(filter_run):
     assert "no_such_reason" in str(e.value) and f"{reason} ({count})" in str(e.value)
 
 
+@pytest.mark.slow
 def test_cli_shows_the_unit_beside_what_each_stage_added(chain_run, capsys):
     label_kept = [r for p in list_shards(chain_run / "stages" / "label" / "web") for r in read_shard(p)]
     assert label_kept, "the tiny model wrote no instruction: nothing to inspect"
@@ -139,6 +142,7 @@ def test_json_lines_are_whole_records_with_their_source(chain_run, capsys):
         assert row == at(root, where) and "answer" in row and "instruction" in row
 
 
+@pytest.mark.slow
 def test_raw_shards_and_errors_that_say_what_exists(filter_run, tmp_path, capsys):
     raw = inspect_stage(filter_run, "shard", n=3, corpus="skypile")
     assert len(raw.samples) == 3 and raw.matched == 1004  # the sample's SkyPile records

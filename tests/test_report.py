@@ -129,6 +129,7 @@ def table(page, anchor: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_every_image_loads_from_the_html_file_alone(run, page):
     images = page.execute_script(
         "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.src.slice(0, 22)])"
@@ -142,6 +143,7 @@ def test_every_image_loads_from_the_html_file_alone(run, page):
         assert src == "data:image/png;base64,", alt
 
 
+@pytest.mark.slow
 def test_the_funnel_table_counts_the_records(run, page):
     shown = table(page, "funnel-table")
     assert shown[0] == ["step", "in", "out", "keep %", "rejected + quarantined by reason"]
@@ -154,6 +156,7 @@ def test_the_funnel_table_counts_the_records(run, page):
     assert re.fullmatch(r"contaminated=[1-9][\d,]*", decontaminate[4])
 
 
+@pytest.mark.slow
 def test_every_table_is_there(run, page):
     corpora = sorted(p.name for p in (run / "shards").iterdir() if p.is_dir())
     assert table(page, "by-corpus-table")[0] == ["step", *corpora]
@@ -169,6 +172,7 @@ def test_every_table_is_there(run, page):
     assert "#quality-fake" in toc and "#samples-tag" in toc
 
 
+@pytest.mark.slow
 def test_samples_are_records_of_their_step_and_reason(run, page):
     n = 3  # merge.quality.samples_per_reason's default
     tag = run / "stages" / "tag"
@@ -195,6 +199,7 @@ def card_of(run: Path) -> tuple[dict, str]:
     return yaml.safe_load(header), text
 
 
+@pytest.mark.slow
 def test_the_card_header_has_the_hub_keys(run):
     header, _ = card_of(run)
     rows = lines(list_shards(run / "merge" / "dataset" / "jsonl"))
@@ -206,6 +211,7 @@ def test_the_card_header_has_the_hub_keys(run):
     assert header["configs"][0]["data_files"][0]["path"] == "parquet/*.parquet"
 
 
+@pytest.mark.slow
 def test_the_card_cites_kun_and_humpback_and_summarises_quality(run):
     _, text = card_of(run)
     assert "Kun: Answer Polishment for Chinese Self-Alignment with Instruction Back-Translation" in text
@@ -215,6 +221,7 @@ def test_the_card_cites_kun_and_humpback_and_summarises_quality(run):
     assert "### Fake measure" in summary and "- fake card line" in summary
 
 
+@pytest.mark.slow
 def test_the_card_shows_no_local_path_and_links_inside_the_dataset(run):
     _, text = card_of(run)
     for local in {str(run), str(run.resolve()), str(REPO), str(Path.home())}:
@@ -232,6 +239,7 @@ def test_the_card_shows_no_local_path_and_links_inside_the_dataset(run):
         assert (dataset / "report" / image).is_file(), image
 
 
+@pytest.mark.slow
 def test_report_json_holds_the_sections_data(run):
     report = orjson.loads((run / "merge" / "report" / "report.json").read_bytes())
     assert report["quality"]["fake"] == {"steps": len(expected_funnel(run))}

@@ -30,6 +30,7 @@ def ran(folder: Path) -> dict[str, dict]:
     return {p.stem: orjson.loads(p.read_bytes()) for p in folder.glob("*.json")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(EXECUTORS))
 def test_a_unit_runs_after_its_upstream_and_never_after_a_failure(kind, tmp_path):
     ex = EXECUTORS[kind]()
@@ -58,6 +59,7 @@ def test_a_unit_runs_after_its_upstream_and_never_after_a_failure(kind, tmp_path
     assert sorted(id(o) for o in seen) == sorted(id(o) for o in outcomes)  # on_done saw each once
 
 
+@pytest.mark.slow
 def test_local_runs_at_most_max_parallel_units_at_once(tmp_path):
     ex = LocalExecutor(max_parallel=2, poll_s=0.05)
     outcomes = ex.map(

@@ -38,6 +38,7 @@ def run(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_every_stage_keeps_the_accounting_invariant(run):
     grid = plan_grid(config.load(None, args(run)))
     for stage in grid.stages:
@@ -52,10 +53,12 @@ def test_every_stage_keeps_the_accounting_invariant(run):
     assert sum(m["rejected"].get("odd_length", 0) for m in tag) > 0
 
 
+@pytest.mark.slow
 def test_nothing_is_pending_after_a_complete_run(run):
     assert pending(run) == {"upper": [], "tag": []}
 
 
+@pytest.mark.slow
 def test_changing_a_stage_reruns_it_and_everything_after_it(run):
     assert pending(run, "pipeline.options.tag.note=x") == {"upper": [], "tag": list(range(11))}
     assert pending(run, "pipeline.options.upper.sleep_s=0") == {
@@ -65,6 +68,7 @@ def test_changing_a_stage_reruns_it_and_everything_after_it(run):
     assert pending(run, "executor.kind=local", "executor.max_parallel=1") == {"upper": [], "tag": []}
 
 
+@pytest.mark.slow
 def test_a_missing_upstream_marker_reruns_that_chain_only(run, capsys):
     (run / "done" / "upper" / "upper-00004.json").unlink()
     assert pending(run) == {"upper": [4], "tag": [4]}
@@ -72,6 +76,7 @@ def test_a_missing_upstream_marker_reruns_that_chain_only(run, capsys):
     assert "pending units: upper=1, tag=1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failing_unit_skips_its_chain_and_the_rerun_finishes_it(tmp_path, capsys):
     heal = tmp_path / "heal"
     extra = ("pipeline.options.upper.fail_on_corpus=skypile", f"pipeline.options.upper.heal_file={heal}")

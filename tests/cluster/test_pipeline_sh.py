@@ -56,6 +56,7 @@ def workdir(tmp_path) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_five_arguments_run_the_whole_grid_and_nothing_is_executed(workdir, tiny_model):
     model = str(tiny_model)
     out = f'out $(touch pwned) "q", x:y {"`touch pwned3`"}'

@@ -87,6 +87,7 @@ def test_no_machine_path_in_committed_configs():
             assert not machine.search(line), f"{path.relative_to(REPO)}:{n}: {line}"
 
 
+@pytest.mark.slow
 def test_plan_counts_the_manifest_and_measured_units_once_they_exist(tmp_path, tiny_model, capsys):
     preset = run_preset(tmp_path, "cpu", "skypile")
     args = [
@@ -114,6 +115,7 @@ def test_plan_counts_the_manifest_and_measured_units_once_they_exist(tmp_path, t
     assert "1,004 records (manifest)" in out and "GPU h" not in out and "CPU h" in out
 
 
+@pytest.mark.slow
 def test_docs_show_the_current_plans():
     doc = (REPO / "docs" / "configs.md").read_text()
     assert render_plans.updated(doc) == doc, "run python tools/render_plans.py"

@@ -22,6 +22,7 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_make_tiny_model_runs_outside_the_repo(tmp_path):
     out = run([sys.executable, str(REPO / "tools" / "make_tiny_model.py"), "--out", "tiny"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -47,12 +48,14 @@ def test_every_tool_starts_outside_the_repo(tool, tmp_path):
     assert "usage:" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["render_config_reference.py", "render_plans.py"])
 def test_doc_renderers_check_the_repo_docs_from_anywhere(tool, tmp_path):
     out = run([sys.executable, str(REPO / "tools" / tool), "--check"], tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_default_preset_shards_the_sample_from_any_directory(tmp_path):
     """The same run from the repo root and from elsewhere (a relative run dir each): same shards; the saved
     config names absolute paths, so `status` works from a third directory."""

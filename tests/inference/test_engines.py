@@ -145,6 +145,7 @@ def test_specs_validate():
 
 
 # ------------------------------------------------------------------------------------------ transformers
+@pytest.mark.slow
 def test_hf_batched_equals_one_by_one(hf, prompts, hf_greedy):
     assert len({len(ids) for ids in hf.encode(prompts)}) > 10  # really varied lengths: real left padding
     single = [hf.generate([p], GREEDY)[0] for p in prompts]

@@ -125,6 +125,7 @@ def test_a_hash_collision_removes_nothing(tmp_path, monkeypatch):
     assert len(kept) == 12 and quarantined == []
 
 
+@pytest.mark.slow
 def test_wudao_files_whose_native_ids_repeat_give_a_dataset_with_unique_ids(tmp_path):
     """The shared case wudao-dup-ids, without uniqueKey in one file: both files' records reach the dataset,
     under distinct ids."""

@@ -297,6 +297,7 @@ def plant(run: Path, folder: Path) -> tuple[list[str], dict[tuple[str, int, str]
     return [str(folder / "ceval"), str(folder / "cmmlu"), str(folder / "z.jsonl")], texts, records
 
 
+@pytest.mark.slow
 def test_a_whole_merge_rejects_the_planted_records_and_keeps_the_accounting(synth_run, tmp_path):
     patterns, texts, records = plant(synth_run, tmp_path)
     grams = {where: ngrams(t) for where, t in texts.items()}

@@ -51,6 +51,7 @@ def sample_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_every_cross_corpus_duplicate_goes_and_no_distinct_text_does(sample_run):
     by_text: dict[str, list[dict]] = defaultdict(list)
     for p in list_shards(sample_run / "shards"):
@@ -159,6 +160,7 @@ def dedup(inputs: list[Path], in_root: Path, out: Path, *overrides: str, key: st
     return job, markers
 
 
+@pytest.mark.slow
 def test_minhash_recall_and_precision_on_planted_near_duplicates(planted, tmp_path):
     root, shards, planted_of = planted
     dedup(shards, root, tmp_path, "dedup.normalize.t2s=true")
@@ -187,6 +189,7 @@ def test_without_t2s_traditional_and_simplified_stay_apart(planted, tmp_path):
     assert {r["id"].split("-")[1] for r in rejected} == {"punct"}
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_task_counts(planted, tmp_path):
     root, shards, _ = planted
     a, _ = dedup(shards, root, tmp_path / "a", "dedup.partitions=1", "dedup.shards_per_task=1")

@@ -37,6 +37,7 @@ def load(run: Path, fmt: str):
     return datasets.load_dataset(fmt, data_files=files, split="train")
 
 
+@pytest.mark.slow
 def test_the_loaded_dataset_matches_the_report(pairs_run):
     report = orjson.loads((pairs_run / "merge" / "report" / "report.json").read_bytes())
     for fmt in ("parquet", "json"):
@@ -52,6 +53,7 @@ def test_the_loaded_dataset_matches_the_report(pairs_run):
     assert "CC BY-SA 4.0" in card and f"{d.num_rows:,}" in card
 
 
+@pytest.mark.slow
 def test_funnel_chains_and_keeps_the_accounting(pairs_run):
     report = orjson.loads((pairs_run / "merge" / "report" / "report.json").read_bytes())
     steps = [r["step"] for r in report["funnel"]]
@@ -65,6 +67,7 @@ def test_funnel_chains_and_keeps_the_accounting(pairs_run):
     assert rows[3]["rejected"].get("duplicate_exact", 0) > 0  # texts opening alike share an instruction
 
 
+@pytest.mark.slow
 def test_final_dedup_by_instruction_keeps_the_highest_score(pairs_run):
     d = load(pairs_run, "parquet")
     norm = make_normalizer(config.load().dedup.normalize)
@@ -80,6 +83,7 @@ def test_final_dedup_by_instruction_keeps_the_highest_score(pairs_run):
         assert r["reject"]["stage"] == "merge-dedup-instruction"
 
 
+@pytest.mark.slow
 def test_merge_again_by_pair_removes_less(pairs_run):
     assert cli.main(["merge", str(pairs_run), "merge.dedup_by=[pair]"]) == 0
     by_pair = orjson.loads((pairs_run / "merge" / "report" / "report.json").read_bytes())
@@ -89,6 +93,7 @@ def test_merge_again_by_pair_removes_less(pairs_run):
     assert cli.main(["merge", str(pairs_run)]) == 0  # back to the run's own config
 
 
+@pytest.mark.slow
 def test_merge_refuses_an_incomplete_grid_unless_allow_partial(tmp_path, capsys):
     assert cli.main(["run", *args(tmp_path, SYNTH)]) == 0
     grid = plan_grid(config.load(None, args(tmp_path, SYNTH)))
@@ -110,6 +115,7 @@ def test_merge_refuses_an_incomplete_grid_unless_allow_partial(tmp_path, capsys)
     assert "Partial" in (tmp_path / "merge" / "dataset" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_without_pair_stages_merges_as_text(tmp_path):
     assert cli.main(["run", *args(tmp_path)]) == 0
     d = load(tmp_path, "json")
@@ -117,6 +123,7 @@ def test_a_run_without_pair_stages_merges_as_text(tmp_path):
     assert d.num_rows == 3504 - 400  # the planted cross-corpus duplicates, removed at merge by text
 
 
+@pytest.mark.slow
 def test_a_run_whose_last_stage_keeps_nothing_merges_to_an_empty_dataset(tmp_path):
     run = tmp_path / "empty"
     extra = (SYNTH, "pipeline.options.synth.reject_all=true")

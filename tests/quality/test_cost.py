@@ -234,6 +234,7 @@ def merged(tmp_path_factory):
     return run, cfg, ctx
 
 
+@pytest.mark.slow
 def test_cost_section_and_the_status_line_of_a_merged_run(merged):
     run, cfg, ctx = merged
     s = section(ctx)

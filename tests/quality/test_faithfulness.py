@@ -312,6 +312,7 @@ def dataset(run: Path) -> list[dict]:
     return [r for p in sorted((run / "merge" / "dataset" / "jsonl").glob("*")) for r in read_shard(p)]
 
 
+@pytest.mark.slow
 def test_a_run_of_copies_is_all_copy_in_the_dataset_and_the_report(default_rules_run):
     rows = dataset(default_rules_run)
     assert sorted(r["output"] for r in rows) == sorted(PLAIN)
@@ -339,6 +340,7 @@ def test_the_tone_section_counts_what_the_rules_stage_dropped(default_rules_run)
     assert t.data["in_dataset"] == 0 and t.data["in_dataset_matches"] == {}
 
 
+@pytest.mark.slow
 def test_refusals_the_rules_keep_are_flagged_in_the_dataset(keep_all_run):
     rows = dataset(keep_all_run)
     assert len(rows) == len(PLAIN + KEYWORD + REFUSING)

@@ -333,6 +333,7 @@ def test_stats_add_up_over_chunks_shards_and_units_and_the_section_shows_them(tm
     assert s.plots == ["judge_tokens.png"] and (tmp_path / "report" / "judge_tokens.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_calibrated_scores_of_kept_and_rejected_records_in_100_bins(tmp_path):
     engine = ScriptedJudge(run_script, lambda instruction: run_score_millis(instruction) / 1000)
     cfg = point_run(tmp_path, engine, "point.mode=calibrated", "point.threshold=0.5")

@@ -274,6 +274,7 @@ def test_human_words():
 
 
 # ---------------------------------------------------------------------------------- export on real runs
+@pytest.mark.slow
 def test_export_point_is_stratified_over_verdicts_reasons_and_corpora(ref_run, capsys):
     strata = point_strata()
     assert len(strata) == 15
@@ -576,6 +577,7 @@ def test_bad_review_files_are_named(ref_run, tmp_path):
         review.import_review(ref_run, empty, export=tmp_path / "nowhere.json")
 
 
+@pytest.mark.slow
 def test_import_refuses_a_file_of_another_export_and_counts_rows_not_in_it(ref_run, calibrated_run, tmp_path):
     mine = review.export_review(ref_run, n=15, seed=1, out=tmp_path / "a")
     export = tmp_path / "a" / "export.json"

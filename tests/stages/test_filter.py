@@ -103,6 +103,7 @@ def kenlm_model(tmp_path_factory, wiki_docs) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- clean
+@pytest.mark.slow
 def test_cleaning_touches_only_whitespace_controls_and_what_ftfy_fixes(wiki_docs, poetry_docs):
     clean = Cleaner()
     raw = (
@@ -145,6 +146,7 @@ def test_traditional_to_simplified_is_config_gated(wiki_docs):
 
 
 # ----------------------------------------------------------------------------------------- segmentation
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens", [512, 64])
 def test_segmentation_fits_the_budget_and_loses_no_text(
     tiny_model, hf_tokenizer, wiki_docs, poetry_docs, max_tokens
@@ -429,6 +431,7 @@ def test_lm_perplexity_vllm_equals_transformers(tiny_model, hf_scorer, lm_texts)
     assert max(abs(a - b) / b for a, b in zip(v, h, strict=True)) < 1e-4
 
 
+@pytest.mark.slow
 def test_kenlm_built_here_scores_real_text_better_than_shuffled(kenlm_model, wiki_docs):
     import kenlm
 
@@ -551,6 +554,7 @@ def inline_run(tmp_path_factory, tiny_model, kenlm_model) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_filter_stage_inline_with_percentile_calibration(inline_run):
     cal = json.loads(calibration_path(inline_run).read_text())
     assert cal["percentiles"] == [33.3, 66.7] and cal["scorer"]["scorer"] == "kenlm"
@@ -566,6 +570,7 @@ def test_filter_stage_inline_with_percentile_calibration(inline_run):
     assert reasons["low_cjk"] > 0 and reasons["ppl_tail"] > 0
 
 
+@pytest.mark.slow
 def test_filter_stage_local_executor_equals_inline(tmp_path, inline_run, tiny_model, kenlm_model):
     run = tmp_path / "local"
     assert cli.main(["run", *stage_args(run, tiny_model, kenlm_model, "executor.kind=local")]) == 0
@@ -588,6 +593,7 @@ class CrashingFilter(FilterStage):
         return super().process(batch)
 
 
+@pytest.mark.slow
 def test_resume_mid_unit_equals_a_clean_run(tmp_path, tiny_model, kenlm_model):
     absolute = (
         "executor.kind=inline",
@@ -613,6 +619,7 @@ def test_resume_mid_unit_equals_a_clean_run(tmp_path, tiny_model, kenlm_model):
     check_accounting(resumed)
 
 
+@pytest.mark.slow
 def test_lm_scorer_in_the_stage_with_filter_calibrate(tmp_path, tiny_model, wiki_docs):
     corpus = tmp_path / "tiny.jsonl"
     corpus.write_text(
@@ -638,6 +645,7 @@ def test_lm_scorer_in_the_stage_with_filter_calibrate(tmp_path, tiny_model, wiki
     assert {r["ppl_bucket"] for r in kept} == {"head", "middle"}
 
 
+@pytest.mark.slow
 def test_one_result_per_record_stages_keep_their_accounting(tmp_path):
     run = tmp_path / "tag"
     args = sample_overrides(run, "executor.kind=inline", "pipeline.stages=[tests.stages_for_tests:Tag]")

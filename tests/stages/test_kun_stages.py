@@ -494,6 +494,7 @@ def test_the_answer_budget_counts_prompts_as_the_engine_does(hf, texts):
     )
 
 
+@pytest.mark.slow
 def test_the_filter_cuts_units_so_that_answer_never_drops_one_for_length(hf, tiny_model):
     """Units cut under the Answer budget: every kept unit's Answer prompt, with an instruction of
     ``answer.instruction_tokens`` tokens, fits 512 (counted here on the tokenizer directly); without the
@@ -632,6 +633,7 @@ def test_stage_prompts_encode_special_token_text_of_data_as_plain_text(hf):
     assert over_stage.engine.calls == [([], [])]  # nothing sent
 
 
+@pytest.mark.slow
 def test_clean_prompts_encode_token_for_token_as_before(hf):
     """Data without special-token text: every prompt of the four kinds (Label, Point, calibrated Point,
     Answer) over every text of the bundled sample corpora and seed pairs gets exactly the ids of the whole
@@ -831,6 +833,7 @@ def vllm_greedy_run(tmp_path_factory, tiny_model) -> Path:
     return greedy_run(tmp_path_factory.mktemp("greedy"), tiny_model, "vllm", "inline")
 
 
+@pytest.mark.slow
 def test_transformers_chain_on_local_executor_accounting_and_provenance(hf_greedy_run, tiny_model):
     seen = check_accounting(hf_greedy_run, CHAIN)
     assert len(list((hf_greedy_run / "logs" / "label").rglob("*_log.err"))) == 1  # ran in a subprocess

@@ -52,6 +52,7 @@ def test_shard_writes_manifested_shards_that_hold_every_record(sharded):
     assert (sharded / "config.yaml").exists() and (sharded / "config.sha256").exists()
 
 
+@pytest.mark.slow
 def test_local_executor_gives_the_same_shards_as_inline(sharded, tmp_path):
     run = tmp_path / "run"
     assert (
@@ -202,6 +203,7 @@ def test_reshard_keeps_the_multiset_and_routes_by_id(sharded, tmp_path, num_shar
     assert m["read"] == m["records"] == 3504
 
 
+@pytest.mark.slow
 def test_reshard_is_identical_whatever_the_task_count(sharded, tmp_path):
     digests = []
     for i, extra in enumerate(

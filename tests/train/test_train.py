@@ -76,6 +76,7 @@ def trained(tiny_model, tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ data
+@pytest.mark.slow
 def test_label_set_is_inverted_and_uses_the_label_stages_prompt(tiny_model, tmp_path):
     cfg = train_cfg(tiny_model, tmp_path, "label")
     from transformers import AutoTokenizer
@@ -276,6 +277,7 @@ def test_masked_prompt_tokens_contribute_no_loss(tiny_model):
 
 
 # ------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_loss_goes_down(trained, tiny_model):
     from transformers import AutoTokenizer
 
@@ -288,6 +290,7 @@ def test_loss_goes_down(trained, tiny_model):
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_schedule(trained, tiny_model, tmp_path):
     out = tmp_path / "label"
     run_cli(tiny_model, out, "label", *FAST, "train.save_steps=100", "train.stop_at_step=3")
@@ -362,6 +365,7 @@ def test_two_process_ddp_on_the_sandbox_cluster(tiny_model, tmp_path):
     assert (out / "jobs.jsonl").read_text().count(job.job_id) == 1
 
 
+@pytest.mark.slow
 def test_fsdp_two_processes_resumed_equals_ddp(tiny_model, tmp_path):
     """Two local gloo processes: FSDP full-shard (sharded checkpoint, stopped at step 2, resumed) ends with
     the weights of an uninterrupted DDP run."""
