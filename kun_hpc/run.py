@@ -142,8 +142,14 @@ def run(cfg: DictConfig, view: View, wait: bool = False) -> int:
     """``kun-hpc run``: shard, dedup, prepare, run the grid, merge. Returns the exit code (1: a unit failed,
     or jobs of the run are still queued)."""
     preflight(cfg)
-    run_dir = start(cfg, "run", view)
     executor = make_executor(cfg)
+    if (
+        executor.detached
+        and cfg.pipeline.stages
+        and refuse_while_queued(cfg, "run", view, supersede_merge=True)
+    ):
+        return 1  # submitting again would run units twice (and queued workers read the config saved next)
+    run_dir = start(cfg, "run", view)
     shard(cfg, executor, view)
     if cfg.dedup.raw:
         dedup_raw(cfg, executor, view)
@@ -152,8 +158,6 @@ def run(cfg: DictConfig, view: View, wait: bool = False) -> int:
     if not grid.stages:
         view.note(f"kun-hpc run: no stages in pipeline.stages; shards are ready under {cfg.shard.output}")
         return merge(cfg, executor, view) if cfg.merge.auto else 0
-    if executor.detached and refuse_while_queued(cfg, "run", view, supersede_merge=True):
-        return 1  # submitting again would run units twice
     submitted = submit_grid(grid, executor, run_dir / "logs")
     pending = ", ".join(f"{s}={n}" for s, n in submitted.pending.items())
     view.note(f"kun-hpc run: pending units: {pending}")

@@ -60,7 +60,8 @@ INTEGRATION_MARKS = ("slurm", "vllm", "demo")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """``integration`` on every test marked slurm, vllm or demo: ``make test-fast`` runs the others."""
+    """``integration`` on every test marked slurm, vllm or demo: ``make test-fast`` runs the others that are
+    not marked ``slow`` either."""
     for item in items:
         if any(item.get_closest_marker(m) for m in INTEGRATION_MARKS):
             item.add_marker(pytest.mark.integration)

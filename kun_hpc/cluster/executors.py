@@ -12,7 +12,14 @@ outcome says so). Every backend honours it -- Slurm with ``--dependency=aftercor
 others by starting a unit only when its upstream ended -- so one algorithm chains a run's stages whatever
 runs them (:mod:`kun_hpc.cluster.dag`). :meth:`Executor.wait` blocks until tasks ended and returns their
 :class:`Outcome`; :meth:`Executor.map` is both. Inline and local backends start units when they are waited
-for; Slurm's run as soon as submitted, and outlive this process (``detached``).
+for (those tasks and what they wait for, nothing else); Slurm's run as soon as submitted, and outlive this
+process (``detached``).
+
+What Slurm can express is coarser than a task list, so on Slurm: units that each wait for the task of the
+same index of one earlier array are chained task by task (``aftercorr``, what the grid submits); any other
+``after`` waits for every array it names (``afterok``), so a failure anywhere in those arrays cancels the
+unit. A unit cancelled that way ends ``CANCELLED`` (``ok`` false, not ``skipped``), and Slurm outcomes are
+known, and ``on_done`` called, once every waited task left the queue.
 """
 
 from __future__ import annotations
@@ -63,6 +70,12 @@ def upstream(after: After) -> list[Task]:
     if after is None:
         return []
     return [after] if isinstance(after, Task) else list(after)
+
+
+def check_after(units: Sequence[Any], after: Sequence[After] | None) -> None:
+    """``after`` names one entry per unit; ValueError otherwise."""
+    if after is not None and len(after) != len(units):
+        raise ValueError(f"after= has {len(after)} entries for {len(units)} units: one per unit (None: none)")
 
 
 def failure_line(o: Outcome) -> str:
@@ -126,19 +139,32 @@ class _QueueExecutor(Executor):
         self._queue: list[_Queued] = []
 
     def submit(self, fn, units, *, name, log_dir, after=None):
+        check_after(units, after)
         tasks = [Task(name, u) for u in units]
         for i, t in enumerate(tasks):
             self._queue.append(_Queued(t, fn, Path(log_dir), upstream(after[i]) if after else []))
         return tasks
 
-    def _take(self, limit: int, on_done: OnDone | None) -> list[_Queued]:
-        """Up to ``limit`` queued units whose upstream ended, in submission order, out of the queue; a unit
-        whose upstream failed ends here, skipped."""
+    def _needed(self, tasks: Sequence[Task]) -> set[int]:
+        """``tasks`` and every queued task they wait for, directly or not (ids)."""
+        queued = {id(q.task): q for q in self._queue}
+        needed, todo = {id(t) for t in tasks}, list(tasks)
+        while todo:
+            q = queued.get(id(todo.pop()))
+            for up in q.after if q else ():
+                if id(up) not in needed:
+                    needed.add(id(up))
+                    todo.append(up)
+        return needed
+
+    def _take(self, limit: int, on_done: OnDone | None, needed: set[int]) -> list[_Queued]:
+        """Up to ``limit`` queued units among ``needed`` whose upstream ended, in submission order, out of
+        the queue; a unit whose upstream failed ends here, skipped."""
         taken: list[_Queued] = []
         for q in list(self._queue):
             if len(taken) >= limit:
                 break
-            if any(t.outcome is None for t in q.after):
+            if id(q.task) not in needed or any(t.outcome is None for t in q.after):
                 continue
             self._queue.remove(q)
             failed = [t for t in q.after if not t.outcome.ok]  # type: ignore[union-attr]
@@ -165,8 +191,9 @@ class InlineExecutor(_QueueExecutor):
     kind = "inline"
 
     def wait(self, tasks, on_done=None):
+        needed = self._needed(tasks)
         while any(t.outcome is None for t in tasks):
-            ready = self._take(1, on_done)
+            ready = self._take(1, on_done, needed)
             if not ready:
                 if any(t.outcome is None for t in tasks):
                     raise _stuck("inline")
@@ -197,8 +224,9 @@ class LocalExecutor(_QueueExecutor):
     def wait(self, tasks, on_done=None):
         import submitit
 
+        needed = self._needed(tasks)
         while any(t.outcome is None for t in tasks):
-            for q in self._take(self.max_parallel - len(self._running), on_done):
+            for q in self._take(self.max_parallel - len(self._running), on_done, needed):
                 ex = submitit.LocalExecutor(folder=str(q.log_dir / "%j"))
                 ex.update_parameters(timeout_min=self.timeout_min)
                 self._running.append((q, ex.submit(q.fn, q.task.unit)))

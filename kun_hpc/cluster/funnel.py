@@ -15,7 +15,7 @@ from rich.table import Table
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.core.console import console as make_console
 from kun_hpc.core.counts import Counts
-from kun_hpc.io.markers import read_marker
+from kun_hpc.io.markers import valid_marker
 
 
 def yield_line(cfg: DictConfig) -> str:
@@ -66,11 +66,14 @@ def funnel_row(step: str, markers: list[dict], total_units: int) -> dict:
 
 
 def stage_markers(cfg: DictConfig) -> list[tuple[str, list[dict], int]]:
-    """Per grid stage, in order: (stage, the markers of its done units, its number of units)."""
+    """Per grid stage, in order: (stage, the markers of its done units (valid: written under the unit's
+    config hash), its number of units)."""
     grid = plan_grid(cfg)
     out = []
     for stage in grid.stages:
-        markers = [m for u in grid.units[stage] if (m := read_marker(u.run_dir, stage, u.name))]
+        markers = [
+            m for u in grid.units[stage] if (m := valid_marker(u.run_dir, stage, u.name, u.config_hash))
+        ]
         out.append((stage, markers, len(grid.units[stage])))
     return out
 

@@ -21,7 +21,7 @@ from kun_hpc.cluster.grid import pending_units, plan_grid
 from kun_hpc.cluster.slurm import live_max_array_size, resources_for
 from kun_hpc.core.counts import Counts
 from kun_hpc.io.layout import stage_key
-from kun_hpc.io.markers import read_marker
+from kun_hpc.io.markers import valid_marker
 from kun_hpc.io.shards import MANIFEST, read_manifest
 
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -131,7 +131,7 @@ def plan(cfg: DictConfig) -> Plan:
     for name in cfg.pipeline.stages:
         key = stage_key(name)
         units = grid.units[key] if grid else []
-        measured = [m for u in units if (m := read_marker(u.run_dir, key, u.name))]
+        measured = [m for u in units if (m := valid_marker(u.run_dir, key, u.name, u.config_hash))]
         seconds = sum(m["timings"]["seconds"] for m in measured)
         if measured and seconds > 0:
             thr, source = sum(m["in"] for m in measured) / seconds, f"measured on {len(measured)} units"

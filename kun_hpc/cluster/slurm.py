@@ -31,7 +31,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import FailedSubmissionError
 
-from kun_hpc.cluster.executors import After, Executor, Outcome, Task, upstream
+from kun_hpc.cluster.executors import After, Executor, Outcome, Task, check_after, upstream
 from kun_hpc.cluster.scheduler import SchedulerView, record_submission, tail, wait_for_jobs
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -164,6 +164,7 @@ class SlurmExecutor(Executor):
         """Units with no ``after`` go in arrays of at most MaxArraySize; units that each wait for one task of
         the same earlier array, in its order, go in one array chained task by task (``aftercorr``); any
         other ``after`` becomes ``afterok`` on the arrays named."""
+        check_after(units, after)
         tasks = [Task(name, u) for u in units]
         free: list[int] = []
         corr: dict[str, list[int]] = {}  # upstream array -> positions of the units waiting on its tasks
@@ -171,6 +172,8 @@ class SlurmExecutor(Executor):
         for i in range(len(units)):
             wanted = after[i] if after else None
             ups = upstream(wanted)
+            if any(not t.job for t in ups):
+                raise ValueError(f"after= of unit {i} names a task no sbatch call submitted")
             if not ups:
                 free.append(i)
             elif isinstance(wanted, Task) and wanted.array:

@@ -73,6 +73,12 @@ class Stage:
         :meth:`prepare`."""
 
     @classmethod
+    def model_keys(cls, cfg: DictConfig) -> tuple[str, ...]:
+        """The config sections whose ``engine.model`` folder the stage loads, checked before a run submits
+        anything (:func:`kun_hpc.stages.registry.check_model_folders`). Default: none."""
+        return ()
+
+    @classmethod
     def prepare(cls, cfg: DictConfig) -> Step:
         """Once per ``kun-hpc run``, after sharding and before the grid is submitted: cluster-wide
         preparation as a step (:mod:`kun_hpc.stages.steps`) whose arrays the run maps on its executor, such

@@ -37,6 +37,7 @@ from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.layout import shard_root
 from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.answer import AnswerBudget
+from kun_hpc.stages.answer import configured as budgeted
 from kun_hpc.stages.base import Stage
 from kun_hpc.stages.steps import Array, Step
 from kun_hpc.text_libraries import t2s_converter
@@ -72,6 +73,10 @@ class FilterStage(Stage):
     @classmethod
     def prepare(cls, cfg: DictConfig) -> Step:
         return calibration(cfg)
+
+    @classmethod
+    def model_keys(cls, cfg: DictConfig) -> tuple[str, ...]:
+        return ("answer",) if budgeted(cfg) else ()  # units are cut to the Answer prompt with its tokenizer
 
     @classmethod
     def hash_inputs(cls, cfg: DictConfig) -> dict:

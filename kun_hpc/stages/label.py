@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from kun_hpc.core.records import Rejected
 from kun_hpc.inference import Generation
 from kun_hpc.stages.answer import AnswerBudget
+from kun_hpc.stages.answer import configured as budgeted
 from kun_hpc.stages.llm import LLMStage, accept_output
 from kun_hpc.stages.rules import INSTRUCTION_SETTINGS, Drop, RuleSet
 
@@ -27,6 +28,10 @@ class Label(LLMStage):
     def setup(self) -> None:
         super().setup()
         self.budget = AnswerBudget.from_config(self.cfg)
+
+    @classmethod
+    def model_keys(cls, cfg: DictConfig) -> tuple[str, ...]:
+        return ("label", "answer") if budgeted(cfg) else ("label",)  # the budget reads Answer's tokenizer
 
     @classmethod
     def hash_inputs(cls, cfg: DictConfig) -> dict:

@@ -100,6 +100,11 @@ class LLMStage(Stage):
     :meth:`infer_stream` is the engine call (generation by default)."""
 
     name = "llm"
+
+    @classmethod
+    def model_keys(cls, cfg: DictConfig) -> tuple[str, ...]:
+        return (cls.name,)
+
     needs: tuple[str, ...] = ("text",)
 
     def __init__(self, cfg: DictConfig, options: Any = None):

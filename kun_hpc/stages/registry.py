@@ -6,7 +6,7 @@ import importlib
 
 from omegaconf import DictConfig
 
-from kun_hpc.config import LLM_STAGES, ConfigError, find_file
+from kun_hpc.config import ConfigError, find_file
 from kun_hpc.io.layout import stage_key
 from kun_hpc.stages.base import Stage
 
@@ -45,17 +45,23 @@ def make_stage(name: str, cfg: DictConfig) -> Stage:
 
 
 def check_model_folders(cfg: DictConfig) -> None:
-    """Before submitting: every LLM stage's model is a local model folder (a typo would otherwise fail each
-    of the stage's tasks, on Slurm after each was given its GPUs)."""
-    for name in cfg.pipeline.stages:
-        key = stage_key(name)
-        if key not in LLM_STAGES:
-            continue
+    """Before submitting: every model folder a stage of the run loads (:meth:`Stage.model_keys`: an LLM
+    stage's own, and the Answer model whose tokenizer the filter and label count the Answer budget with) is a
+    local model folder; a typo would otherwise fail each of the stage's tasks, on Slurm after each was given
+    its GPUs. Raises :class:`ConfigError` naming the key."""
+    stages = [stage_key(name) for name in cfg.pipeline.stages]
+    keys = dict.fromkeys(k for name in cfg.pipeline.stages for k in stage_class(name).model_keys(cfg))
+    # a stage's own model in the order of the stages, then the models loaded for their tokenizers
+    for key in sorted(keys, key=lambda k: stages.index(k) if k in stages else len(stages)):
         path = find_file(cfg[key].engine.model)
         if not (path / "config.json").is_file():
+            why = ""
+            if key not in stages:  # loaded without running its stage: the Answer model, for its tokenizer
+                why = f" (the {key} prompt budget is counted with its tokenizer; {key}.max_prompt_tokens=null"
+                why += " turns that off)"
             raise ConfigError(
                 f"config key '{key}.engine.model': {path} is not a local model folder (no config.json); "
-                "models load from local folders only"
+                f"models load from local folders only{why}"
             )
 
 

@@ -11,8 +11,10 @@ import orjson
 import pytest
 
 from kun_hpc.cluster.executors import InlineExecutor, LocalExecutor
+from kun_hpc.cluster.slurm import SlurmExecutor
 
 EXECUTORS = {"inline": InlineExecutor, "local": lambda: LocalExecutor(max_parallel=2, poll_s=0.05)}
+KINDS = ["inline", pytest.param("local", marks=pytest.mark.slow)]
 
 
 def work(unit: tuple[str, str, bool]) -> str:
@@ -30,8 +32,7 @@ def ran(folder: Path) -> dict[str, dict]:
     return {p.stem: orjson.loads(p.read_bytes()) for p in folder.glob("*.json")}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(EXECUTORS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_unit_runs_after_its_upstream_and_never_after_a_failure(kind, tmp_path):
     ex = EXECUTORS[kind]()
     first = ex.submit(
@@ -86,3 +87,58 @@ def test_waiting_for_a_task_never_submitted_is_an_error(tmp_path):
     tasks = ex.submit(work, [(str(tmp_path), "y", False)], name="y", log_dir=tmp_path, after=other)
     with pytest.raises(RuntimeError, match="never submitted"):
         ex.wait(tasks)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_waiting_runs_only_those_tasks_and_what_they_wait_for(kind, tmp_path):
+    ex = EXECUTORS[kind]()
+    first = ex.submit(work, [(str(tmp_path), "a", False)], name="a", log_dir=tmp_path / "logs")
+    seen = []
+    ex.map(work, [(str(tmp_path), "m", False)], name="m", log_dir=tmp_path / "logs", on_done=seen.append)
+    assert sorted(ran(tmp_path)) == ["m"] and [o.name for o in seen] == ["m"]
+    assert [o.result for o in ex.wait(first)] == ["a"]
+
+
+def test_after_needs_one_entry_per_unit(tmp_path):
+    with pytest.raises(ValueError, match="2 entries for 3 units"):
+        InlineExecutor().submit(work, [1, 2, 3], name="x", log_dir=tmp_path, after=[None, None])
+
+
+class FakeSbatch(SlurmExecutor):
+    """The Slurm backend with sbatch replaced: each call is recorded, its tasks numbered as Slurm would."""
+
+    def __init__(self, max_array_size: int):
+        super().__init__("/nonexistent", lambda name: {}, max_array_size)
+        self.calls: list[tuple[list, str | None]] = []
+
+    def _sbatch(self, fn, tasks, positions, name, log_dir, dependency):
+        job = str(100 + len(self.entries))
+        self.calls.append(([tasks[i].unit for i in positions], dependency))
+        self.entries.append({"job": job})
+        for k, i in enumerate(positions):
+            t = tasks[i]
+            t.job, t.array, t.index, t.seq = f"{job}_{k}", job, k, len(self.entries)
+
+
+def test_slurm_chains_index_by_index_and_waits_for_whole_arrays_otherwise():
+    ex = FakeSbatch(max_array_size=3)
+    a = ex.submit(work, list(range(5)), name="a", log_dir=Path("/x"))
+    assert ex.calls == [([0, 1, 2], None), ([3, 4], None)]  # arrays of at most MaxArraySize
+    ex.calls.clear()
+    b = ex.submit(work, ["b0", "b1", "b2", "b3", "b4"], name="b", log_dir=Path("/x"), after=a)
+    assert ex.calls == [(["b0", "b1", "b2"], "aftercorr:100"), (["b3", "b4"], "aftercorr:101")]  # 102, 103
+    ex.calls.clear()
+    # c0 waits for task 0 of array 102: index by index; c1 for task 1 of array 103, alone: the whole array
+    ex.submit(work, ["c0", "c1", "c2"], name="c", log_dir=Path("/x"), after=[b[0], b[4], None])
+    assert ex.calls == [(["c0"], "aftercorr:102"), (["c1"], "afterok:103"), (["c2"], None)]
+    ex.calls.clear()
+    ex.submit(work, ["merge"], name="merge", log_dir=Path("/x"), after=[[*a, *b]])
+    assert ex.calls == [(["merge"], "afterok:100:101:102:103")]  # every array named, in submission order
+    with pytest.raises(ValueError, match="no sbatch call submitted"):
+        ex.submit(
+            work,
+            ["d"],
+            name="d",
+            log_dir=Path("/x"),
+            after=[InlineExecutor().submit(work, [1], name="i", log_dir=Path("/x"))[0]],
+        )

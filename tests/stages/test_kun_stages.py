@@ -992,3 +992,18 @@ def test_run_refuses_a_missing_model_folder_before_submitting(tmp_path, tiny_mod
     assert code == 2
     assert "config key 'point.engine.model'" in capsys.readouterr().err
     assert not run.exists()  # nothing was sharded or submitted
+
+
+def test_a_filter_only_run_refuses_a_missing_answer_model_it_counts_the_budget_with(
+    tmp_path, tiny_model, capsys
+):
+    """The filter cuts units to the Answer prompt budget with the Answer model's tokenizer, so a run of the
+    filter alone needs that folder too: refused before anything runs, naming the key and the way out."""
+    preset = write_preset(tmp_path, tiny_model, "transformers", 4)
+    run = tmp_path / "run"
+    missing = tmp_path / "no-such-model"
+    args = [str(preset), f"run.dir={run}", "pipeline.stages=[filter]", f"answer.engine.model={missing}"]
+    assert cli.main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert "config key 'answer.engine.model'" in err and "answer.max_prompt_tokens=null" in err
+    assert not run.exists()
