@@ -48,7 +48,7 @@ ANSWER_RULE_NAMES = (
     "answer_keywords",
     "min_chars",
     "repeated_opening",
-    "drift",
+    "drift",  # drift and copy last: the default answer rules are the others
     "copy",
 )
 
@@ -71,16 +71,7 @@ class RulesConfig:
     # run on Label's instructions (label.apply_rules) and again in the rules stage, after Answer
     instruction_rules: list[str] = field(default_factory=lambda: list(INSTRUCTION_RULE_NAMES))
     # run in the rules stage on each answer
-    answer_rules: list[str] = field(
-        default_factory=lambda: [
-            "strip_whitespace",
-            "not_empty",
-            "refusal",
-            "answer_keywords",
-            "min_chars",
-            "repeated_opening",
-        ]
-    )
+    answer_rules: list[str] = field(default_factory=lambda: list(ANSWER_RULE_NAMES[:-2]))
     # instruction_keywords: an instruction naming one of these is dropped
     instruction_keywords: list[str] = field(
         default_factory=lambda: [
