@@ -72,6 +72,11 @@ def upstream(after: After) -> list[Task]:
     return [after] if isinstance(after, Task) else list(after)
 
 
+def unit_name(unit: Any) -> str:
+    """How a unit is named in messages: its ``name`` (stage and phase units), else the unit itself."""
+    return str(getattr(unit, "name", unit))
+
+
 def check_after(units: Sequence[Any], after: Sequence[After] | None) -> None:
     """``after`` names one entry per unit; ValueError otherwise."""
     if after is not None and len(after) != len(units):
@@ -81,7 +86,7 @@ def check_after(units: Sequence[Any], after: Sequence[After] | None) -> None:
 def failure_line(o: Outcome) -> str:
     """``unit: first line of its error (log: path)``: how a failed unit is named in messages."""
     first = o.error.strip().splitlines()[0] if o.error.strip() else "failed"
-    return f"{getattr(o.unit, 'name', o.unit)}: {first}" + (f" (log: {o.log})" if o.log else "")
+    return f"{unit_name(o.unit)}: {first}" + (f" (log: {o.log})" if o.log else "")
 
 
 class Executor:
@@ -169,7 +174,7 @@ class _QueueExecutor(Executor):
             self._queue.remove(q)
             failed = [t for t in q.after if not t.outcome.ok]  # type: ignore[union-attr]
             if failed:
-                why = f"not run: upstream {getattr(failed[0].unit, 'name', failed[0].unit)} failed"
+                why = f"not run: upstream {unit_name(failed[0].unit)} failed"
                 self._end(q.task, Outcome(q.task.unit, False, error=why, skipped=True), on_done)
             else:
                 taken.append(q)

@@ -49,7 +49,8 @@ def funnel_row(step: str, markers: list[dict], total_units: int) -> dict:
         for s in m.get("shards", []):
             shard = Counts.from_dict(s)  # by corpus, what was not kept is one column: rejected or quarantined
             gone = Counts(shard.in_, shard.out, shard.rejected + shard.quarantined)
-            corpora[corpus_of(s["input"])] = corpora.get(corpus_of(s["input"]), Counts()) + gone
+            corpus = corpus_of(s["input"])
+            corpora[corpus] = corpora.get(corpus, Counts()) + gone
     return {
         "step": step,
         "units_done": len(markers),

@@ -23,7 +23,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import FailedSubmissionError
 
-from kun_hpc.cluster.executors import After, Executor, Outcome, Task, check_after, upstream
+from kun_hpc.cluster.executors import Executor, Outcome, Task, check_after, upstream
 from kun_hpc.cluster.scheduler import SchedulerView, record_submission, tail, wait_for_jobs
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -167,7 +167,7 @@ class SlurmExecutor(Executor):
         check_after(units, after)
         tasks = [Task(name, u) for u in units]
         free: list[int] = []
-        corr: dict[str, list[int]] = {}  # upstream array -> positions of the units waiting on its tasks
+        corr: dict[str, list[tuple[Task, int]]] = {}  # upstream array -> (its task, position) per unit
         other: dict[str, list[int]] = {}  # afterok dependency -> positions
         for i in range(len(units)):
             wanted = after[i] if after else None
@@ -176,30 +176,23 @@ class SlurmExecutor(Executor):
                 raise ValueError(f"after= of unit {i} names a task no sbatch call submitted")
             if not ups:
                 free.append(i)
-            elif isinstance(wanted, Task) and wanted.array:
-                corr.setdefault(wanted.array, []).append(i)
+            elif isinstance(wanted, Task):
+                corr.setdefault(wanted.array, []).append((wanted, i))
             else:
-                arrays = list(dict.fromkeys(t.array or t.job for t in sorted(ups, key=lambda t: t.seq)))
+                arrays = list(dict.fromkeys(t.array for t in sorted(ups, key=lambda t: t.seq)))
                 other.setdefault("afterok:" + ":".join(arrays), []).append(i)
+        calls: list[tuple[list[int], str | None]] = []
+        for array, waiting in sorted(corr.items(), key=lambda kv: kv[1][0][0].seq):
+            waiting.sort(key=lambda tp: tp[0].index)
+            if [t.index for t, _ in waiting] == list(range(len(waiting))):  # task j waits for task j
+                calls.append(([i for _, i in waiting], f"aftercorr:{array}"))
+            else:
+                other.setdefault(f"afterok:{array}", []).extend(i for _, i in waiting)
+        calls += [([ps[k] for k in c], dep) for dep, ps in other.items() for c in self.chunks(len(ps))]
+        calls += [([free[k] for k in c], None) for c in self.chunks(len(free))]
         with _outside_any_job():
-            for array, positions in sorted(corr.items(), key=lambda kv: _upstream(after, kv[1][0]).seq):
-                ups = [_upstream(after, i) for i in positions]
-                whole = (
-                    sorted(t.index for t in ups) == list(range(len(ups))) and len(ups) <= self.max_array_size
-                )
-                if whole:  # task j of the new array waits for task j of the upstream one
-                    order = sorted(positions, key=lambda i: _upstream(after, i).index)
-                    self._sbatch(fn, tasks, order, name, Path(log_dir), f"aftercorr:{array}")
-                else:
-                    for c in self.chunks(len(positions)):
-                        self._sbatch(
-                            fn, tasks, [positions[k] for k in c], name, Path(log_dir), f"afterok:{array}"
-                        )
-            for dependency, positions in other.items():
-                for c in self.chunks(len(positions)):
-                    self._sbatch(fn, tasks, [positions[k] for k in c], name, Path(log_dir), dependency)
-            for c in self.chunks(len(free)):
-                self._sbatch(fn, tasks, [free[k] for k in c], name, Path(log_dir), None)
+            for positions, dependency in calls:
+                self._sbatch(fn, tasks, positions, name, Path(log_dir), dependency)
         return tasks
 
     def _sbatch(
@@ -254,10 +247,6 @@ class SlurmExecutor(Executor):
             if on_done:
                 on_done(outcome)
         return [t.outcome for t in tasks]
-
-
-def _upstream(after: Sequence[After] | None, i: int) -> Task:
-    return upstream(after[i])[0]  # type: ignore[index]
 
 
 def resources_for(cfg: DictConfig, stage: str) -> dict[str, Any]:

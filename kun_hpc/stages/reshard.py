@@ -252,6 +252,6 @@ def run_reshard(cfg: DictConfig) -> Step:
 
 def _run(fn, units: list, work: Path, cfg_hash: str, name: str) -> Step:
     todo = [u for u in units if load_marker(work, u.unit, cfg_hash) is None]
-    failed = [o for o in ((yield Array(fn, todo, name, "reshard")) if todo else []) if not o.ok]
+    failed = [o for o in (yield Array(fn, todo, name, "reshard")) if not o.ok]
     if failed:
         raise RuntimeError(failed_units_message(name, failed, len(units)))

@@ -269,7 +269,7 @@ def run_shard(cfg: DictConfig) -> Step:
             continue
         work = out / WORK
         todo = [u for u in units if load_marker(work, u.unit, cfg_hash) is None]
-        outcomes = (yield Array(shard_unit, todo, f"shard-{corpus.name}", "shard")) if todo else []
+        outcomes = yield Array(shard_unit, todo, f"shard-{corpus.name}", "shard")
         failed = [o for o in outcomes if not o.ok]
         if failed:
             raise RuntimeError(failed_units_message(f"shard {corpus.name}", failed, len(units)))
