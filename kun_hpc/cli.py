@@ -1,21 +1,26 @@
 """The ``kun-hpc`` command: ``kun-hpc COMMAND [CONFIG.yaml] [key=value ...]``.
 
-Every command takes an optional YAML preset from ``configs/`` and ``key=value`` overrides, saves the
-resolved config and its hash in the run directory, and runs on the configured executor. This module parses
-arguments, maps errors to exit codes (0 ok, 1 failed, 2 bad config, 3 too much bad input) and prints; what a
-command does is in :mod:`kun_hpc.run`.
+Every command but ``inspect`` and ``review`` takes an optional YAML preset from ``configs/`` (or a run
+folder) and ``key=value`` overrides; the commands that write save the resolved config and its hash in the run
+directory and run on the configured executor (``kun-hpc config`` prints that config and writes nothing). This
+module parses arguments, maps errors to exit codes (0 ok, 1 failed, 2 bad config or command line, 3 too much
+bad input) and prints; what a command does is in :mod:`kun_hpc.run`. The help text (:data:`DESCRIPTION`,
+:data:`COMMANDS`, the usage lines of :data:`OPERANDS`) is plain text, as a terminal shows it (issue 16).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import orjson
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from kun_hpc import config as config_mod
@@ -23,11 +28,14 @@ from kun_hpc import run
 from kun_hpc.cluster.dag import Submitted
 from kun_hpc.cluster.funnel import print_funnel, yield_line
 from kun_hpc.cluster.plan import plan, print_plan
-from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, cancel
+from kun_hpc.cluster.rates import run_progress
+from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, cancel, cancel_local
 from kun_hpc.cluster.status import failed_logs, merge_job_state, print_status, summarize, unit_statuses
+from kun_hpc.core.console import console as make_console
 from kun_hpc.core.errors import BadInputError
 from kun_hpc.inspect_run import add_parser as add_inspect_parser
 from kun_hpc.inspect_run import main as inspect_main
+from kun_hpc.io.lock import holder, run_lock
 from kun_hpc.quality.review import add_parser as add_review_parser
 from kun_hpc.quality.review import main as review_main
 from kun_hpc.stages.filter import calibration_path, needs_calibration
@@ -35,6 +43,11 @@ from kun_hpc.stages.summary import print_reports
 from kun_hpc.train.launch import prepare, run_local, submit_slurm
 from kun_hpc.train.sizing import print_estimates, train_plan
 
+DESCRIPTION = (
+    "kun-hpc: Chinese instruction data (Kun) on a cluster. Every command but inspect and review takes an "
+    "optional YAML preset (configs/default.yaml when none is given; a run folder: the config it ran with) "
+    "and key=value overrides. Exit codes: 0 ok, 1 failed, 2 bad config, 3 too much bad input."
+)
 COMMANDS = {
     "shard": "native corpus files -> zstd JSONL shards with a manifest",
     "reshard": "N shards -> M shards, routed by record id (deterministic)",
@@ -45,31 +58,70 @@ COMMANDS = {
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
     "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
     "train": "SFT of the Label model (seed pairs inverted) or the Primary Chat model (forward)",
-    "merge": "dedup the final records across all corpora, write the dataset, its card and the funnel report "
-    "(kun-hpc merge RUN_DIR [allow_partial=true])",
+    "merge": "dedup the final records across all corpora, write the dataset, its card and the funnel report",
+    "config": "print the resolved config as a run saves it in config.yaml (writes nothing)",
+}
+# what each command takes before its flags (the usage line); a run folder stands for its config.yaml
+PRESET = "[CONFIG.yaml] [key=value ...]"
+RUN_OR_PRESET = "[RUN_DIR | CONFIG.yaml] [key=value ...]"
+OPERANDS = {
+    "status": RUN_OR_PRESET,
+    "logs": RUN_OR_PRESET,
+    "cancel": RUN_OR_PRESET,
+    "config": RUN_OR_PRESET,
+    "train": "{" + ",".join(config_mod.TRAIN_TASKS) + "} " + PRESET,
+    "merge": "[RUN_DIR | CONFIG.yaml] [allow_partial=true] [key=value ...]",
 }
 
 
+def version() -> str:
+    """The installed distribution's version (its metadata, not the source tree's)."""
+    try:
+        return importlib.metadata.version("kun-hpc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _flags(c: argparse.ArgumentParser) -> str:
+    """A command's flags for its usage line, as argparse writes them (``[--lines LINES]``)."""
+    out = []
+    for a in c._actions:
+        if not a.option_strings or isinstance(a, argparse._HelpAction):
+            continue
+        name = a.option_strings[-1]
+        if a.nargs == 0:
+            out.append(f"[{name}]")
+        else:
+            value = "{" + ",".join(map(str, a.choices)) + "}" if a.choices else a.metavar or a.dest.upper()
+            out.append(f"[{name} {value}]")
+    return " ".join(["[-h]", *out])
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kun-hpc", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="kun-hpc", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"kun-hpc {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_ in COMMANDS.items():
         c = sub.add_parser(name, help=help_, description=help_)
         if name == "train":
             _train_arguments(c)
+        partial = "; allow_partial=true merges the complete groups of an unfinished run"
         c.add_argument(
             "args",
             nargs="*",
-            metavar="[CONFIG.yaml] key=value",
-            help="a config preset, then overrides such as executor.kind=inline",
+            metavar="CONFIG key=value",
+            help="a YAML preset or a run folder (the config it ran with), then overrides such as "
+            f"executor.kind=inline{partial if name == 'merge' else ''}",
         )
         if name == "run":
             c.add_argument("--wait", action="store_true", help="slurm: wait with a progress bar until done")
         if name == "status":
             c.add_argument("--watch", action="store_true", help="refresh every executor.poll_interval_s")
+        if name == "plan":
+            c.add_argument("--gpus", type=int, metavar="N", help="also estimate the wall clock on N GPUs")
         if name == "logs":
-            c.add_argument("--failed", action="store_true", default=True, help="failed units (the default)")
-            c.add_argument("-n", "--lines", type=int, default=20)
+            c.add_argument("-n", "--lines", type=int, default=20, help="lines of each log (default 20)")
+        c.usage = f"%(prog)s {OPERANDS.get(name, PRESET)} {_flags(c)}"
     add_inspect_parser(sub)  # takes a run folder, not a config
     add_review_parser(sub)  # export / import: also a run folder
     return p
@@ -108,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "merge":
         overrides = [f"merge.{o}" if o.startswith("allow_partial=") else o for o in overrides]
     try:
-        cfg = config_mod.load(preset, overrides)
+        cfg = run.load(ns.command, preset, overrides)  # the whole config, checked before any work
     except config_mod.ConfigError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 2
+    writes = ns.command in WRITERS
     try:
-        return COMMAND_FUNCS[ns.command](cfg, ns)
+        with _interruptible(), run_lock(cfg.run.dir, ns.command) if writes else contextlib.nullcontext():
+            return COMMAND_FUNCS[ns.command](cfg, ns)
+    except KeyboardInterrupt as e:  # SIGINT, SIGTERM: the local workers were stopped on the way out
+        print(f"kun-hpc: interrupted{'; run the same command to resume' if writes else ''}", file=sys.stderr)
+        return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
     except BadInputError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 3
@@ -126,6 +183,41 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # a bad file or value met while running: a message, not a traceback
         print(f"kun-hpc: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+# the commands that write in the run directory: one at a time per run (kun_hpc/io/lock.py); the Slurm merge
+# job holds it too (kun_hpc/run.py)
+WRITERS = ("run", "shard", "reshard", "merge", "filter-calibrate")
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command got SIGINT or SIGTERM (``signum``); exit code 128 + signum (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM end the command as an :class:`Interrupted` raised where it is (the local executor
+    stops its workers as it unwinds); a second signal while it stops is ignored, so the stop completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def interrupt(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise Interrupted(signum)
+
+    before = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class TerminalView:
@@ -144,7 +236,7 @@ class TerminalView:
         print_funnel(self.cfg, rows=rows)
 
     def grid(self, result: Submitted) -> None:
-        print_status(unit_statuses(self.cfg))
+        print_status(unit_statuses(self.cfg), progress=run_progress(self.cfg))
         print_funnel(self.cfg)
         for f in (f for fs in result.failed.values() for f in fs):
             print(f"failed: {f}", file=sys.stderr)
@@ -171,7 +263,29 @@ def cmd_reshard(cfg: DictConfig, ns: argparse.Namespace) -> int:
 
 
 def cmd_run(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    if split_args(ns.args)[0] is None:
+        print(what_runs(cfg), file=sys.stderr)
     return run.run(cfg, TerminalView(cfg), wait=ns.wait)
+
+
+def what_runs(cfg: DictConfig) -> str:
+    """Two lines saying what ``kun-hpc run`` without a preset falls back to (issue 16): the default preset,
+    the executor, the corpora, the stages and the run folder."""
+    default = Path(config_mod.DEFAULT_PRESET)
+    corpora = ", ".join(f"{c.name} ({', '.join(c.paths)})" for c in cfg.corpora) or "none"
+    stages = ", ".join(cfg.pipeline.stages) or "none (shards only)"
+    stages += ", then the merge" if cfg.merge.auto else ""
+    return (
+        f"kun-hpc run: no preset given: {default.parent.name}/{default.name} on the {cfg.executor.kind} "
+        f"executor, stages: {stages}; run dir {cfg.run.dir}\n"
+        f"kun-hpc run: corpora {corpora}"
+    )
+
+
+def cmd_config(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    """The resolved config on stdout, as :func:`kun_hpc.config.save_resolved` writes it; nothing written."""
+    sys.stdout.write(config_mod.to_yaml(cfg))
+    return 0
 
 
 def cmd_merge(cfg: DictConfig, ns: argparse.Namespace) -> int:
@@ -187,7 +301,7 @@ def _watch(cfg: DictConfig, until_settled: bool, follow_merge: bool = False) -> 
     is done."""
     view = SchedulerView(cfg.executor.poll_interval_s)
     merge = None
-    console = Console(stderr=True)
+    console = make_console(stderr=True)  # 160 columns when not a terminal: the records columns fit
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -199,18 +313,22 @@ def _watch(cfg: DictConfig, until_settled: bool, follow_merge: bool = False) -> 
         bars: dict[str, int] = {}
         while True:
             rows = unit_statuses(cfg, view)
+            records = run_progress(cfg)
             for stage, counts in summarize(rows).items():
                 total = sum(counts.values())
                 extra = " ".join(f"{k}={v}" for k, v in counts.items() if k != "done" and v)
+                extra = f"{records[stage].summary()} {extra}" if stage in records else extra
                 if stage not in bars:
                     bars[stage] = progress.add_task(stage, total=total, extra=extra)
                 progress.update(bars[stage], completed=counts.get("done", 0), extra=extra)
             active = [r for r in rows if r.state in ("running", "pending")]
             merge = merge_job_state(Path(cfg.run.dir), view) if follow_merge and not active else None
-            if until_settled and not active and not (merge and merge[1] in ACTIVE):
+            driver = holder(cfg.run.dir)  # another command working in the run (a local run between stages)
+            busy = driver is not None and not driver.mine
+            if until_settled and not active and not busy and not (merge and merge[1] in ACTIVE):
                 break
             time.sleep(cfg.executor.poll_interval_s)
-    print_status(rows, console)
+    print_status(rows, console, progress=records)
     _print_merge_job(cfg, merge)
     return 0 if all(r.state == "done" for r in rows) else 1
 
@@ -228,7 +346,7 @@ def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
     if ns.watch:
         return _watch(cfg, until_settled=True, follow_merge=True)
     rows = unit_statuses(cfg)
-    print_status(rows)
+    print_status(rows, progress=run_progress(cfg))
     _print_merge_job(cfg, merge_job_state(Path(cfg.run.dir)), file=sys.stdout)
     print_funnel(cfg)
     print(yield_line(cfg))
@@ -242,12 +360,19 @@ def cmd_logs(cfg: DictConfig, ns: argparse.Namespace) -> int:
 
 def cmd_cancel(cfg: DictConfig, ns: argparse.Namespace) -> int:
     arrays = cancel(Path(cfg.run.dir))
-    print(f"kun-hpc cancel: scancel {' '.join(arrays) or '(nothing submitted)'}", file=sys.stderr)
+    local = cancel_local(Path(cfg.run.dir))  # a local or inline run: its command stops its workers
+    if arrays or not local:
+        print(f"kun-hpc cancel: scancel {' '.join(arrays) or '(nothing submitted)'}", file=sys.stderr)
+    if local:
+        print(f"kun-hpc cancel: {local}", file=sys.stderr)
     return 0
 
 
 def cmd_plan(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    print_plan(plan(cfg))
+    if ns.gpus is not None and ns.gpus < 1:
+        print(f"kun-hpc plan: --gpus must be >= 1, not {ns.gpus}", file=sys.stderr)
+        return 2
+    print_plan(plan(cfg, gpus=ns.gpus))
     rows = train_plan(cfg)
     if rows:
         print_estimates(rows, f"kun-hpc train {cfg.train.task} (estimates, not measurements)")
@@ -309,6 +434,7 @@ COMMAND_FUNCS = {
     "filter-calibrate": cmd_filter_calibrate,
     "train": cmd_train,
     "merge": cmd_merge,
+    "config": cmd_config,
 }
 
 

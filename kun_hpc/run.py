@@ -41,18 +41,30 @@ from kun_hpc.cluster.phases import Phase, PhaseUnit, is_phase_done, run_phases
 from kun_hpc.cluster.scheduler import MERGE_STAGE, SchedulerView, queued_tasks, scancel, wait_for_jobs
 from kun_hpc.cluster.slurm import SlurmExecutor, resources_for
 from kun_hpc.config import config_hash
-from kun_hpc.merge.assemble import AssembleTask, MergeResult, dedup_keys, find_inputs, merge_dir
+from kun_hpc.config.checks import Problems, attempt, fail
+from kun_hpc.inference.engine import ModelPathError, resolve_model_path
+from kun_hpc.io.lock import run_lock
+from kun_hpc.merge.assemble import (
+    AssembleTask,
+    MergeInputs,
+    MergeResult,
+    dedup_keys,
+    find_inputs,
+    merge_dir,
+)
 from kun_hpc.merge.decontaminate import decontaminate_phase
-from kun_hpc.merge.dedup import dedup_phases, make_job, settings_of
+from kun_hpc.merge.dedup import dedup_phases, make_job, output_settings, settings_of
 from kun_hpc.merge.raw import PHASE as DEDUP_RAW
 from kun_hpc.merge.raw import run_dedup_raw
 from kun_hpc.report import write_report
 from kun_hpc.stages import filter as filter_stage
-from kun_hpc.stages.registry import preflight, stage_class
+from kun_hpc.stages.registry import check_template, preflight, stage_class, stage_classes
 from kun_hpc.stages.reshard import run_reshard
+from kun_hpc.stages.rules import FAITHFULNESS_SETTINGS
 from kun_hpc.stages.shard import run_shard
 from kun_hpc.stages.steps import Step
 from kun_hpc.stages.summary import StepReport, check_bad_fraction
+from kun_hpc.train.data import task_template
 
 
 class View(Protocol):
@@ -81,7 +93,7 @@ def make_executor(cfg: DictConfig) -> Executor:
     if kind == "inline":
         return InlineExecutor()
     if kind == "local":
-        return LocalExecutor(cfg.executor.max_parallel)
+        return LocalExecutor(cfg.executor.max_parallel, run_dir=cfg.run.dir)
     if kind == "slurm":
         return SlurmExecutor(
             cfg.run.dir,
@@ -101,6 +113,66 @@ def drive(step: Step, executor: Executor, log_root: Path) -> Any:
             array = step.send(outcomes)
     except StopIteration as done:
         return done.value
+
+
+def load(command: str, preset: str | Path | None, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """The config of ``kun-hpc <command>``, checked whole before the command does anything (issue 16): the
+    config's own checks (:func:`kun_hpc.config.load`: overrides, required keys, each section) and what the
+    command needs besides (:func:`check`). Raises one :class:`ConfigError` listing every problem."""
+    problems = Problems()
+    cfg = config_mod.load(preset, overrides, problems)
+    check(cfg, command, problems)
+    problems.raise_any()
+    return cfg
+
+
+def check(cfg: DictConfig, command: str, problems: Problems | None = None) -> None:
+    """What ``command`` needs beyond the config's own checks, before its first side effect (a saved config,
+    a run dir, a shard), every problem found:
+
+    * ``run``: :func:`~kun_hpc.stages.registry.preflight` of ``pipeline.stages`` (their names and imports,
+      model folders, templates, the tokenizer, each stage's own preflight);
+    * ``shard``, ``reshard``, ``merge``, ``plan``, ``filter-calibrate``: the stage names resolve (a typo is
+      found before the corpus is sharded, not after); ``filter-calibrate`` with cut-offs to calibrate: the
+      filter's preflight too;
+    * ``train``: the base model folder and the task's prompt template;
+    * ``status``, ``logs``, ``cancel``, ``config``: nothing more (a run folder is read as it is).
+
+    Problems are added to ``problems``, else raised as one :class:`ConfigError`."""
+    found = problems if problems is not None else Problems()
+    if command == "run":
+        preflight(cfg, found)
+    elif command in ("shard", "reshard", "merge", "plan", "filter-calibrate"):
+        with found.collect():
+            stage_classes(cfg.pipeline.stages)
+        if command == "filter-calibrate" and filter_stage.needs_calibration(cfg):
+            preflight(cfg, found, ["filter"])
+    elif command == "train":
+        found.run(_check_train, cfg)
+    if problems is None:
+        found.raise_any()
+
+
+def _check_train(cfg: DictConfig) -> None:
+    """``kun-hpc train``: ``train.base_model`` a local model folder, the task's prompt template loads."""
+    if OmegaConf.is_missing(cfg.train, "base_model"):
+        fail("config key 'train.base_model': a local model folder is required")
+    else:
+        attempt(_base_model, cfg)
+    if cfg.train.task == "label":  # the Label stage's own template, as the stage checks it
+        attempt(check_template, cfg, "label")
+        return
+    try:
+        task_template(cfg, cfg.train.task)
+    except (OSError, RuntimeError, ValueError) as e:
+        fail(f"config key 'train.chat_template': {e}")
+
+
+def _base_model(cfg: DictConfig) -> None:
+    try:
+        resolve_model_path(config_mod.find_file(cfg.train.base_model))
+    except ModelPathError as e:
+        raise config_mod.ConfigError(f"config key 'train.base_model': {e}") from None
 
 
 def start(cfg: DictConfig, command: str, view: View) -> Path:
@@ -140,8 +212,7 @@ def calibrate(cfg: DictConfig, executor: Executor) -> dict | None:
 
 def run(cfg: DictConfig, view: View, wait: bool = False) -> int:
     """``kun-hpc run``: shard, dedup, prepare, run the grid, merge. Returns the exit code (1: a unit failed,
-    or jobs of the run are still queued)."""
-    preflight(cfg)
+    or jobs of the run are still queued). ``cfg``: checked for the run (:func:`load`)."""
     executor = make_executor(cfg)
     if (
         executor.detached
@@ -228,28 +299,59 @@ def merge_dataset(cfg: DictConfig, executor: Executor) -> MergeResult:
             + ", ".join(inputs.missing),
             file=sys.stderr,
         )
+    plan = merge_plan(cfg, inputs)
+    log_root = Path(cfg.run.dir) / "logs"
+    decontaminated: list[dict] = []
+    if plan.decontaminate is not None:  # before the dedup passes, which then read its kept shards
+        decontaminated = run_phases([plan.decontaminate], executor, log_root)[-1]
+    passes = [(key, run_phases(phases, executor, log_root)[-1]) for key, phases in plan.passes]
+    _clear_stale(plan.dataset, plan.dataset_shards, plan.assemble.units)
+    assembled = run_phases([plan.assemble], executor, log_root)[-1]
+    result = MergeResult(inputs, passes, assembled, plan.dataset, merge_dir(cfg) / "report", decontaminated)
+    write_report(cfg, result)  # and the card, with the report's quality summary
+    return result
+
+
+@dataclass
+class MergePlan:
+    """The merge's phases, in the order they run; each reads what the one before writes."""
+
+    decontaminate: Phase | None  # None without merge.decontaminate.benchmarks
+    passes: list[tuple[str, list[Phase]]]  # (dedup key, its four phases) per pass
+    assemble: Phase
+    dataset: Path
+    dataset_shards: int  # shards the assemble writes (dataset/jsonl/part-XXXXX)
+
+    def phases(self) -> list[Phase]:
+        first = [self.decontaminate] if self.decontaminate is not None else []
+        return [*first, *(p for _, phases in self.passes for p in phases), self.assemble]
+
+
+def merge_plan(cfg: DictConfig, inputs: MergeInputs) -> MergePlan:
+    """The merge's phases over ``inputs``, with the config hashes their markers are checked against (what
+    decides each phase's output: :mod:`kun_hpc.config.outputs`); nothing runs (the decontamination's
+    benchmark index is built, or reused)."""
     out = merge_dir(cfg)
     run_dir = str(cfg.run.dir)
-    log_root = Path(run_dir) / "logs"
     settings = settings_of(cfg.dedup, cfg.merge.zstd_level)
     shards, root, upstream = inputs.shards, inputs.root, inputs.upstream
-    decontaminated: list[dict] = []
-    if cfg.merge.decontaminate.benchmarks:  # before the dedup passes, which then read its kept shards
-        phase, shards, root, upstream = decontaminate_phase(cfg, inputs.kind, shards, root, upstream)
-        decontaminated = run_phases([phase], executor, log_root)[-1]
+    decontaminate = None
+    if cfg.merge.decontaminate.benchmarks:
+        decontaminate, shards, root, upstream = decontaminate_phase(cfg, inputs.kind, shards, root, upstream)
     passes = []
     for key in dedup_keys(cfg, inputs.kind):
         job = make_job(f"merge-dedup-{key}", key, shards, root, out / f"dedup-{key}", settings, run_dir)
-        markers = run_phases(dedup_phases(job, upstream), executor, log_root)[-1]
-        passes.append((key, markers))
+        passes.append((key, dedup_phases(job, upstream)))
         shards, root = [Path(p) for p in job.outputs], out / f"dedup-{key}"
-        upstream = config_hash({"dedup": key, "upstream": upstream, "settings": settings})
+        upstream = config_hash({"dedup": key, "upstream": upstream, "settings": output_settings(settings)})
     dataset = out / "dataset"
     spt = cfg.dedup.shards_per_task
-    # a pair without the rules stage's faithfulness is measured here, with the rules section's settings
+    # a pair without the rules stage's faithfulness is measured here, with the rules section's settings;
+    # the hash covers the ones the measure reads
     rules = OmegaConf.to_container(cfg.rules, resolve=True) if inputs.kind == "pairs" else None
-    what = {"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet, "rules": rules}
-    h = config_hash({**what, "inputs": [str(s) for s in shards]})
+    measure = {k: rules[k] for k in FAITHFULNESS_SETTINGS} if rules is not None else None
+    what = {"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet, "rules": measure}
+    h = config_hash({**what, "inputs": [os.path.relpath(s, run_dir) for s in shards]})  # the run may move
 
     def task(i: int) -> AssembleTask:
         group = tuple(str(s) for s in shards[i : i + spt])
@@ -259,11 +361,7 @@ def merge_dataset(cfg: DictConfig, executor: Executor) -> MergeResult:
     fn = "kun_hpc.merge.assemble:assemble_unit"
     starts = range(0, len(shards), spt)
     units = [PhaseUnit("merge-assemble", g, fn, task(i), run_dir, h) for g, i in enumerate(starts)]
-    _clear_stale(dataset, len(shards), units)
-    assembled = run_phases([Phase("merge-assemble", units)], executor, log_root)[-1]
-    result = MergeResult(inputs, passes, assembled, dataset, out / "report", decontaminated)
-    write_report(cfg, result)  # and the card, with the report's quality summary
-    return result
+    return MergePlan(decontaminate, passes, Phase("merge-assemble", units), dataset, len(shards))
 
 
 def _clear_stale(dataset: Path, n: int, units: list[PhaseUnit]) -> None:
@@ -293,14 +391,15 @@ class MergeJob:
 
 
 def run_merge_job(job: MergeJob) -> dict:
-    """What the merge driver runs (in a Slurm job)."""
+    """What the merge driver runs (in a Slurm job), holding the run directory as ``kun-hpc merge`` does."""
     cfg = config_mod.load_run(job.run_dir)
     view = SchedulerView(cfg.executor.poll_interval_s)
     queued = queued_tasks(Path(job.run_dir), view)
     left = {t for t, (stage, _) in queued.items() if stage != MERGE_STAGE}
     if left:  # an earlier attempt of this driver was requeued while its phase arrays ran
         wait_for_jobs(view, left)
-    result = merge_dataset(cfg, make_executor(cfg))
+    with run_lock(job.run_dir, "merge"):
+        result = merge_dataset(cfg, make_executor(cfg))
     print(f"merge job: {result.summary()}")
     return {"dataset": str(result.dataset), "rows": result.rows, "job": os.environ.get("SLURM_JOB_ID", "")}
 

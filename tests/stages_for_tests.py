@@ -63,3 +63,12 @@ class Synth(Stage):
             }
             for r in batch
         ]
+
+
+class Boom(Stage):
+    """Fails every unit with ``ValueError("boom 42")`` (how a failure is shown, issue 16)."""
+
+    name = "boom"
+
+    def process(self, batch):
+        raise ValueError("boom 42")

@@ -16,6 +16,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from kun_hpc.cluster.executors import Executor, Outcome, Task, failure_line
 from kun_hpc.cluster.grid import Grid, pending_units
 from kun_hpc.cluster.progress import stage_bars
+from kun_hpc.cluster.rates import stage_progress
 from kun_hpc.cluster.status import record_local_outcome
 from kun_hpc.stages.runner import run_unit
 
@@ -28,6 +29,7 @@ class Submitted:
     tasks: dict[str, list[Task]] = field(default_factory=dict)  # stage -> one task per pending unit
     failed: dict[str, list[str]] = field(default_factory=dict)  # units that failed ("unit: why (log)")
     skipped: dict[str, list[str]] = field(default_factory=dict)  # not run: an upstream unit failed
+    grid: Grid | None = None  # what was submitted from (the bars' records done, rate and ETA)
 
     @property
     def all_tasks(self) -> list[Task]:
@@ -42,7 +44,7 @@ class Submitted:
 def submit_grid(grid: Grid, executor: Executor, log_root: Path) -> Submitted:
     """Hand every pending unit to the executor, each after its upstream unit of the same group."""
     pending = pending_units(grid)
-    result = Submitted({s: len(u) for s, u in pending.items()})
+    result = Submitted({s: len(u) for s, u in pending.items()}, grid=grid)
     previous: dict[int, Task] = {}  # group -> the task of the stage before
     try:
         for stage in grid.stages:
@@ -63,7 +65,9 @@ def submit_grid(grid: Grid, executor: Executor, log_root: Path) -> Submitted:
 def wait_grid(result: Submitted, executor: Executor, run_dir: Path) -> Submitted:
     """Wait for every submitted unit with a bar per stage; keep each failure's error where ``status`` finds
     it (:func:`~kun_hpc.cluster.status.record_local_outcome`), and list failed and skipped units."""
-    with stage_bars({s: len(ts) for s, ts in result.tasks.items()}, not executor.detached) as bars:
+    grid = result.grid
+    records = (lambda: {s: p.summary() for s, p in stage_progress(grid).items()}) if grid else None
+    with stage_bars({s: len(ts) for s, ts in result.tasks.items()}, not executor.detached, records) as bars:
         executor.wait(result.all_tasks, _recording(run_dir, bars.done))
     for stage, tasks in result.tasks.items():
         outcomes = [t.outcome for t in tasks if t.outcome is not None]

@@ -1,9 +1,12 @@
 """The work grid: units (stage, group of shards), their completion markers, and what is left to run.
 
 A unit's marker is valid when it exists and was written under the unit's config hash. A stage's hash
-covers its own settings and every upstream stage's, so changing an upstream stage invalidates the
-stages after it. If unit g of stage k must run again, unit g of every later stage must too: its input
-is about to be rewritten.
+covers what decides its output and nothing else (issue 16, item 1): its own section (or options) and
+:meth:`~kun_hpc.stages.base.Stage.hash_inputs`, without the keys :mod:`kun_hpc.config.outputs` declares
+not to change output, on top of its upstream: the previous stage's hash, or the shards' (each corpus's
+shard hash, ``pipeline.shards_per_task``, the raw dedup's). Changing an upstream stage thus invalidates the
+stages after it. If unit g of stage k must run again, unit g of every later stage must too: its input is
+about to be rewritten. docs/reruns.md lists what a change of each key re-runs.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kun_hpc.config import config_hash
+from kun_hpc.config.outputs import output_values
 from kun_hpc.io.layout import dedup_raw_dir, shard_root, stage_dir, stage_key
 from kun_hpc.io.markers import valid_marker
 from kun_hpc.io.shards import list_shards
 from kun_hpc.stages.base import ShardTask, Unit
 from kun_hpc.stages.registry import stage_class
+from kun_hpc.stages.shard import shard_config_hash
 
 
 @dataclass
@@ -33,30 +38,42 @@ class Grid:
 
 
 def stage_hashes(cfg: DictConfig) -> dict[str, str]:
-    """Cumulative config hash per stage: its own section or options, plus everything upstream."""
+    """Cumulative config hash per stage of ``pipeline.stages`` (as named there): its own section or options
+    and :meth:`~kun_hpc.stages.base.Stage.hash_inputs`, plus everything upstream.
+
+    ``pipeline.shards_per_task`` is in it: unit g's marker holds the shards of group g, and another group
+    size gives unit g other shards, so every unit runs again (finished shards are not carried over)."""
+    raw = {"dedup_raw": raw_dedup_hash(cfg)} if cfg.dedup.raw else {}
+    upstream = config_hash({"shards": shards_hash(cfg), "spt": cfg.pipeline.shards_per_task, **raw})
     hashes: dict[str, str] = {}
-    upstream = config_hash(
-        {
-            "shards": OmegaConf.to_container(cfg.shard),
-            "chunk": cfg.pipeline.chunk_records,
-            "spt": cfg.pipeline.shards_per_task,
-            **({"dedup_raw": raw_dedup_hash(cfg)} if cfg.dedup.raw else {}),
-        }
-    )
     for name in cfg.pipeline.stages:
         key = stage_key(name)
-        own = cfg.get(key) if key in cfg else cfg.pipeline.options.get(key, {})
-        own = OmegaConf.to_container(own) if isinstance(own, DictConfig) else own
+        if key in cfg:
+            own = output_values(cfg[key], key)
+        else:
+            own = output_values(cfg.pipeline.options.get(key, {}), f"pipeline.options.{key}")
         extra = stage_class(name).hash_inputs(cfg)
         upstream = config_hash({"stage": name, "own": own, "extra": extra, "upstream": upstream})
         hashes[name] = upstream
     return hashes
 
 
+def shards_hash(cfg: DictConfig) -> str:
+    """What decides the records of the run's shards: each corpus's shard hash
+    (:func:`~kun_hpc.stages.shard.shard_config_hash`), not where they are nor how they are compressed."""
+    return config_hash({str(c.name): shard_config_hash(cfg, c) for c in cfg.corpora})
+
+
 def raw_dedup_hash(cfg: DictConfig) -> str:
-    """What decides the raw dedup's output: the shard settings and the dedup section."""
-    shard, dedup = OmegaConf.to_container(cfg.shard), OmegaConf.to_container(cfg.dedup)
-    return config_hash({"shards": shard, "dedup": dedup})
+    """What decides the raw dedup's output: the shards and the dedup section's output keys."""
+    return config_hash({"shards": shards_hash(cfg), "dedup": output_values(cfg.dedup, "dedup")})
+
+
+def merge_upstream(cfg: DictConfig) -> str:
+    """The hash of what made the merge's inputs: the last stage's, else the raw dedup's or the shards'."""
+    if cfg.pipeline.stages:
+        return stage_hashes(cfg)[cfg.pipeline.stages[-1]]
+    return raw_dedup_hash(cfg) if cfg.dedup.raw else shards_hash(cfg)
 
 
 def plan_grid(cfg: DictConfig) -> Grid:

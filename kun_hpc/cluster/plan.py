@@ -6,6 +6,16 @@ measured on the units of that stage that already ran (units out / records in), e
 ``pipeline.expected_keep.<stage>``, else 1. Throughput per task comes from the markers of units that already
 ran (records / seconds), else ``pipeline.throughput.<stage>`` (input records per second per task). Units and
 arrays of corpora not yet sharded are estimated from ``shard.records_per_shard``. Estimates say so.
+
+With ``dedup.raw``, the stages read what the raw dedup kept: once its apply markers cover every shard, the
+records of the first stage are theirs; before, the plan counts the shards and says it is before the dedup.
+
+Wall clock for N GPUs (``kun-hpc plan --gpus N``, issue 16): each stage runs its pending units in waves of
+as many tasks at once as the N GPUs hold (``N // gpus_per_task``), the arrays' ``%array_parallelism``
+throttle (per array) and the units allow; a CPU stage only by the throttle (the cluster's free CPUs are not
+known here). A wave lasts one unit's share of the stage's task hours (units are of equal size). The run's
+wall clock is the stages' sum, stage by stage: chained units of consecutive stages overlap, so a run may end
+sooner, but the GPU stages share the same N GPUs.
 """
 
 from __future__ import annotations
@@ -18,9 +28,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kun_hpc.cluster.grid import pending_units, plan_grid
+from kun_hpc.cluster.phases import phase_markers
 from kun_hpc.cluster.slurm import live_max_array_size, resources_for
 from kun_hpc.core.counts import Counts
-from kun_hpc.io.layout import stage_key
+from kun_hpc.io.layout import RAW_DEDUP_PHASE, stage_key
 from kun_hpc.io.markers import valid_marker
 from kun_hpc.io.shards import MANIFEST, read_manifest
 
@@ -40,6 +51,9 @@ class StagePlan:
     cpus_per_task: int
     keep: float = 1.0  # output records per input record
     keep_source: str = "assumed 1"
+    array_parallelism: int = 0  # each array's %N throttle
+    concurrent: int | None = None  # tasks at once with Plan.gpus GPUs (0: a task needs more GPUs)
+    wall_hours: float | None = None  # the stage's pending units, in waves of `concurrent` tasks
 
     @property
     def task_hours(self) -> float | None:
@@ -67,6 +81,8 @@ class Plan:
     corpora: list[CorpusCount] = field(default_factory=list)
     max_array_size: int | None = None
     max_array_source: str = ""
+    gpus: int | None = None  # the GPUs the wall-clock estimate assumes (kun-hpc plan --gpus N)
+    raw_dedup: str = ""  # with dedup.raw: whether the records are before or after it
 
     def __iter__(self):  # a plan reads as its list of stages
         return iter(self.stages)
@@ -76,6 +92,11 @@ class Plan:
 
     def __getitem__(self, i: int) -> StagePlan:
         return self.stages[i]
+
+    def wall_hours(self) -> float | None:
+        """The stages' wall clock added up (stage by stage); None when one is unknown."""
+        walls = [p.wall_hours for p in self.stages if p.pending]
+        return None if any(w is None for w in walls) else sum(walls)
 
     def totals(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -117,7 +138,30 @@ def _max_array_size(cfg: DictConfig) -> tuple[int | None, str]:
         return SLURM_DEFAULT_MAX_ARRAY_SIZE, "Slurm's default MaxArraySize: scontrol did not answer here"
 
 
-def plan(cfg: DictConfig) -> Plan:
+def raw_dedup_kept(cfg: DictConfig, counts: list[CorpusCount]) -> int | None:
+    """Records the raw dedup kept (its apply markers' ``out``) when those markers cover every shard of the
+    corpora; else None (it has not run, or not to the end)."""
+    markers = phase_markers(cfg.run.dir, f"{RAW_DEDUP_PHASE}.apply")
+    covered = sum(len(m.get("shards", [])) for m in markers)
+    if not markers or any(c.source != "manifest" for c in counts) or covered != sum(c.shards for c in counts):
+        return None
+    return sum(m["out"] for m in markers)
+
+
+def _wall(p: StagePlan, gpus: int, arrays: int) -> tuple[int, float | None]:
+    """(tasks at once, wall hours) of a stage's pending units with ``gpus`` GPUs (module docstring)."""
+    at_once = [p.pending, p.array_parallelism * max(arrays, 1)]
+    if p.gpus_per_task:
+        at_once.append(gpus // p.gpus_per_task)
+    c = min(at_once)
+    if c <= 0 or p.task_hours is None or not p.units:
+        return c, None
+    unit_hours = p.task_hours / p.units
+    return c, math.ceil(p.pending / c) * unit_hours
+
+
+def plan(cfg: DictConfig, gpus: int | None = None) -> Plan:
+    """The plan of ``cfg``'s run (module docstring); with ``gpus``, each stage's wall clock on that many."""
     counts = corpus_counts(cfg)
     sharded = any((Path(cfg.shard.output) / c.name / MANIFEST).exists() for c in counts)
     # without shards the grid is empty; building it would also need the models' tokenizers
@@ -127,6 +171,16 @@ def plan(cfg: DictConfig) -> Plan:
     spt = cfg.pipeline.shards_per_task
     max_array, max_array_source = _max_array_size(cfg)
     records = sum(c.records or 0 for c in counts)
+    raw_dedup = ""
+    if cfg.dedup.raw:
+        kept = raw_dedup_kept(cfg, counts)
+        if kept is None:
+            raw_dedup = f"raw dedup (dedup.raw): not run yet: {records:,} records are before it"
+            raw_dedup += "; the stages will see fewer"
+        else:
+            raw_dedup = f"raw dedup (dedup.raw): {records:,} records -> {kept:,} kept (its markers)"
+            raw_dedup += ": the stages see these"
+            records = kept
     out = []
     for name in cfg.pipeline.stages:
         key = stage_key(name)
@@ -163,10 +217,13 @@ def plan(cfg: DictConfig) -> Plan:
                 int(res["cpus_per_task"]),
                 keep,
                 keep_source,
+                int(res["array_parallelism"]),
             )
         )
+        if gpus is not None:
+            out[-1].concurrent, out[-1].wall_hours = _wall(out[-1], gpus, arrays)
         records *= keep
-    return Plan(out, counts, max_array, max_array_source)
+    return Plan(out, counts, max_array, max_array_source, gpus, raw_dedup)
 
 
 def print_plan(result: Plan | list[StagePlan], console=None) -> None:
@@ -179,6 +236,9 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
     for c in result.corpora:
         n = f"{c.records:,}" if c.records is not None else "?"
         console.print(f"corpus {c.name}: {n} records ({c.source}), {c.shards:,} shards")
+    if result.raw_dedup:
+        console.print(result.raw_dedup)
+    walls = result.gpus is not None
     table = Table(title="kun-hpc plan (hours are estimates)")
     for col in (
         "stage",
@@ -190,6 +250,7 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
         "rec/s/task",
         "task h",
         "resource h",
+        *(("at once", f"wall h ({result.gpus} GPUs)") if walls else ()),
         "throughput from",
     ):
         table.add_column(col)
@@ -205,6 +266,11 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
             f"{p.throughput:.1f}" if p.throughput else "?",
             f"{p.task_hours:,.1f}" if p.task_hours is not None else "?",
             f"{rh[1]:,.1f} {rh[0]}" if rh else "?",
+            *(
+                (_concurrent_text(p), f"{p.wall_hours:,.1f}" if p.wall_hours is not None else "?")
+                if walls
+                else ()
+            ),
             p.source,
         )
     console.print(table)
@@ -217,3 +283,18 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
     if result.max_array_source:
         console.print(f"array size limit: {result.max_array_size} ({result.max_array_source})")
     console.print(f"total: {totals or '?'} (estimates)")
+    if walls:
+        wall = result.wall_hours()
+        text = f"{wall:,.1f} h ({wall / 24:,.1f} days)" if wall is not None else "?"
+        console.print(
+            f"wall clock with {result.gpus} GPUs: {text} (estimate: pending units, stage by stage; "
+            "at once: tasks the GPUs, array_parallelism and units allow)"
+        )
+
+
+def _concurrent_text(p: StagePlan) -> str:
+    if p.concurrent is None:
+        return "?"
+    if p.concurrent == 0 and p.pending:
+        return f"0: a task needs {p.gpus_per_task} GPUs"
+    return f"{p.concurrent:,}"

@@ -1,16 +1,24 @@
-"""The Slurm scheduler as kun-hpc sees it: the run's job registry, batched job states, waits and cancels.
+"""The Slurm scheduler as kun-hpc sees it: the run's job registry, batched job states, waits and cancels;
+and the units a local run is running now, which ``status`` and ``cancel`` see as they see Slurm jobs.
 
 Every sbatch call of a run is appended to ``<run>/jobs.jsonl`` (stage, array job id, unit per array index),
 which ``status``, ``logs`` and ``cancel`` read. The scheduler is asked at most once per ``poll_interval_s``,
 with one ``squeue`` call for all of the user's jobs and one ``sacct`` call for every job that left the queue,
 whatever the number of units. ``SchedulerView.calls`` counts them (the status benchmark reports calls per
 minute).
+
+The local executor records each unit it starts in ``<run>/running/<stage>/<unit>.json`` (its process
+group, host, log) and removes it when the unit ends; a record counts only while the command that wrote it
+holds the run directory (:mod:`kun_hpc.io.lock`), so one left by a killed command is ignored (issue 16).
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import re
+import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -19,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+
+from kun_hpc.io.atomic import atomic_write_bytes
+from kun_hpc.io.lock import Holder, holder
 
 REGISTRY = "jobs.jsonl"
 MERGE_STAGE = "merge"  # the merge driver's name in the registry (kun_hpc/run.py) and its resources key
@@ -157,6 +168,78 @@ def wait_for_jobs(
                 f"jobs still running after {timeout_s}s: {sorted(set(jobs) - set(settled))[:10]}"
             )
         time.sleep(view.min_interval_s)
+
+
+LOCAL_RUNNING = "running"  # <run>/running/<stage>/<unit>.json: the units a local run is running now
+
+
+def _running_file(run_dir: Path, stage: str, unit: str) -> Path:
+    return Path(run_dir) / LOCAL_RUNNING / stage / f"{unit}.json"
+
+
+def record_local_start(run_dir: Path, stage: str, unit: str, pid: int, log: str) -> None:
+    """A local unit started: its process group ``pid`` (the submitit job id), this host, this driver."""
+    entry = {"stage": stage, "unit": unit, "pid": pid, "host": socket.gethostname(), "driver": os.getpid()}
+    entry |= {"started": time.time(), "log": log}
+    path = _running_file(run_dir, stage, unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, orjson.dumps(entry))
+
+
+def record_local_end(run_dir: Path, stage: str, unit: str) -> None:
+    _running_file(run_dir, stage, unit).unlink(missing_ok=True)
+
+
+def clear_local_records(run_dir: Path) -> None:
+    """Drop the records of commands that are gone (killed with SIGKILL before they could): called by the
+    command that holds the run directory now, before it starts a unit."""
+    me = (os.getpid(), socket.gethostname())
+    for path in (Path(run_dir) / LOCAL_RUNNING).glob("*/*.json"):
+        try:
+            entry = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            entry = {}
+        if (entry.get("driver"), entry.get("host")) != me:
+            path.unlink(missing_ok=True)
+
+
+def local_running(run_dir: Path, held: Holder | None = None) -> dict[tuple[str, str], dict]:
+    """``{(stage, unit): entry}`` of the units a local run is running now: those recorded by the command
+    that holds the run directory (``held``: its :func:`~kun_hpc.io.lock.holder`, looked up when None)."""
+    held = held or holder(run_dir)
+    if held is None:
+        return {}
+    out = {}
+    for path in (Path(run_dir) / LOCAL_RUNNING).glob("*/*.json"):
+        try:
+            entry = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue  # ended while listed
+        if entry["driver"] == held.pid and entry["host"] == held.host:
+            out[(entry["stage"], entry["unit"])] = entry
+    return out
+
+
+def cancel_local(run_dir: Path, wait_s: float = 60.0) -> str:
+    """Stop the local command that holds the run directory on this machine (SIGTERM: it stops its workers
+    and exits 143) and wait up to ``wait_s`` for it to let go; what happened, in a line ("" when no local
+    command holds it: nothing, or a Slurm job that ``scancel`` ends)."""
+    held = holder(run_dir)
+    if held is None or held.job or held.pid <= 0:
+        return ""
+    if not held.here:
+        return f"the run is held by {held.describe()}: run kun-hpc cancel on {held.host}"
+    units = len(local_running(run_dir, held))
+    try:
+        os.kill(held.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return ""
+    deadline = time.monotonic() + wait_s
+    while holder(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if holder(run_dir) is not None:
+        return f"sent SIGTERM to {held.describe()}; it still holds the run after {wait_s:.0f} s"
+    return f"stopped {held.describe()} and its {units} running units"
 
 
 def cancel(run_dir: Path) -> list[str]:

@@ -12,6 +12,9 @@
 * sbatch runs with ``--parsable``; the job id is found even when a site wrapper prints more.
 * Every submission is appended to ``<run>/jobs.jsonl`` (stage, array job id, unit per array index), which
   ``status``, ``logs`` and ``cancel`` read (:mod:`kun_hpc.cluster.scheduler`).
+* Workers import the ``kun_hpc`` the submitting command runs and find custom stages in its working
+  directory (:func:`~kun_hpc.cluster.executors.worker_env`, exported by the job script), and a failed
+  task is shown by its exception (``Type: message``) when its result holds one (issue 16).
 * Resources come from the caller: a function from a stage or phase name to its ``executor.slurm`` settings
   (:func:`resources_for` over the run's config), so the executor reads no config.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +35,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 from submitit.core.utils import FailedSubmissionError
 
-from kun_hpc.cluster.executors import Executor, Outcome, Task, check_after, upstream
+from kun_hpc.cluster.executors import Executor, Outcome, Task, check_after, job_error, upstream, worker_env
 from kun_hpc.cluster.scheduler import SchedulerView, record_submission, tail, wait_for_jobs
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -202,6 +206,7 @@ class SlurmExecutor(Executor):
         stage = name.split()[0]
         ex = SbatchExecutor(folder=log_dir)
         params = submitit_parameters(self.resources(stage), f"kun-{stage}")
+        params["setup"] = [f"export {k}={shlex.quote(v)}" for k, v in worker_env().items()]
         if dependency:
             params["dependency"] = dependency
         ex.update_parameters(**params)
@@ -239,9 +244,9 @@ class SlurmExecutor(Executor):
             if state == "COMPLETED":
                 outcome = Outcome(t.unit, True, job.result(), log=log)
             else:
-                outcome = Outcome(
-                    t.unit, False, error=f"job {t.job} {state}\n{tail(job.paths.stderr, 5, '')}", log=log
-                )
+                error = job_error(job.paths.result_pickle)
+                first = f"job {t.job} {state}" + (f": {error.splitlines()[0]}" if error else "")
+                outcome = Outcome(t.unit, False, error=f"{first}\n{tail(job.paths.stderr, 5, '')}", log=log)
             outcome.name = t.name
             t.outcome = outcome
             if on_done:

@@ -1,10 +1,13 @@
 """What is done, running, pending or failed: completion markers first, then the scheduler
 (:mod:`kun_hpc.cluster.scheduler`: one ``squeue`` and one ``sacct`` call per refresh, whatever the number of
-units); local and inline runs keep each failed unit's error in ``<run>/failed/``."""
+units); local and inline runs keep each failed unit's error in ``<run>/failed/``, and the units a local run
+is running are read from ``<run>/running/`` (issue 16). A failure is shown by its exception
+(``Type: message``), a Slurm one too when its result holds it."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +15,12 @@ import submitit
 from omegaconf import DictConfig
 from rich.table import Table
 
+from kun_hpc.cluster.executors import job_error
 from kun_hpc.cluster.grid import is_done, plan_grid
-from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, merge_tasks, read_registry, tail
+from kun_hpc.cluster.rates import StageProgress
+from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, local_running, merge_tasks, read_registry, tail
 from kun_hpc.core.console import console as make_console
+from kun_hpc.io.lock import holder
 
 
 @dataclass
@@ -78,12 +84,19 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
         if (s, u.name) in latest and not is_done(u)
     }
     states = (view or SchedulerView(0)).states(todo) if todo else {}
+    held = holder(run_dir)  # a command working in the run now, and the units it runs locally
+    running = local_running(run_dir, held) if held else {}
+    queued_locally = held is not None and cfg.executor.kind != "slurm" and held.command == "run"
     rows: list[UnitStatus] = []
     failed_groups: dict[int, str] = {}
     for stage in grid.stages:
         for u in grid.units[stage]:
             if is_done(u):
                 rows.append(UnitStatus(stage, u.name, "done"))
+                continue
+            if (stage, u.name) in running:
+                entry = running[(stage, u.name)]
+                rows.append(UnitStatus(stage, u.name, "running", f"pid {entry['pid']}", "", entry["log"]))
                 continue
             local = (
                 _local_failure(run_dir, stage, u.name, submitted.get((stage, u.name), 0.0))
@@ -98,6 +111,8 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
                 if u.index in failed_groups:  # a local run skips what comes after a failed unit
                     why = f"not run: upstream {failed_groups[u.index]} failed"
                     rows.append(UnitStatus(stage, u.name, "cancelled", "", why))
+                elif queued_locally:
+                    rows.append(UnitStatus(stage, u.name, "pending", "", f"queued in {held.describe()}"))
                 else:
                     rows.append(UnitStatus(stage, u.name, "not submitted"))
                 continue
@@ -121,21 +136,27 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
                 rows.append(UnitStatus(stage, u.name, "failed", job, "job completed but left no marker", log))
             else:
                 failed_groups.setdefault(u.index, u.name)
+                why = f"{state} {reason}".strip()
+                error = job_error(_job(log_dir, job).paths.result_pickle) if state != "CANCELLED" else ""
                 rows.append(
                     UnitStatus(
                         stage,
                         u.name,
                         "failed" if state != "CANCELLED" else "cancelled",
                         job,
-                        f"{state} {reason}".strip(),
+                        f"{why}: {error.splitlines()[0]}" if error else why,
                         log,
                     )
                 )
     return rows
 
 
+def _job(log_dir: str, job: str) -> submitit.SlurmJob:
+    return submitit.SlurmJob(folder=log_dir, job_id=job)
+
+
 def _log_path(log_dir: str, job: str) -> str:
-    return str(submitit.SlurmJob(folder=log_dir, job_id=job).paths.stderr)
+    return str(_job(log_dir, job).paths.stderr)
 
 
 def merge_job_state(run_dir: Path, view: SchedulerView | None = None) -> tuple[str, str, str] | None:
@@ -156,15 +177,24 @@ def summarize(rows: list[UnitStatus]) -> dict[str, Counter]:
     return out
 
 
-def print_status(rows: list[UnitStatus], console=None) -> None:
+def print_status(
+    rows: list[UnitStatus], console=None, progress: Mapping[str, StageProgress] | None = None
+) -> None:
+    """The status table (units per state per stage; with ``progress``, :func:`kun_hpc.cluster.rates.
+    stage_progress`, also records done/total, records/s and ETA per stage), then a line per unit that
+    failed, was cancelled or waits on a failed one."""
     console = console or make_console()
     table = Table(title="kun-hpc status")
     states = ["done", "running", "pending", "failed", "cancelled", "not submitted"]
     table.add_column("stage")
     for s in states:
         table.add_column(s, justify="right")
+    for col in ("records done/total", "records/s", "ETA") if progress else ():
+        table.add_column(col, justify="right")
     for stage, counts in summarize(rows).items():
-        table.add_row(stage, *[str(counts.get(s, 0)) for s in states])
+        p = progress.get(stage) if progress else None
+        records = [p.records_text(), p.rate_text(), p.eta_text()] if p else ["?"] * 3 if progress else []
+        table.add_row(stage, *[str(counts.get(s, 0)) for s in states], *records)
     console.print(table)
     for r in rows:
         if r.state in ("failed", "cancelled") or (r.state == "pending" and r.why.startswith("waits on")):

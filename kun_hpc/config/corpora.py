@@ -28,10 +28,13 @@ class CorpusConfig:
 
 def validate_corpora(corpora: ListConfig) -> None:
     """Each corpus complete, with a unique name fit for a folder; its format is checked at load."""
-    names = [c.name for c in corpora]
+    names = [OmegaConf.select(c, "name", throw_on_missing=False) for c in corpora]
     for i, c in enumerate(corpora):
-        for key in ("name", "format", "paths"):
-            check(not OmegaConf.is_missing(c, key), f"corpora.{i}.{key}", "must be set", "???")
+        unset = [key for key in ("name", "format", "paths") if OmegaConf.is_missing(c, key)]
+        for key in unset:
+            check(False, f"corpora.{i}.{key}", "must be set", "???")
+        if unset:  # the checks below read them
+            continue
         check(bool(c.paths), f"corpora.{i}.paths", "must list at least one path", c.paths)
         check(names.count(c.name) == 1, f"corpora.{i}.name", "must be unique", c.name)
         check(c.name.replace("_", "").replace("-", "").isalnum(), f"corpora.{i}.name",

@@ -137,8 +137,8 @@ class LLMStageConfig:
 @dataclass
 class LabelConfig(LLMStageConfig):
     template: str = "configs/prompts/label.txt"
-    # run rules.instruction_rules on each new instruction (before Point pays for it); the rules section is
-    # then part of the Label stage's config hash (Label.hash_inputs)
+    # run rules.instruction_rules on each new instruction (before Point pays for it); the instruction rules'
+    # settings are then part of the Label stage's config hash (Label.hash_inputs), the answer rules' are not
     apply_rules: bool = True
 
 

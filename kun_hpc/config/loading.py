@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from omegaconf import DictConfig, ListConfig, OmegaConf
+import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kun_hpc.config.checks import Problems, dotted
 from kun_hpc.config.kun import LLM_STAGES
-from kun_hpc.config.paths import REPO_ROOT, absolute_paths, find_file
+from kun_hpc.config.paths import CONFIGS, absolute_paths, find_file, find_preset
 from kun_hpc.config.schema import Config, validate
 from kun_hpc.core.errors import ConfigError
 from kun_hpc.core.hashing import file_sha256
@@ -29,14 +31,25 @@ __all__ = [
     "to_yaml",
 ]
 
-DEFAULT_PRESET = REPO_ROOT / "configs" / "default.yaml"
+DEFAULT_PRESET = CONFIGS / "default.yaml"  # package data: found in a wheel install too (issue 16)
 
 
-def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load(
+    preset: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    problems: Problems | None = None,
+) -> DictConfig:
     """Defaults <- YAML preset <- ``key=value`` overrides, validated and resolved.
 
-    Without a preset, ``configs/default.yaml`` (the bundled sample on the local executor) is used.
+    Without a preset, ``configs/default.yaml`` (the bundled sample on the local executor) is used. Every
+    problem is found before this returns (issue 16): each override that does not apply (an unknown key, a
+    wrong type or choice; the others still apply), each required key left unset and each section's checks
+    (:func:`~kun_hpc.config.schema.validate`). They are added to ``problems`` when given (the caller adds
+    its own and raises them all together), else raised as one :class:`ConfigError`. A config that cannot be
+    built at all (a preset not found, an include loop, a preset of wrong types, an interpolation that does
+    not resolve) raises at once, with the problems found so far.
     """
+    found = problems if problems is not None else Problems()
     if preset is None and DEFAULT_PRESET.is_file():
         preset = DEFAULT_PRESET
     try:
@@ -44,13 +57,21 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
         if preset is not None:
             for layer in preset_layers(Path(preset)):
                 cfg = OmegaConf.merge(cfg, layer)
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must be key=value, got: {' '.join(bad)}")
-            for item in overrides:
-                key, _, value = item.partition("=")
-                OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e)) from None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        found.add(f"overrides must be key=value, got: {' '.join(bad)}")
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        try:
+            if eq:
+                parsed = OmegaConf.from_dotlist([f"v={value}"])  # key=??? unsets a key (to test a preset)
+                value = MISSING if OmegaConf.is_missing(parsed, "v") else parsed.v
+                OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as e:
+            found.add(_describe(e))
+    try:
         # an absolute run dir before anything is resolved from it: the saved config of a run then names the
         # same folders from any working directory
         cfg.run.dir = str(Path(OmegaConf.select(cfg, "run.dir")).expanduser().resolve())
@@ -58,8 +79,11 @@ def load(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...
         absolute_paths(cfg)
         _fill_template_hashes(cfg)
     except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e)) from None
-    validate(cfg)
+        found.add(_describe(e))
+        found.raise_any()  # nothing more can be checked of a config that does not resolve
+    validate(cfg, found)
+    if problems is None:
+        found.raise_any()
     return cfg
 
 
@@ -71,17 +95,22 @@ def load_run(run_dir: str | Path) -> DictConfig:
 def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
     """A preset and the presets it builds on, to merge in order (last wins).
 
-    A preset may start with ``include: [other.yaml, ...]`` (paths relative to its own folder): those are
-    merged first, in order, then the preset itself. So a user's config can be a cluster profile plus a
-    corpus plus a few lines of its own.
+    A preset may start with ``include: [other.yaml, ...]`` (paths relative to its own folder, else bundled
+    ones such as ``profiles/cpu.yaml``): those are merged first, in order, then the preset itself. So a
+    user's config can be a cluster profile plus a corpus plus a few lines of its own. A bundled preset may
+    be named without its folder (``demo``, ``profiles/cpu``: :func:`~kun_hpc.config.paths.find_preset`).
     """
+    path = find_preset(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"config include loop: {chain}")
-    layer = OmegaConf.load(path)
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as e:  # the parser's message names the line and column
+        raise ConfigError(f"config file {path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(layer, DictConfig):
         raise ConfigError(f"config file {path}: must be a mapping of sections, not a list")
     includes = layer.pop("include", None) or []
@@ -89,7 +118,7 @@ def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
         includes = [includes]
     layers = []
     for inc in includes:
-        layers += preset_layers(path.parent / str(inc), (*seen, path))
+        layers += preset_layers(find_preset(str(inc), path.parent), (*seen, path))
     return [*layers, layer]
 
 
@@ -105,7 +134,6 @@ def _fill_template_hashes(cfg: DictConfig) -> None:
 
 
 _BAD_CHOICE = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")  # OmegaConf's, of an enum
-_INDEX = re.compile(r"\[(\d+)\]")
 
 
 def _describe(e: OmegaConfBaseException) -> str:
@@ -117,8 +145,7 @@ def _describe(e: OmegaConfBaseException) -> str:
         msg = f"must be one of {tuple(bad[2].split(', '))} (got {bad[1]!r})"
     if not key:
         return f"config: {msg}"
-    key = _INDEX.sub(r".\1", str(key))
-    return f"config key '{key}': {msg}"
+    return f"config key '{dotted(str(key))}': {msg}"
 
 
 def to_yaml(cfg: DictConfig | Any) -> str:

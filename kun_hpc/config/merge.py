@@ -118,7 +118,7 @@ def validate_dedup(d: DictConfig) -> None:
     check(d.permutations <= 1024, "dedup.permutations", "must be <= 1024", d.permutations)
     for key in ("bands", "long_bands"):
         why = f"must divide dedup.permutations ({d.permutations}) into bands of equal rows"
-        check(d.permutations % d[key] == 0, f"dedup.{key}", why, d[key])
+        check(d[key] < 1 or d.permutations % d[key] == 0, f"dedup.{key}", why, d[key])  # < 1: told above
     keep = list(d.keep)
     check(bool(keep), "dedup.keep", f"must list some of {SURVIVOR_KEYS}", keep)
 

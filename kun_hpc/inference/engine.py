@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 # the specs are the config's schema of an engine section (kun_hpc/config/engine.py), imported from here too
 from kun_hpc.config.engine import BACKENDS as BACKENDS
 from kun_hpc.config.engine import DTYPES, EngineSpec, SamplingSpec
+from kun_hpc.config.paths import looks_like_hub_id
 from kun_hpc.inference.prompt import Prompt, PromptLike, encode_prompts, special_tokens
 
 FINISH_STOP = "stop"  # an EOS token or a stop string ended the generation
@@ -72,9 +72,6 @@ def resolved_dtype(spec: EngineSpec, path: Path) -> str:
     return dtype if dtype in DTYPES else "auto"
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def go_offline() -> None:
     """Forbid hub access for this process: nothing may download at run time."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -91,7 +88,7 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     text = str(model)
     path = Path(text).expanduser()
     if not path.exists():
-        if HUB_ID.match(text) and not text.startswith((".", "~")):
+        if looks_like_hub_id(text):
             raise ModelPathError(
                 f"model {text!r} is not a local folder and looks like a Hugging Face hub id: kun-hpc loads "
                 f"models only from local paths (no hub access at run time). Download it beforehand, e.g. "

@@ -22,6 +22,9 @@ def stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.run.dir) / "stages" / stage_key(stage)
 
 
+RAW_DEDUP_PHASE = "dedup-raw"  # the raw dedup's global phases: done/dedup-raw.<step>/
+
+
 def dedup_raw_dir(cfg: DictConfig) -> Path:
     """Where ``dedup.raw`` writes the deduplicated shards that the first stage then reads."""
     return Path(cfg.run.dir) / "dedup_raw"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from collections import Counter
 from pathlib import Path
@@ -81,3 +82,18 @@ class Quarantine:
 def read_quarantine(path: str | Path) -> list[dict]:
     data = zstandard.ZstdDecompressor().decompressobj().decompress(Path(path).read_bytes())
     return [orjson.loads(line) for line in data.splitlines() if line]
+
+
+def first_quarantined(folder: str | Path, n: int) -> list[Bad]:
+    """The first ``n`` entries of the quarantine files in ``folder`` (``*.jsonl.zst``, in name order), each
+    file streamed only as far as needed; fewer when there are fewer, none when the folder is absent."""
+    found: list[Bad] = []
+    for path in sorted(Path(folder).glob("*.jsonl.zst")):
+        if len(found) >= n:
+            break
+        with path.open("rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+            for line in io.BufferedReader(reader):  # type: ignore[arg-type]
+                found.append(Bad(**orjson.loads(line)))
+                if len(found) == n:
+                    break
+    return found

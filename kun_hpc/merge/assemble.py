@@ -3,14 +3,17 @@ columns, and the ``merge-assemble`` phase that writes them (:func:`kun_hpc.run.m
 whole merge).
 
 A run whose last stage makes answers (``answer``, ``rules``) becomes an instruction dataset: ``instruction``,
-``output`` (the stage's ``answer``), ``id``, ``corpus``, ``score``, ``verdict``, ``ppl``, the answer's
-faithfulness (``lcs_recall``, ``lcs_precision``, ``novel_share``, ``flags``:
-kun_hpc/filtering/faithfulness.py),
-``dup_count``, ``dup_corpora`` and ``prov``. Any other run (no stage, or ``filter`` last) becomes a text
-dataset with ``text`` in place of the pair, deduplicated by text. Records carry every upstream stage's
+``output`` (the stage's ``answer``), ``unit_text`` (the unit both were made from: the record's ``text``),
+``id``, ``corpus``, ``score``, ``verdict``, ``ppl``, the answer's faithfulness (``lcs_recall``,
+``lcs_precision``, ``novel_share``, ``flags``: kun_hpc/filtering/faithfulness.py), ``dup_count``,
+``dup_corpora``, ``meta`` and ``prov``. Any other run (no stage, or ``filter`` last) becomes a text dataset
+with ``text`` in place of the pair and the unit, deduplicated by text. Records carry every upstream stage's
 fields and ``prov`` entries, so the last stage's record already is the join of the stage outputs by id.
-``prov`` is stored as a JSON string: its shape differs between stages and runs, and one string column loads
-the same from every shard.
+``meta`` (the native fields a corpus keeps: ``corpora[i].meta_fields``, WuDao's title, dataType and
+uniqueKey; ``{}`` when none) and ``prov`` are stored as JSON strings: their shapes differ between corpora,
+stages and runs, and one string column loads the same from every shard. ``score`` and ``ppl`` are floats or
+null, never another type: a perplexity the scorer could not measure (``inf``: no token to score) is null in
+JSONL and Parquet alike (issue 16: orjson writes a non-finite float as null, Parquet kept it).
 
 Merge refuses an incomplete grid (units without a valid marker) unless ``merge.allow_partial=true``; it then
 merges the complete groups only and lists what is missing, on stderr, in the card and in the report.
@@ -18,6 +21,7 @@ merges the complete groups only and lists what is missing, on stderr, in the car
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +30,8 @@ import numpy as np
 import orjson
 from omegaconf import DictConfig
 
-from kun_hpc.cluster.grid import is_done, plan_grid, raw_dedup_hash, stage_hashes
+from kun_hpc.cluster.grid import is_done, merge_upstream, plan_grid, raw_dedup_hash
 from kun_hpc.cluster.phases import PhaseUnit, is_phase_done
-from kun_hpc.config import config_hash
 from kun_hpc.filtering import faithfulness
 from kun_hpc.filtering.faithfulness import RuleParams
 from kun_hpc.io.layout import dedup_raw_dir, shard_root, stage_dir, stage_key
@@ -45,6 +48,7 @@ PAIR_FIELDS = (
     "corpus",
     "instruction",
     "output",
+    "unit_text",  # the unit the pair was made from (the record's text); null when the record has none
     "score",
     "verdict",
     "ppl",
@@ -52,9 +56,10 @@ PAIR_FIELDS = (
     "flags",  # drift, copy, refusal (sorted; null when not measured)
     "dup_count",
     "dup_corpora",
+    "meta",
     "prov",
 )
-TEXT_FIELDS = ("id", "corpus", "text", "score", "ppl", "dup_count", "dup_corpora", "prov")
+TEXT_FIELDS = ("id", "corpus", "text", "score", "ppl", "dup_count", "dup_corpora", "meta", "prov")
 
 
 @dataclass
@@ -98,12 +103,11 @@ def find_inputs(cfg: DictConfig) -> MergeInputs:
         kind = "pairs" if makes_pairs(cfg.pipeline.stages[-1]) else "text"
         shards = [Path(t.output) for u in grid.units[last] if u.index in complete for t in u.shards]
         base = stage_dir(cfg, last)
-        upstream = stage_hashes(cfg)[cfg.pipeline.stages[-1]]
     else:
         kind = "text"
         base = dedup_raw_dir(cfg) if cfg.dedup.raw else root
         shards = [base / p.relative_to(root) for p in list_shards(root)]
-        upstream = raw_dedup_hash(cfg) if cfg.dedup.raw else config_hash(dict(cfg.shard))
+    upstream = merge_upstream(cfg)
     if cfg.dedup.raw and any(m.startswith(RAW_PHASE) for m in missing):
         shards = []  # every group reads the raw dedup's output
     if missing and not cfg.merge.allow_partial:
@@ -142,23 +146,38 @@ class AssembleTask:
     rules: dict | None = None
 
 
+def finite_or_none(value: object) -> float | None:
+    """A number as the dataset's float columns hold it: a finite float, else None (a bool, a string, NaN or
+    inf is no measurement)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def json_column(value: object) -> str:
+    """A nested field as one JSON string column (keys sorted)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
 def to_row(rec: dict, kind: str, params: RuleParams | None = None) -> dict:
     """A dataset row (:data:`PAIR_FIELDS` or :data:`TEXT_FIELDS`) from a last-stage record. A pair's
     faithfulness columns come from its ``faithfulness`` field, else are measured with ``params``
     (:func:`kun_hpc.filtering.faithfulness.of_record`), else null."""
-    score, ppl = rec.get("score"), rec.get("ppl")
     row = {
         "id": str(rec.get("id", "")),
         "corpus": str(rec.get("corpus", "")),
-        "score": float(score) if isinstance(score, (int, float)) else None,
-        "ppl": float(ppl) if isinstance(ppl, (int, float)) else None,
+        "score": finite_or_none(rec.get("score")),
+        "ppl": finite_or_none(rec.get("ppl")),
         "dup_count": int(rec.get("dup_count") or 0),  # copies the dedup passes removed in its favour
         "dup_corpora": sorted(rec.get("dup_corpora") or []),  # the corpora those copies came from
-        "prov": orjson.dumps(rec.get("prov", {}), option=orjson.OPT_SORT_KEYS).decode(),
+        "meta": json_column(rec.get("meta") or {}),
+        "prov": json_column(rec.get("prov", {})),
     }
     if kind == "pairs":
         verdict = rec.get("verdict")
+        text = rec.get("text")
         row.update(instruction=rec["instruction"], output=rec["answer"], verdict=verdict)
+        row["unit_text"] = text if isinstance(text, str) else None
         f = faithfulness.of_record(rec, params)
         row.update({k: float(f[k]) if f else None for k in faithfulness.MEASURES})
         row["flags"] = sorted(f["flags"]) if f else None
@@ -167,19 +186,31 @@ def to_row(rec: dict, kind: str, params: RuleParams | None = None) -> dict:
     return {k: row[k] for k in (PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS)}
 
 
+# each column's type, as Hugging Face datasets names it (a card's dataset_info features); every other column
+# is a string. "list:string" is a list of strings.
+COLUMN_TYPES = {
+    "score": "float64",
+    "ppl": "float64",
+    "dup_count": "int64",
+    "dup_corpora": "list:string",
+    **dict.fromkeys(faithfulness.MEASURES, "float64"),
+    "flags": "list:string",
+}
+
+
+def column_types(kind: str) -> list[tuple[str, str]]:
+    """The dataset's columns in order with their types (:data:`COLUMN_TYPES`), for Parquet and the card:
+    JSONL has no schema, so a column that is null in every row (``ppl`` without a scorer) is typed by the
+    card's ``dataset_info`` features, not by what a reader infers."""
+    return [(n, COLUMN_TYPES.get(n, "string")) for n in (PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS)]
+
+
 def arrow_schema(kind: str):
     import pyarrow as pa
 
-    types = {
-        "score": pa.float64(),
-        "ppl": pa.float64(),
-        "dup_count": pa.int64(),
-        "dup_corpora": pa.list_(pa.string()),
-        **{k: pa.float64() for k in faithfulness.MEASURES},
-        "flags": pa.list_(pa.string()),
-    }
-    names = PAIR_FIELDS if kind == "pairs" else TEXT_FIELDS
-    return pa.schema([(n, types.get(n, pa.string())) for n in names])
+    arrow = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string()}
+    arrow["list:string"] = pa.list_(pa.string())
+    return pa.schema([(n, arrow[t]) for n, t in column_types(kind)])
 
 
 def assemble_unit(task: AssembleTask) -> dict:

@@ -11,11 +11,11 @@ from omegaconf import DictConfig
 from kun_hpc.cluster.executors import Executor
 from kun_hpc.cluster.grid import raw_dedup_hash
 from kun_hpc.cluster.phases import run_phases
-from kun_hpc.io.layout import dedup_raw_dir, shard_root
+from kun_hpc.io.layout import RAW_DEDUP_PHASE, dedup_raw_dir, shard_root
 from kun_hpc.io.shards import list_shards
 from kun_hpc.merge.dedup import DedupJob, dedup_phases, make_job, settings_of
 
-PHASE = "dedup-raw"
+PHASE = RAW_DEDUP_PHASE
 
 
 def raw_job(cfg: DictConfig) -> DedupJob:

@@ -11,7 +11,7 @@ import orjson
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.io.atomic import atomic_write_bytes
-from kun_hpc.merge.assemble import PAIR_FIELDS, TEXT_FIELDS
+from kun_hpc.merge.assemble import PAIR_FIELDS, TEXT_FIELDS, column_types
 from kun_hpc.quality.section import Section
 from kun_hpc.report.funnel import dataset_counts
 from kun_hpc.report.paths import strip_local_paths
@@ -79,6 +79,12 @@ def card_settings(cfg: DictConfig) -> dict:
     return clean(settings)
 
 
+def _feature(name: str, dtype: str) -> list[str]:
+    """One column of the card's ``dataset_info.features`` (Hugging Face's YAML: ``dtype``, or ``list``)."""
+    kind, _, item = dtype.partition(":")
+    return [f"  - name: {name}", f"    list: {item}" if kind == "list" else f"    dtype: {dtype}"]
+
+
 def write_card(cfg: DictConfig, result: MergeResult, sections: Sequence[Section] = ()) -> None:
     """Write the dataset card ``<dataset>/README.md``: the Hugging Face YAML header (data files, ``language``,
     ``task_categories``, ``pretty_name``, ``size_categories``, ``license: other``), what the dataset is,
@@ -111,6 +117,10 @@ def write_card(cfg: DictConfig, result: MergeResult, sections: Sequence[Section]
         "  data_files:",
         "  - split: train",
         f"    path: {fmt}",
+        "dataset_info:",  # the columns' types, for JSONL too (a reader infers null for an all-null column)
+        "  config_name: default",
+        "  features:",
+        *(line for name, t in column_types(ds["kind"]) for line in _feature(name, t)),
         "language:",
         "- zh",
         "task_categories:",
@@ -134,8 +144,9 @@ def write_card(cfg: DictConfig, result: MergeResult, sections: Sequence[Section]
             else "."
         ),
         "",
-        'Load with `datasets.load_dataset("parquet", data_files="parquet/*.parquet")` or '
-        '`load_dataset("json", data_files="jsonl/*.jsonl.zst")`.',
+        'Load with `datasets.load_dataset("parquet", data_files="parquet/*.parquet")`, or the JSONL with '
+        'the column types above: `load_dataset("json", data_files="jsonl/*.jsonl.zst", '
+        'features=load_dataset_builder(".").info.features)` (from this folder).',
         "",
         "## Sources and licences",
         "",
@@ -144,7 +155,11 @@ def write_card(cfg: DictConfig, result: MergeResult, sections: Sequence[Section]
         "## Fields",
         "",
         f"`{'`, `'.join(fields)}`; `prov` is a JSON string: per stage, the model, sampling and config hash "
-        "that made the record. `score` is Point's calibrated score (null when not computed). `dup_count` is "
+        "that made the record. `meta` is a JSON string too: the native fields the corpus keeps "
+        "(`corpora[i].meta_fields`; WuDao: title, dataType, uniqueKey; `{}` when none)."
+        + (" `unit_text` is the unit the pair was made from (drop it for training)." if pairs else "")
+        + " `score` is Point's calibrated score, `ppl` the filter's perplexity (floats, null when not "
+        "computed). `dup_count` is "
         "how many copies of the record the dedup passes removed in its favour (0: none), `dup_corpora` "
         "the corpora those copies came from: weigh or audit by them."
         + (

@@ -74,8 +74,9 @@ class Stage:
 
     @classmethod
     def model_keys(cls, cfg: DictConfig) -> tuple[str, ...]:
-        """The config sections whose ``engine.model`` folder the stage loads, checked before a run submits
-        anything (:func:`kun_hpc.stages.registry.check_model_folders`). Default: none."""
+        """The config sections (dotted keys: ``label``, ``filter.perplexity``) whose ``engine.model`` folder
+        the stage loads, checked before a run does anything (:func:`kun_hpc.stages.registry.preflight`).
+        Default: none."""
         return ()
 
     @classmethod

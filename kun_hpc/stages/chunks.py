@@ -6,14 +6,22 @@ counts written last); a unit restarted after preemption, ``scontrol requeue`` or
 of committed chunks and goes on, so the final shard equals a fault-free run's, with no record lost or
 duplicated. Chunks count *input* lines, and all the units of a record (fan-out) are committed in the chunk of
 that record. The last step concatenates the chunks (zstd frames) into the stage's shard, its rejected file
-and its quarantine file.
+and its quarantine file; the chunk folder stays until the unit's marker is written
+(:func:`remove_chunks`), so a unit of several shards that is interrupted in its last shard resumes there,
+not at its first shard.
+
+Each commit file holds the chunk's counts, the config hash it was made under (chunks of another config are
+discarded, not resumed) and ``timings``: when the attempt that made it started and when the chunk committed.
+``kun-hpc status`` and the progress bars read records done and the rate from them
+(:mod:`kun_hpc.cluster.rates`, issue 16).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +41,36 @@ def _chunk_dir(output: str) -> Path:
     return Path(output + ".chunks")
 
 
-def committed_chunks(output: str) -> list[dict]:
-    """Counts of the chunks already committed for an output shard, in order."""
+def committed_chunks(output: str, config_hash: str = "") -> list[dict]:
+    """The commit files of the chunks already committed for an output shard, in order (counts, and for
+    chunks written since issue 16 ``config_hash`` and ``timings``). With ``config_hash``: none when the
+    chunks were made under another config hash (they are not this unit's progress)."""
     folder = _chunk_dir(output)
     chunks = []
     while True:
         path = folder / f"chunk-{len(chunks):05d}.json"
-        if not path.exists():
+        try:
+            chunk = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
             return chunks
-        chunks.append(orjson.loads(path.read_bytes()))
+        if config_hash and chunk.get("config_hash", config_hash) != config_hash:
+            return []
+        chunks.append(chunk)
+
+
+def _delete(folder: Path) -> None:
+    """Rename, then delete: a kill while deleting leaves either every commit point or none."""
+    trash = folder.with_name(folder.name + ".delete")
+    shutil.rmtree(trash, ignore_errors=True)
+    if folder.exists():
+        folder.rename(trash)
+        shutil.rmtree(trash)
+
+
+def remove_chunks(output: str) -> None:
+    """Delete the chunk folder of an output shard (and what a kill while deleting it left): once the unit's
+    marker is written, or before a shard is redone under another config."""
+    _delete(_chunk_dir(output))
 
 
 def _write_zst(path: Path, lines: list[bytes]) -> None:
@@ -50,12 +79,12 @@ def _write_zst(path: Path, lines: list[bytes]) -> None:
 
 
 def _commit_chunk(
-    folder: Path, index: int, kept: list[bytes], rejected: list[bytes], bad: list[bytes], counts: Counts
+    folder: Path, index: int, kept: list[bytes], rejected: list[bytes], bad: list[bytes], commit: dict
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for kind, lines in (("out", kept), ("rejected", rejected), ("quarantine", bad)):
         _write_zst(folder / f"chunk-{index:05d}.{kind}.zst", lines)
-    atomic_write_bytes(folder / f"chunk-{index:05d}.json", orjson.dumps(counts.to_dict()))  # the commit point
+    atomic_write_bytes(folder / f"chunk-{index:05d}.json", orjson.dumps(commit))  # the commit point
 
 
 def _concat(parts: list[Path], dest: str) -> tuple[int, str]:
@@ -123,13 +152,32 @@ def _read_chunks(
         yield chunk
 
 
-def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov: dict) -> dict:
-    """Run one input shard through the stage, resuming after the last committed chunk; the shard's entry
-    of the unit's marker (where it went, its bytes and sha256, its chunks, and its counts)."""
+OnCommit = Callable[[int, Counts], None]  # (chunk index, its counts), after each commit
+
+
+def run_shard_task(
+    stage: Stage,
+    task: ShardTask,
+    chunk_records: int,
+    stage_prov: dict,
+    *,
+    config_hash: str = "",
+    started: float | None = None,
+    on_commit: OnCommit | None = None,
+) -> dict:
+    """Run one input shard through the stage, resuming after the last committed chunk (of ``config_hash``;
+    chunks of another config are deleted first); the shard's entry of the unit's marker (where it went, its
+    bytes and sha256, its chunks, the resume point: ``resumed_at_chunk`` and ``resumed_records``, and its
+    counts). ``started``: when the unit's attempt started (``time.time()``), kept in each commit file.
+    ``on_commit`` is called after each commit (the unit's log lines). The chunk folder stays: the unit
+    removes it once its marker is written (:func:`remove_chunks`)."""
     folder = _chunk_dir(task.output)
-    done = committed_chunks(task.output)
+    done = committed_chunks(task.output, config_hash)
+    if not done and folder.exists():  # chunks of another config, or none committed
+        remove_chunks(task.output)
     resumed_at = len(done)  # > 0 when an interrupted attempt had committed chunks
     skip = sum(c["in"] for c in done)
+    started = time.time() if started is None else started
     items = input_items(task.input)
     for _ in range(skip):
         next(items)
@@ -173,20 +221,20 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
                 counts.rejected["+".join(sorted(why))] += 1
         counts.units.out = len(kept)
         counts.stats = stage.chunk_stats(flat) or None
-        _commit_chunk(folder, index, kept, rejected, chunk.bad, counts)
+        commit = {
+            **counts.to_dict(),
+            "config_hash": config_hash,
+            "timings": {"start": started, "end": time.time()},
+        }
+        _commit_chunk(folder, index, kept, rejected, chunk.bad, commit)
+        if on_commit is not None:
+            on_commit(index, counts)
         index += 1
     chunks = committed_chunks(task.output)
     parts = sorted(folder.glob("chunk-*.out.zst"))
     nbytes, sha = _concat(parts, task.output)
     _concat(sorted(folder.glob("chunk-*.rejected.zst")), task.rejected)
     _concat(sorted(folder.glob("chunk-*.quarantine.zst")), task.quarantine)
-    # Renamed first, in one step: a kill while deleting must not leave commit points whose record files
-    # are gone (a restart would concatenate what is left over the complete shard). Without the folder,
-    # a restart redoes the shard from its first line.
-    trash = folder.with_name(folder.name + ".delete")
-    shutil.rmtree(trash, ignore_errors=True)
-    folder.rename(trash)
-    shutil.rmtree(trash)
     total = sum((Counts.from_dict(c) for c in chunks), Counts(units=Units(), stats={}))
     total.check(task.output)
     return {
@@ -196,5 +244,6 @@ def run_shard_task(stage: Stage, task: ShardTask, chunk_records: int, stage_prov
         "sha256": sha,
         "chunks": len(chunks),
         "resumed_at_chunk": resumed_at,
+        "resumed_records": skip,
         **total.to_dict(),
     }

@@ -13,9 +13,10 @@ shard, so they are computed once per run, before any filter unit starts, by ``ku
 ``perplexity.sample_docs_per_shard`` documents of up to ``perplexity.sample_max_shards`` shards spread evenly
 over the sorted list of all shards of all corpora -- runs it through the same cleaning, segmentation and cheap
 rules, scores the surviving units with the configured scorer, and writes the two percentiles of their
-perplexities to ``<run>/filter/calibration.json``, under a key hashing the ``filter``, ``shard`` and
-``corpora`` config. Filter units read that file and refuse to start when it is missing or was made under a
-different key, so the cut-offs of every unit of a run are the same numbers, computed from one sample.
+perplexities to ``<run>/filter/calibration.json``, under a key hashing what decides them
+(:func:`calibration_key`: the ``filter`` settings, the tokenizer and the shards). Filter units read that
+file and refuse to start when it is missing or was made under a different key, so the cut-offs of every unit
+of a run are the same numbers, computed from one sample.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc import config
 from kun_hpc.config import ConfigError, config_hash
+from kun_hpc.config.checks import attempt, check
+from kun_hpc.config.outputs import output_values
+from kun_hpc.core.hashing import file_sha256
 from kun_hpc.core.records import Rejected
 from kun_hpc.filtering.buckets import Cutoffs, percentile_cutoffs
 from kun_hpc.filtering.chain import FilterChain
@@ -39,6 +43,7 @@ from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.answer import AnswerBudget
 from kun_hpc.stages.answer import configured as budgeted
 from kun_hpc.stages.base import Stage
+from kun_hpc.stages.shard import shard_config_hash
 from kun_hpc.stages.steps import Array, Step
 from kun_hpc.text_libraries import t2s_converter
 
@@ -67,7 +72,15 @@ class FilterStage(Stage):
 
     @classmethod
     def preflight(cls, cfg: DictConfig) -> None:
-        if cfg.filter.clean.t2s:  # a release that corrupts text fails here once, before any unit is submitted
+        """The tokenizer units are counted with and the KenLM model (each a problem of its own under
+        :meth:`~kun_hpc.config.checks.Problems.collect`), then OpenCC: a release that corrupts text fails here
+        once, before any unit is submitted."""
+        attempt(tokenizer_path, cfg)
+        p = cfg.filter.perplexity
+        if p.scorer == "kenlm" and p.kenlm_model:
+            why = "no such file (build one with `python -m kun_hpc.filtering.ngram`)"
+            check(Path(p.kenlm_model).is_file(), "filter.perplexity.kenlm_model", why, p.kenlm_model)
+        if cfg.filter.clean.t2s:
             t2s_converter(cfg.filter.clean.opencc_config)
 
     @classmethod
@@ -76,11 +89,13 @@ class FilterStage(Stage):
 
     @classmethod
     def model_keys(cls, cfg: DictConfig) -> tuple[str, ...]:
-        return ("answer",) if budgeted(cfg) else ()  # units are cut to the Answer prompt with its tokenizer
+        lm = ("filter.perplexity",) if cfg.filter.perplexity.scorer == "lm" else ()  # its engine.model
+        answer = ("answer",) if budgeted(cfg) else ()  # units are cut to the Answer prompt with its tokenizer
+        return (*lm, *answer)
 
     @classmethod
     def hash_inputs(cls, cfg: DictConfig) -> dict:
-        return {"tokenizer": str(Path(tokenizer_path(cfg)).resolve()), **AnswerBudget.hash_inputs(cfg)}
+        return {"tokenizer": tokenizer_sha256(cfg), **AnswerBudget.hash_inputs(cfg)}
 
 
 def tokenizer_path(cfg: DictConfig) -> str:
@@ -101,6 +116,12 @@ def tokenizer_path(cfg: DictConfig) -> str:
     return path
 
 
+def tokenizer_sha256(cfg: DictConfig) -> str:
+    """The content hash of the tokenizer.json the filter counts with (:func:`tokenizer_path`): a tokenizer
+    edited in place re-runs the filter, one moved or copied elsewhere does not."""
+    return file_sha256(tokenizer_file(tokenizer_path(cfg)))
+
+
 def make_chain(cfg: DictConfig, cutoffs: Cutoffs | None = None) -> FilterChain:
     """The run's filter chain: its tokenizer, and the Answer stage's budget when the run has one."""
     return FilterChain(
@@ -119,10 +140,18 @@ def calibration_path(run_dir: str | Path) -> Path:
 
 
 def calibration_key(cfg: DictConfig) -> str:
-    """What the cut-offs depend on: the filter settings and the shards (their config and the corpora)."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("filter", "shard", "corpora")}
-    parts["tokenizer"] = str(Path(tokenizer_path(cfg)).resolve())
-    parts.update(AnswerBudget.hash_inputs(cfg))  # the budget decides where units are cut
+    """What the cut-offs depend on: the filter's output keys (:mod:`kun_hpc.config.outputs`) but those the
+    sample never meets (the buckets dropped, the absolute cut-offs), the tokenizer's content and the
+    shards' records (:func:`~kun_hpc.stages.shard.shard_config_hash` of each corpus)."""
+    section = output_values(cfg.filter, "filter")
+    for unused in ("drop", "cutoffs"):
+        section["perplexity"].pop(unused)
+    parts = {
+        "filter": section,
+        "shards": {str(c.name): shard_config_hash(cfg, c) for c in cfg.corpora},
+        "tokenizer": tokenizer_sha256(cfg),
+        **AnswerBudget.hash_inputs(cfg),  # the budget decides where units are cut
+    }
     # sorted keys: the config a worker reloads from config.yaml has its dicts' keys sorted
     return config_hash(OmegaConf.create(parts))
 

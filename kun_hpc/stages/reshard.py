@@ -25,6 +25,7 @@ import zstandard
 from omegaconf import DictConfig
 
 from kun_hpc.config import config_hash
+from kun_hpc.config.outputs import output_values
 from kun_hpc.core.counts import Counts
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
@@ -176,6 +177,15 @@ def merge_unit(u: MergeUnit) -> dict:
     return marker
 
 
+def reshard_config_hash(cfg: DictConfig, files: list[Path]) -> str:
+    """What decides the reshard's records: its input shards and the ``reshard`` keys that change output
+    (:mod:`kun_hpc.config.outputs`: not where it goes nor how it is compressed); ``reshard.input`` as the
+    shard files found there (relative to it)."""
+    section = output_values(cfg.reshard, "reshard")
+    section.pop("input")
+    return config_hash({"inputs": [str(p.relative_to(cfg.reshard.input)) for p in files], **section})
+
+
 def run_reshard(cfg: DictConfig) -> Step:
     """Reshard ``reshard.input`` into ``reshard.num_shards`` shards (a :mod:`~kun_hpc.stages.steps` step:
     a split array, then a merge array); returns its report."""
@@ -184,14 +194,7 @@ def run_reshard(cfg: DictConfig) -> Step:
     files = [p for p in list_shards(src) if out not in p.parents]
     if not files:
         raise FileNotFoundError(f"reshard.input: no part-*.jsonl.zst shards under {src}")
-    cfg_hash = config_hash(
-        {
-            "inputs": [str(p) for p in files],
-            "num_shards": r.num_shards,
-            "zstd_level": r.zstd_level,
-            "split_bytes": r.split_bytes,
-        }
-    )
+    cfg_hash = reshard_config_hash(cfg, files)
     name = f"reshard {src.name} -> {r.num_shards}"
     if (out / MANIFEST).exists() and read_manifest(out).get("config_hash") == cfg_hash:
         return [StepReport.from_manifest(name, read_manifest(out), skipped=True)]

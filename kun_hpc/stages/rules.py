@@ -132,6 +132,9 @@ def _flagged(flag: str) -> UnitRule:
 
 # the rules section's keys the instruction rules read (what Label's config hash covers)
 INSTRUCTION_SETTINGS = ("instruction_rules", "instruction_keywords", "whitespace_run")
+# the rules section's keys the faithfulness measure reads (what the merge's config hash covers of it)
+FAITHFULNESS_SETTINGS = ("novel_ngram", "drift_min_novel", "copy_min_recall", "copy_min_precision",
+                         "refusal_patterns")  # fmt: skip
 INSTRUCTION_RULES: dict[str, Rule] = {
     "strip_whitespace": strip_whitespace,
     "cut_whitespace_run": cut_whitespace_run,

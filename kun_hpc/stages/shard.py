@@ -17,14 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kun_hpc.config import config_hash
+from kun_hpc.config.outputs import output_values
 from kun_hpc.core.counts import Counts
+from kun_hpc.core.errors import BadInputError
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.markers import is_valid
-from kun_hpc.io.quarantine import Bad, Quarantine
-from kun_hpc.io.readers import Fields, InputPiece, expand_paths, fields_for, plan_pieces, read_piece
+from kun_hpc.io.quarantine import Bad, Quarantine, first_quarantined
+from kun_hpc.io.readers import (
+    Fields,
+    FieldSurvey,
+    InputPiece,
+    expand_paths,
+    fields_for,
+    plan_pieces,
+    read_piece,
+)
 from kun_hpc.io.record_ids import UnitIds, repeated_across
 from kun_hpc.io.shards import (
     MANIFEST,
@@ -92,12 +102,14 @@ def shard_unit(u: ShardUnit) -> dict:
     out = work / u.unit
     shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
     writer = RollingShardWriter(out, u.records_per_shard, u.bytes_per_shard, u.zstd_level)
-    quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.jsonl.zst")
+    # the driver shows the first entries of each corpus (print_reports), whatever the executor
+    quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.jsonl.zst", echo_first=0)
     ids = UnitIds()
+    survey = FieldSurvey()
     read = 0
     write, add, first_seen = writer.write, quarantine.add, ids.first_seen
     try:
-        for item in read_piece(u.piece, u.corpus, u.fmt, u.fields, u.max_record_bytes):
+        for item in read_piece(u.piece, u.corpus, u.fmt, u.fields, u.max_record_bytes, survey):
             read += 1
             if type(item) is dict:
                 first = first_seen(item["id"], item["src"])
@@ -121,6 +133,7 @@ def shard_unit(u: ShardUnit) -> dict:
         "config_hash": u.config_hash,
         **counts.to_shard_marker(),
         "shards": [asdict(s) for s in shards],
+        "fields": survey.to_dict(),
     }
     atomic_write_bytes(_marker(work, u.unit), orjson.dumps(marker))
     return marker
@@ -156,20 +169,14 @@ def plan_corpus(cfg: DictConfig, corpus: DictConfig) -> tuple[list[ShardUnit], l
 
 
 def shard_config_hash(cfg: DictConfig, corpus: DictConfig) -> str:
-    """What decides the bytes of a corpus's shards (not where they go, nor how failures are judged)."""
-    s = cfg.shard
-    keep = ("name", "format", "paths", "text_field", "id_field", "meta_fields")
+    """What decides the records of a corpus's shards: the corpus and shard keys that change output
+    (:mod:`kun_hpc.config.outputs`; not where they go, how they are compressed nor how failures are
+    judged)."""
     return config_hash(
         {
             "layout": 2,  # 2: ids are checked for repeats (issue 12); a unit of layout 1 is redone
-            "corpus": {k: OmegaConf.to_container(corpus)[k] for k in keep},
-            "shard": [
-                s.records_per_shard,
-                s.bytes_per_shard,
-                s.zstd_level,
-                s.split_bytes,
-                s.max_record_bytes,
-            ],
+            "corpus": output_values(corpus, f"corpora.{corpus.name}"),
+            "shard": output_values(cfg.shard, "shard"),
         }
     )
 
@@ -201,7 +208,10 @@ def finalize(
         config_hash=cfg_hash,
         read=total.in_,
         quarantined=dict(total.quarantined),
-        extra={"corpus": units[0].corpus if units else out.name},
+        extra={
+            "corpus": units[0].corpus if units else out.name,
+            "fields": FieldSurvey.combined([m.get("fields", {}) for m in markers]).to_dict(),
+        },
     )
     shutil.rmtree(work)
     return manifest
@@ -239,7 +249,7 @@ def _rewrite_without(work: Path, u: ShardUnit, marker: dict, parts: list[Path], 
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir()  # it stays empty when every record goes
     writer = RollingShardWriter(fresh, u.records_per_shard, u.bytes_per_shard, u.zstd_level)
-    quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.across-units.jsonl.zst")
+    quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.across-units.jsonl.zst", echo_first=0)
     for i, rec in enumerate(r for part in parts for r in read_shard(part)):
         if i in drop:
             quarantine.add(duplicate_id(u.piece.label, rec, drop[i]))
@@ -258,14 +268,17 @@ def _rewrite_without(work: Path, u: ShardUnit, marker: dict, parts: list[Path], 
 
 def run_shard(cfg: DictConfig) -> Step:
     """Shard every configured corpus (a :mod:`~kun_hpc.stages.steps` step: one array per corpus); returns
-    one report per corpus."""
+    one report per corpus, with the first quarantine entries of each corpus sharded now. Raises
+    :class:`BadInputError` as soon as a corpus yields no record (:func:`refuse_empty`)."""
     reports = []
-    for corpus in cfg.corpora:
+    for index, corpus in enumerate(cfg.corpora):
         out = Path(cfg.shard.output) / corpus.name
         units, inputs = plan_corpus(cfg, corpus)
         cfg_hash = units[0].config_hash if units else shard_config_hash(cfg, corpus)
         if (out / MANIFEST).exists() and read_manifest(out).get("config_hash") == cfg_hash:
-            reports.append(StepReport.from_manifest(f"shard {corpus.name}", read_manifest(out), skipped=True))
+            manifest = read_manifest(out)
+            refuse_empty(index, corpus, manifest, out)
+            reports.append(StepReport.from_manifest(f"shard {corpus.name}", manifest, skipped=True))
             continue
         work = out / WORK
         todo = [u for u in units if load_marker(work, u.unit, cfg_hash) is None]
@@ -275,5 +288,71 @@ def run_shard(cfg: DictConfig) -> Step:
             raise RuntimeError(failed_units_message(f"shard {corpus.name}", failed, len(units)))
         markers = [load_marker(work, u.unit, cfg_hash) for u in units]
         manifest = finalize(out, units, markers, inputs, cfg_hash)  # type: ignore[arg-type]
-        reports.append(StepReport.from_manifest(f"shard {corpus.name}", manifest))
+        refuse_empty(index, corpus, manifest, out)
+        report = StepReport.from_manifest(f"shard {corpus.name}", manifest)
+        report.first = [b.message() for b in first_quarantined(out / QUARANTINE, SHOWN)]
+        report.quarantine = str(out / QUARANTINE)
+        reports.append(report)
     return reports
+
+
+SHOWN = 5  # quarantine entries of each corpus shown on the console
+
+
+def refuse_empty(index: int, corpus: DictConfig, manifest: dict, out: Path) -> None:
+    """Raise :class:`BadInputError` (exit code 3) when corpus ``index`` yielded no record (issue 16): the
+    message names the corpus, what was quarantined and its first entries, the fields its records hold (of
+    the first records of each piece, :class:`~kun_hpc.io.readers.FieldSurvey`) and the key to set."""
+    if manifest["records"]:
+        return
+    read, quarantined = manifest["read"], manifest["quarantined"]
+    files = f"{len(manifest['inputs'])} file" + ("s" if len(manifest["inputs"]) != 1 else "")
+    if read:
+        reasons = ", ".join(f"{k}={n:,}" for k, n in Counter(quarantined).most_common())
+        what = f"all {read:,} input items of its {files} were quarantined ({reasons})"
+    else:
+        what = f"its {files} hold no input items"
+    lines = [f"shard {corpus.name}: corpus corpora.{index} yields no records: {what}"]
+    lines += [f"  quarantined: {b.message()}" for b in first_quarantined(out / QUARANTINE, 3)]
+    survey = FieldSurvey.combined([manifest.get("fields", {})])
+    if survey.objects:
+        seen = ", ".join(f"{k} ({n})" for k, n in survey.keys.most_common(12))
+        lines.append(f"  fields of {survey.objects} records (the first ones of each file): {seen}")
+    lines.append(f"  {what_to_set(index, corpus, survey, Counter(quarantined), read)}")
+    raise BadInputError("\n".join(lines))
+
+
+def what_to_set(index: int, corpus: DictConfig, survey: FieldSurvey, quarantined: Counter, read: int) -> str:
+    """The config key that makes a corpus that yielded nothing readable: the field its records were refused
+    for (``survey.refused``), else what its main quarantine reason says of the files."""
+    key, fmt = f"corpora.{index}", str(corpus.format)
+    longest = survey.chars.most_common(1)[0][0] if survey.chars else None  # most text: the likely text field
+    role = survey.refused.most_common(1)[0][0] if survey.refused else None
+    if not read:
+        return f"check {key}.paths: the files are empty"
+    if role and fmt != "jsonl":
+        native = fields_for(fmt)
+        hint = f", {key}.text_field={longest}" if role == "text" and longest else ""
+        return (
+            f"the {fmt} format reads the text from {native.text!r} and the id from {native.id!r}: for files "
+            f"of another layout set {key}.format (jsonl: JSON Lines, any {key}.text_field{hint})"
+        )
+    if role == "text":
+        e_g = f", e.g. {key}.text_field={longest}" if longest and longest != corpus.text_field else ""
+        return f"set {key}.text_field (now {corpus.text_field!r}) to the field that holds the text{e_g}"
+    if role == "id":
+        return (
+            f"set {key}.id_field (now {corpus.id_field!r}) to a field that holds a string or an integer, "
+            "or to null (ids from each text's hash)"
+        )
+    if role == "meta":
+        kept = list(corpus.meta_fields)
+        return f"drop the fields with numbers past 64 bits from {key}.meta_fields (now {kept})"
+    reason = quarantined.most_common(1)[0][0]
+    if reason == "record_too_large":
+        return "raise shard.max_record_bytes, or split the records"
+    if reason == "unsupported_encoding":
+        return "convert the files to UTF-8 (the messages above say how)"
+    if reason == "corrupt_stream":
+        return f"the files are damaged: check {key}.paths"
+    return f"these files are not {fmt} input: check {key}.format (now {fmt!r}) and {key}.paths"

@@ -1,4 +1,5 @@
-"""What a step reports: records in, out and quarantined by reason, printed as one table."""
+"""What a step reports: records in, out and quarantined by reason, printed as one table after the first
+quarantine entries of each corpus (on every executor: the driver reads them from the quarantine files)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class StepReport:
     shards: int
     quarantined: dict[str, int] = field(default_factory=dict)
     skipped: bool = False  # already done under the same config
+    first: list[str] = field(default_factory=list)  # the first quarantine entries' messages (issue 16)
+    quarantine: str = ""  # the folder holding all of them
 
     @classmethod
     def from_manifest(cls, name: str, manifest: dict, skipped: bool = False) -> StepReport:
@@ -37,7 +40,17 @@ class StepReport:
 
 
 def print_reports(reports: list[StepReport], out: Console | None = None) -> None:
+    """Each report's first quarantine entries (``quarantined: <file>:<position>: <reason> (<detail>)``) and
+    how many more there are, then the table."""
     out = out or console(stderr=True)
+    for r in reports:
+        for message in r.first:
+            out.print(f"quarantined: {message}", markup=False, highlight=False, soft_wrap=True)
+        if r.first and r.bad > len(r.first):
+            out.print(
+                f"{r.name}: {r.bad - len(r.first):,} more quarantined; all are in {r.quarantine}",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
     table = Table(title="kun-hpc", show_lines=False)
     for col in ("step", "status", "read", "written", "shards", "quarantined", "by reason"):
         table.add_column(

@@ -4,7 +4,7 @@ tasks are killed with ``kill -9`` and others requeued with ``scontrol requeue``;
 
 What it proves (docs/checkpointing.md, "Fault drill"): the merged dataset equals a clean run's, every record
 is accounted for in every stage, the corrupted line is quarantined (file, position, reason) and counted once,
-the report's funnel equals the clean run's, and ``status`` / ``logs --failed`` told the truth on the way.
+the report's funnel equals the clean run's, and ``status`` / ``logs`` told the truth on the way.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def test_fault_drill_ends_with_the_clean_runs_dataset(cluster, tiny_model, tmp_p
     capsys.readouterr()
     assert cli.main(["status", *args]) == 0
     status = capsys.readouterr().out
-    assert cli.main(["logs", "--failed", *args]) == 0
+    assert cli.main(["logs", *args]) == 0
     logs = capsys.readouterr().out
     for unit, (task, _) in drill.killed.items():
         assert rows[unit].job == task, rows[unit]

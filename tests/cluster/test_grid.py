@@ -91,7 +91,7 @@ def test_a_failing_unit_skips_its_chain_and_the_rerun_finishes_it(tmp_path, caps
     assert "tag-00000: cancelled not run: upstream upper-00000 failed" in out
     rows = unit_statuses(config.load(None, args(tmp_path, *extra)))
     assert sorted(r.state for r in rows if r.state != "done") == ["cancelled"] * 3 + ["failed"] * 3
-    assert cli.main(["logs", "--failed", *args(tmp_path, *extra)]) == 0
+    assert cli.main(["logs", *args(tmp_path, *extra)]) == 0
     logs = capsys.readouterr().out
     assert logs.count("==> upper-0000") == 3 and "Traceback" in logs and "tag-0000" not in logs
     heal.write_text("")

@@ -126,7 +126,7 @@ def test_chains_chunk_arrays_cancel_dependents_of_a_failure_and_rerun_only_it(tm
     assert cli.main(["status", *args]) == 0
     out = capsys.readouterr().out
     assert re.search(r"upper\s+│\s+7\s+│\s+0\s+│\s+0\s+│\s+4", out), out
-    assert cli.main(["logs", "--failed", *args]) == 0
+    assert cli.main(["logs", *args]) == 0
     logs = capsys.readouterr().out
     assert logs.count("planned failure on wanjuan/") >= 4 and "upper-0000" in logs
     # re-run: only the failed chains are submitted

@@ -20,7 +20,7 @@ def test_defaults_come_from_the_embedded_preset():
 
 def test_overrides_reach_list_items_and_nested_keys(tmp_path):
     cfg = config.load(None, [f"run.dir={tmp_path}", "corpora.1.paths=[a,b]", "executor.slurm.mem_gb=8"])
-    assert list(cfg.corpora[1].paths) == ["a", "b"]
+    assert list(cfg.corpora[1].paths) == [str(Path.cwd() / "a"), str(Path.cwd() / "b")]  # found nowhere
     assert cfg.executor.slurm.mem_gb == 8.0
     assert cfg.shard.output == f"{tmp_path}/shards"
 

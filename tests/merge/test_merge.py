@@ -132,3 +132,41 @@ def test_a_run_whose_last_stage_keeps_nothing_merges_to_an_empty_dataset(tmp_pat
     assert report["dataset"]["rows"] == 0
     synth = next(r for r in report["funnel"] if r["step"] == "synth")
     assert synth["out"] == 0 and synth["rejected"] == {"synth_rejected": synth["in"]} and synth["in"] > 0
+
+
+@pytest.mark.slow
+def test_the_dataset_keeps_the_unit_text_and_the_corpora_meta_fields(pairs_run, sample):
+    # WuDao's native objects by their text: the meta fields kun-hpc keeps (title, dataType, uniqueKey)
+    native: dict[str, list[dict]] = {}
+    for path in sorted((sample / "wudao").glob("*.json")):
+        for obj in orjson.loads(path.read_bytes()):
+            meta = {k: obj[k] for k in ("title", "dataType", "uniqueKey") if obj.get(k) not in (None, "")}
+            native.setdefault(obj["content"], []).append(meta)
+    source = {r["id"]: r["text"] for p in list_shards(pairs_run / "shards") for r in read_shard(p)}
+    jsonl = [r for p in list_shards(pairs_run / "merge" / "dataset" / "jsonl") for r in read_shard(p)]
+    parquet = load(pairs_run, "parquet")
+    assert len(jsonl) == parquet.num_rows > 0
+    for rows in (jsonl, parquet.to_list()):
+        for r in rows:
+            assert r["unit_text"] == source[r["id"]]  # Synth makes the pair from the shard's text
+            meta = orjson.loads(r["meta"])
+            if r["corpus"] == "wudao":
+                assert meta in native[r["unit_text"]] and meta["uniqueKey"], r["id"]
+            else:
+                assert meta == {}  # WanJuan and SkyPile keep no native field
+    assert sum(r["corpus"] == "wudao" for r in jsonl) > 100
+
+
+@pytest.mark.slow
+def test_jsonl_and_parquet_of_one_merge_load_with_the_same_types(pairs_run):
+    import datasets
+
+    ds = pairs_run / "merge" / "dataset"
+    features = datasets.load_dataset_builder(str(ds)).info.features  # the card's dataset_info
+    files = str(ds / "jsonl/*.jsonl.zst")
+    jsonl = datasets.load_dataset("json", data_files=files, features=features, split="train")
+    parquet = load(pairs_run, "parquet")
+    assert jsonl.features == parquet.features
+    assert parquet.features["ppl"].dtype == parquet.features["score"].dtype == "float64"
+    assert jsonl["ppl"] == parquet["ppl"] == [None] * parquet.num_rows  # no filter ran: no perplexity
+    assert sorted(jsonl["id"]) == sorted(parquet["id"])

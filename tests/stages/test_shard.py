@@ -383,3 +383,134 @@ def test_field_inputs_are_read_whole_with_unique_ids_and_exact_damage(tmp_path):
     )
     texts = sorted(r["text"] for r in records_under(run / "shards" / "skypile"))
     assert texts == sorted(FIELD_TEXTS[:6] + [t + "另一篇。" for t in FIELD_TEXTS[:2]])  # byte-exact
+
+
+# ------------------------------------------------------------------ a corpus that yields nothing (issue 16)
+def renamed_copy(sample: Path, fmt: str, folder: Path, old: str, new: str) -> Path:
+    """The bundled sample of ``fmt`` (a skypile file for jsonl) with the field ``old`` renamed ``new`` in
+    every record, in the format's own layout."""
+    import io
+    import json
+    import tarfile
+
+    def rename(obj: dict) -> dict:
+        return {(new if k == old else k): v for k, v in obj.items()}
+
+    def jsonl(data: bytes) -> bytes:
+        return b"".join(orjson.dumps(rename(orjson.loads(x))) + b"\n" for x in data.splitlines() if x.strip())
+
+    folder.mkdir()
+    if fmt == "wudao":
+        for src in sorted((sample / "wudao").glob("*.json")):
+            objs = json.loads(src.read_text(encoding="utf-8"))
+            (folder / src.name).write_text(json.dumps([rename(o) for o in objs], ensure_ascii=False), "utf-8")
+    elif fmt == "wanjuan":
+        for src in sorted((sample / "wanjuan").glob("*.tar.gz")):
+            with tarfile.open(src) as tin, tarfile.open(folder / src.name, "w:gz") as tout:
+                for member in tin.getmembers():
+                    data = jsonl(tin.extractfile(member).read())
+                    member.size = len(data)
+                    tout.addfile(member, io.BytesIO(data))
+    else:
+        src = next((sample / "skypile").glob("*.jsonl"))
+        (folder / src.name).write_bytes(jsonl(src.read_bytes()))
+    return folder
+
+
+NOTHING_CASES = {
+    # format, field renamed (old -> new), extra corpus keys: what the message must name
+    "jsonl-content": ("jsonl", ("text", "content"), "", "set corpora.0.text_field (now 'text')",
+                      "corpora.0.text_field=content"),
+    "jsonl-id": ("jsonl", ("text", "text"), ", id_field: meta", "set corpora.0.id_field (now 'meta')", ""),
+    "skypile": ("skypile", ("text", "content"), "", "the skypile format reads the text from 'text'",
+                "set corpora.0.format (jsonl: JSON Lines, any corpora.0.text_field, "
+                "corpora.0.text_field=content)"),
+    "wudao": ("wudao", ("content", "body"), "", "the wudao format reads the text from 'content'",
+              "corpora.0.text_field=body"),
+    "wanjuan": ("wanjuan", ("content", "body"), "", "the wanjuan format reads the text from 'content'",
+                "corpora.0.text_field=body"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(NOTHING_CASES))
+def test_a_corpus_that_yields_nothing_fails_at_once_naming_its_fields_and_the_key(
+    tmp_path, sample, case, capsys
+):
+    fmt, (old, new), extra, key, hint = NOTHING_CASES[case]
+    folder = renamed_copy(sample, "skypile" if fmt == "jsonl" else fmt, tmp_path / "in", old, new)
+    if case == "jsonl-id":  # every record's 'meta' a JSON object, so no record has a usable id
+        for f in folder.iterdir():
+            lines = f.read_bytes().splitlines()
+            f.write_bytes(
+                b"".join(orjson.dumps({**orjson.loads(x), "meta": {"a": 1}}) + b"\n" for x in lines)
+            )
+    run = tmp_path / "run"
+    corpora = (
+        f"corpora=[{{name: bad, format: {fmt}, paths: [{folder}]{extra}}}, "
+        f"{{name: good, format: skypile, paths: [{sample / 'skypile'}]}}]"
+    )
+    assert cli.main(["shard", f"run.dir={run}", "executor.kind=inline", corpora]) == 3
+    err = capsys.readouterr().err
+    m = read_manifest(run / "shards" / "bad")
+    assert m["records"] == 0 and m["read"] == sum(m["quarantined"].values()) > 0
+    assert f"kun-hpc: shard bad: corpus corpora.0 yields no records: all {m['read']:,} input items" in err
+    assert "  quarantined: " in err
+    assert key in err and hint in err
+    first = (
+        orjson.loads(next(folder.iterdir()).read_bytes().splitlines()[0])
+        if fmt in ("jsonl", "skypile")
+        else {}
+    )
+    fields = err.split("the first ones of each file): ")[1].splitlines()[0]
+    assert new in fields and all(k in fields for k in first)
+    assert not (run / "shards" / "good").exists()  # failed at once: the next corpus was not sharded
+
+
+def test_a_jsonl_file_of_another_layout_names_the_format_key(tmp_path, sample, capsys):
+    """A WuDao array given as JSON Lines: no field to name, the format to check."""
+    run = tmp_path / "run"
+    corpora = f"corpora=[{{name: x, format: jsonl, paths: [{sample / 'wudao' / 'part-0000.json'}]}}]"
+    assert cli.main(["shard", f"run.dir={run}", "executor.kind=inline", corpora]) == 3
+    err = capsys.readouterr().err
+    assert "these files are not jsonl input: check corpora.0.format (now 'jsonl') and corpora.0.paths" in err
+    assert "part-0000.json:line 1: wrong_type (expected a JSON object, got list)" in err
+
+
+def test_a_run_on_a_corpus_that_yields_nothing_stops_before_any_stage(tmp_path, sample, capsys):
+    folder = renamed_copy(sample, "skypile", tmp_path / "in", "text", "content")
+    run = tmp_path / "run"
+    args = [
+        f"run.dir={run}",
+        "executor.kind=inline",
+        "pipeline.stages=[tests.stages_for_tests:Tag]",
+        f"corpora=[{{name: mine, format: jsonl, paths: [{folder}]}}]",
+    ]
+    assert cli.main(["run", *args]) == 3
+    err = capsys.readouterr().err
+    assert "set corpora.0.text_field (now 'text') to the field that holds the text" in err
+    assert "merge" not in err.split("yields no records")[1]  # no false "run 'kun-hpc run' first"
+    assert not (run / "stages").exists() and not (run / "done").exists() and not (run / "merge").exists()
+    # a re-run finds the same manifest and fails the same way, at once
+    assert cli.main(["run", *args]) == 3
+    assert "corpus corpora.0 yields no records" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_first_quarantine_messages_of_each_corpus_reach_the_console_from_local_workers(
+    tmp_path, sample, capsys
+):
+    folder = damaged_corpus(tmp_path, sample)
+    run = tmp_path / "run"
+    args = sample_overrides(run, "executor.kind=local", f"corpora.2.paths=[{folder}]")
+    assert cli.main(["shard", *args]) == 0
+    err = capsys.readouterr().err
+    q = [
+        item
+        for p in sorted((run / "shards" / "skypile" / "quarantine").glob("*.zst"))
+        for item in read_quarantine(p)
+    ]
+    shown = [line for line in err.splitlines() if line.startswith("quarantined: ")]
+    expected = [f"quarantined: {i['source']}:{i['position']}: {i['reason']} ({i['detail']})" for i in q[:5]]
+    assert shown == expected  # wudao and wanjuan quarantine nothing
+    folder = run / "shards" / "skypile" / "quarantine"
+    assert f"shard skypile: {len(q) - 5:,} more quarantined; all are in {folder}" in err

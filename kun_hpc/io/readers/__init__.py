@@ -44,12 +44,13 @@ from kun_hpc.io.readers.bad import too_long_bad
 from kun_hpc.io.readers.fields import Fields, fields_for
 from kun_hpc.io.readers.lines import piece_lines, read_lines
 from kun_hpc.io.readers.pieces import InputPiece, expand_paths, plan_pieces
-from kun_hpc.io.readers.records import Item, RecordMaker, content_id
+from kun_hpc.io.readers.records import FieldSurvey, Item, RecordMaker, content_id
 from kun_hpc.io.readers.wanjuan import read_wanjuan
 from kun_hpc.io.readers.wudao import read_wudao
 
 __all__ = [
     "READERS",
+    "FieldSurvey",
     "Fields",
     "InputPiece",
     "Item",
@@ -71,11 +72,18 @@ READERS: dict[str, Callable[[InputPiece, RecordMaker, int], Iterator[Item]]] = {
 
 
 def read_piece(
-    piece: InputPiece, corpus: str, fmt: str, fields: Fields, max_record_bytes: int
+    piece: InputPiece,
+    corpus: str,
+    fmt: str,
+    fields: Fields,
+    max_record_bytes: int,
+    survey: FieldSurvey | None = None,
 ) -> Iterator[Item]:
     """Stream the records and bad items of one input piece (see the package docstring for what is
-    accepted, refused and quarantined, by reason). Raises ``FileNotFoundError`` if the file is gone."""
-    make = RecordMaker(corpus, fields, piece.label, piece.file_name)
+    accepted, refused and quarantined, by reason); ``survey``, when given, learns which fields its records
+    hold (:class:`~kun_hpc.io.readers.records.FieldSurvey`). Raises ``FileNotFoundError`` if the file is
+    gone."""
+    make = RecordMaker(corpus, fields, piece.label, piece.file_name, survey)
     if not os.path.exists(piece.path):
         raise FileNotFoundError(piece.path)
     return READERS[fmt](piece, make, max_record_bytes)

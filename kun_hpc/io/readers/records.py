@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -24,15 +25,60 @@ def content_id(corpus: str, text: str) -> str:
 
 _ORJSON_INFINITY = "number is infinity"  # how orjson's error about such a number starts
 
+SURVEY_OBJECTS = 20  # objects of each input piece whose keys a FieldSurvey counts
+SURVEY_KEYS = 50  # keys a survey keeps (the most common), so a marker stays small
+
+
+class FieldSurvey:
+    """What the records of one input piece hold, for the message of a corpus that yields nothing (issue 16):
+    the keys of its first :data:`SURVEY_OBJECTS` JSON objects (``keys``: objects holding each;
+    ``chars``: characters of the strings under each) and how many records were refused for each of the
+    configured fields (``refused``, by role: ``text``, ``id``, ``meta``)."""
+
+    __slots__ = ("chars", "keys", "objects", "refused")
+
+    def __init__(self) -> None:
+        self.objects = 0
+        self.keys: Counter[str] = Counter()
+        self.chars: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    def see(self, obj: dict) -> None:
+        self.objects += 1
+        for k, v in obj.items():
+            self.keys[k] += 1
+            if type(v) is str:
+                self.chars[k] += len(v)
+
+    def to_dict(self) -> dict:
+        """JSON-ready, the keys cut to the :data:`SURVEY_KEYS` most common."""
+        keys = dict(self.keys.most_common(SURVEY_KEYS))
+        chars = {k: n for k, n in self.chars.items() if k in keys}
+        return {"objects": self.objects, "keys": keys, "chars": chars, "refused": dict(self.refused)}
+
+    @classmethod
+    def combined(cls, dicts: list[dict]) -> FieldSurvey:
+        """One survey of several pieces' :meth:`to_dict` (a missing or empty one counts nothing)."""
+        total = cls()
+        for d in dicts:
+            total.objects += d.get("objects", 0)
+            for name in ("keys", "chars", "refused"):
+                getattr(total, name).update(d.get(name, {}))
+        return total
+
 
 class RecordMaker:
     """Turns one parsed native object into a record, or a :class:`Bad` naming what is wrong with it.
 
-    ``file_name`` (:attr:`InputPiece.file_name`) prefixes native ids when ``fields.id_per_file``.
+    ``file_name`` (:attr:`InputPiece.file_name`) prefixes native ids when ``fields.id_per_file``; a
+    ``survey`` sees the first objects and counts the records each configured field refused.
     """
 
-    def __init__(self, corpus: str, fields: Fields, source: str, file_name: str = ""):
+    def __init__(
+        self, corpus: str, fields: Fields, source: str, file_name: str = "", survey: FieldSurvey | None = None
+    ):
         self.corpus = corpus
+        self.survey = survey
         self.fields = fields
         self.source = source
         # the per-record path reads these instead of going through self.fields each time
@@ -46,9 +92,13 @@ class RecordMaker:
             return Bad(
                 self.source, position, "wrong_type", f"expected a JSON object, got {type(obj).__name__}", raw
             )
+        survey = self.survey
+        if survey is not None and survey.objects < SURVEY_OBJECTS:
+            survey.see(obj)
         text_field = self._text
         text = obj.get(text_field)
         if type(text) is not str:
+            self._refused("text")
             if text is None:
                 return Bad(self.source, position, "missing_text", f"no '{text_field}' field", raw)
             return Bad(
@@ -59,6 +109,7 @@ class RecordMaker:
                 raw,
             )
         if not text or text.isspace():  # the same test as `not text.strip()`, without copying the text
+            self._refused("text")
             return Bad(self.source, position, "empty_text", f"'{text_field}' is empty or blank", raw)
         id_field = self._id
         key = obj.get(self._key) if self._key else None
@@ -72,6 +123,7 @@ class RecordMaker:
         elif type(native) is float:
             exact = exact_json(raw).get(id_field) if past_int64(native) else native
             if type(exact) is not IntLiteral:
+                self._refused("id")
                 return Bad(
                     self.source,
                     position,
@@ -81,6 +133,7 @@ class RecordMaker:
                 )
             rid = self._native_prefix + exact
         else:
+            self._refused("id")
             return Bad(self.source, position, "wrong_type", f"'{id_field}' is {type(native).__name__}", raw)
         rec = {"id": rid, "corpus": self.corpus, "text": text, "src": self._src_prefix + position}
         keys = self._meta
@@ -99,6 +152,7 @@ class RecordMaker:
                     try:
                         meta[k] = int64_values(exact[k])
                     except OutOfRange as e:
+                        self._refused("meta")
                         return Bad(
                             self.source,
                             position,
@@ -109,6 +163,10 @@ class RecordMaker:
             if meta:
                 rec["meta"] = meta
         return rec
+
+    def _refused(self, role: str) -> None:
+        if self.survey is not None:
+            self.survey.refused[role] += 1
 
 
 def parse_json(raw: bytes, make: RecordMaker, position: str) -> Item:

@@ -3,6 +3,7 @@ records -- clean ones kept, contaminated ones rejected with the benchmark n-gram
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,7 @@ def decontaminate_phase(
             "index": fingerprint,
             "upstream": upstream,
             "kind": kind,
-            "zstd_level": level,
-            "inputs": [str(s) for s in shards],
+            "inputs": [os.path.relpath(s, cfg.run.dir) for s in shards],  # the run folder may move
         }
     )
 

@@ -43,7 +43,8 @@ records in them; an apply task one shard's lists (docs/merge.md has the figures)
 
 **Parts** (each phase's unit function is named ``kun_hpc.merge.dedup.<module>:<function>``)::
 
-    job.py         DedupJob, make_job, settings_of; what a record is compared by; a shard's records
+    job.py         DedupJob, make_job, settings_of (output_settings: what the hash covers); what a record
+                   is compared by; a shard's records
     phases.py      the four phases as units (dedup_phases); the sums of their markers (dedup_stats)
     storage.py     the work files: entry partitions, fixed-width and string columns, meta, pair files
     signatures.py  phase 1: keys, exact hashes and band keys of every record
@@ -58,7 +59,7 @@ from __future__ import annotations
 from kun_hpc.merge.dedup.apply import apply_unit
 from kun_hpc.merge.dedup.buckets import bucket_unit
 from kun_hpc.merge.dedup.clusters import cluster_unit
-from kun_hpc.merge.dedup.job import DedupJob, key_text, make_job, settings_of
+from kun_hpc.merge.dedup.job import DedupJob, key_text, make_job, output_settings, settings_of
 from kun_hpc.merge.dedup.phases import dedup_phases, dedup_stats
 from kun_hpc.merge.dedup.signatures import signature_unit
 
@@ -73,6 +74,7 @@ __all__ = [
     "dedup_stats",
     "key_text",
     "make_job",
+    "output_settings",
     "settings_of",
     "signature_unit",
 ]

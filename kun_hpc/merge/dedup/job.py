@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from kun_hpc.config.outputs import decides_output
 from kun_hpc.io.quarantine import Bad
 from kun_hpc.stages.chunks import input_items
 
@@ -64,6 +65,12 @@ def settings_of(section: Any, zstd_level: int = 3) -> dict:
     st = OmegaConf.to_container(section, resolve=True) if not isinstance(section, dict) else dict(section)
     st.pop("raw", None)
     return {**st, "zstd_level": zstd_level}
+
+
+def output_settings(settings: dict) -> dict:
+    """The settings (:func:`settings_of`) that decide which records a dedup keeps: without the zstd level
+    of its files nor the keys :mod:`kun_hpc.config.outputs` declares not to change output (issue 16)."""
+    return {k: v for k, v in settings.items() if k != "zstd_level" and decides_output(f"dedup.{k}")}
 
 
 def make_job(

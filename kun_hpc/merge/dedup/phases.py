@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,18 @@ from typing import Any
 from kun_hpc.cluster.phases import Phase, PhaseUnit
 from kun_hpc.config import config_hash
 from kun_hpc.io.markers import read_marker
-from kun_hpc.merge.dedup.job import DedupJob
+from kun_hpc.merge.dedup.job import DedupJob, output_settings
 
 
 def dedup_phases(job: DedupJob, upstream_hash: str) -> list[Phase]:
-    """The four phases of one dedup; their hash covers the settings, the inputs and what made them."""
+    """The four phases of one dedup; their hash covers the settings that decide its output
+    (:func:`~kun_hpc.merge.dedup.job.output_settings`), the inputs (relative to the run folder, which may
+    move) and what made them."""
     st = job.settings
-    h = config_hash({"settings": st, "key": job.key, "inputs": list(job.inputs), "upstream": upstream_hash})
+    inputs = [os.path.relpath(p, job.run_dir) for p in job.inputs]
+    layout = {k: st[k] for k in ("partitions", "shards_per_task")}  # how its units split the work
+    what = {"settings": output_settings(st), "layout": layout, "key": job.key, "inputs": inputs}
+    h = config_hash({**what, "upstream": upstream_hash})
     spt = st["shards_per_task"]
     groups = [list(range(i, min(i + spt, len(job.inputs)))) for i in range(0, len(job.inputs), spt)]
     mod = "kun_hpc.merge.dedup"

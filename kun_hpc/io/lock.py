@@ -1,0 +1,168 @@
+"""One owner per run directory at a time (issue 16): the lock ``<run>/lock`` and who holds it.
+
+The commands that write a run (``run``, ``shard``, ``reshard``, ``merge``, ``filter-calibrate`` and the Slurm
+merge job) hold it for as long as they work in the run directory; the read-only ones (``status``, ``logs``,
+``plan``, ``inspect``) never take it. It is an ``flock`` on ``<run>/lock``: the kernel releases it when
+its holder ends, however it ends (``kill -9`` and a crash included), so a lock is never left behind. The
+holder writes who it is (command, pid, host, start time, Slurm job) into the file, and a second command
+refuses naming it (:class:`RunDirInUse`).
+
+On a shared filesystem the lock holds across machines only where the filesystem implements ``flock``
+across clients: NFSv4 and NFSv3 with ``lockd`` do; Lustre does when mounted with ``-o flock`` (with
+``localflock`` it holds on one node only; with ``noflock`` locking fails, and the command goes on
+unlocked with a warning); BeeGFS and GPFS only when their global locking is enabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+LOCK_FILE = "lock"
+_held: dict[str, int] = {}  # lock paths this process holds -> how many nested holds
+# the errors of a filesystem that does not implement flock (Lustre -o noflock, some NFS setups)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a run directory: the command, its process, its machine, since when (epoch seconds), and
+    the Slurm job it runs in ("" outside one)."""
+
+    command: str
+    pid: int
+    host: str
+    since: float
+    job: str = ""
+
+    def describe(self) -> str:
+        """```kun-hpc run` pid 123 on host h since 2025-01-01 12:00:00`` (and its Slurm job)."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        job = f" (Slurm job {self.job})" if self.job else ""
+        return f"`kun-hpc {self.command}` pid {self.pid} on host {self.host}{job} since {when}"
+
+    @property
+    def here(self) -> bool:
+        """It runs on this machine (its pid can be signalled from here)."""
+        return self.host == socket.gethostname()
+
+    @property
+    def mine(self) -> bool:
+        return self.here and self.pid == os.getpid()
+
+
+class RunDirInUse(RuntimeError):
+    """Another command holds the run directory."""
+
+
+def lock_path(run_dir: str | Path) -> Path:
+    return Path(run_dir).resolve() / LOCK_FILE
+
+
+def _read(fd: int) -> Holder | None:
+    raw = os.pread(fd, 4096, 0)
+    try:
+        return Holder(**orjson.loads(raw)) if raw.strip() else None
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def holder(run_dir: str | Path) -> Holder | None:
+    """Who holds the run directory now; None when nobody does. A holder that died holds nothing (the kernel
+    released its lock), whatever its file still says. Raises nothing: unreadable means not held."""
+    path = lock_path(run_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if str(path) in _held:
+            return _read(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read(fd) or Holder("(starting)", 0, "?", time.time())
+        except OSError:
+            return _read(fd)  # no locks on this filesystem: the file is all we know
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, command: str, wait_s: float = 2.0) -> Iterator[None]:
+    """Hold the run directory for ``command`` (nested holds in one process are one hold). Raises
+    :class:`RunDirInUse` naming the holder when another process holds it after ``wait_s`` seconds (a
+    ``status`` probing the lock holds it for microseconds)."""
+    path = lock_path(run_dir)
+    key = str(path)
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    made = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        locked = _acquire(fd, path, wait_s)
+        if locked:
+            me = Holder(
+                command, os.getpid(), socket.gethostname(), time.time(), os.environ.get("SLURM_JOB_ID", "")
+            )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, orjson.dumps(asdict(me)), 0)
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            del _held[key]
+            if locked:
+                os.ftruncate(fd, 0)  # a released lock names nobody
+            if made and [p.name for p in path.parent.iterdir()] == [LOCK_FILE]:
+                # a command that failed before any work leaves no run folder (a racing command that opened
+                # this very file in the meantime would lock a removed file: both must start on a new folder)
+                path.unlink()
+                path.parent.rmdir()
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _acquire(fd: int, path: Path, wait_s: float) -> bool:
+    """Take the lock on ``fd``: True; False (with a warning) on a filesystem without flock; RunDirInUse."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                who = _read(fd)
+                by = who.describe() if who else "another kun-hpc command"
+                raise RunDirInUse(
+                    f"run dir {path.parent} is in use by {by}; wait for it to end, or kun-hpc cancel "
+                    f"{path.parent}"
+                ) from None
+            time.sleep(0.05)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            print(
+                f"kun-hpc: warning: cannot lock {path} ({e.strerror}): this filesystem does not implement "
+                "flock; nothing stops a second command on this run dir (docs/checkpointing.md)",
+                file=sys.stderr,
+            )
+            return False

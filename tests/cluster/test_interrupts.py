@@ -1,0 +1,169 @@
+"""A local run has one owner and stops cleanly (issue 16): real `kun-hpc run` processes with the local
+executor on a slow stand-in stage, real signals, real worker processes checked by pid.
+
+SIGINT / SIGTERM end the run with "interrupted; run the same command to resume" (exit 130 / 143, no
+traceback) and no worker left; a second run on the same run dir is refused naming the holder; `status`
+shows the local units running; `cancel` stops the run and `status --watch` follows it until it settles;
+a worker whose command was killed with SIGKILL ends itself; each re-run resumes and finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kun_hpc import cli, config
+from kun_hpc.cluster.grid import plan_grid
+from kun_hpc.cluster.scheduler import local_running
+from kun_hpc.cluster.status import unit_statuses
+from kun_hpc.io.lock import holder
+from kun_hpc.io.markers import read_marker
+from tests.conftest import REPO, sample_overrides
+
+pytestmark = pytest.mark.slow
+KUN = str(Path(sys.executable).parent / "kun-hpc")
+UNITS = 11  # the sample in shards of 400 records
+
+
+def args(run: Path) -> list[str]:
+    return sample_overrides(
+        run,
+        "executor.kind=local",
+        "executor.max_parallel=2",
+        "executor.poll_interval_s=0.5",
+        "shard.records_per_shard=400",
+        "pipeline.chunk_records=64",
+        "pipeline.stages=[tests.stages_for_tests:Upper]",
+        "pipeline.options.upper.sleep_s=0.4",  # about 3 s a unit: signals land while units run
+        "merge.auto=false",
+    )
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [KUN, *cmd], cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def until(check, timeout: float = 90.0, what: str = ""):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def done_units(run: Path) -> int:
+    return len(list((run / "done" / "upper").glob("*.json")))
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def group(pgid: int) -> set[int]:
+    """Every live process in a process group (the controller, the worker, what it started)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.add(int(stat.parent.name))
+    return out
+
+
+def running_workers(run: Path) -> set[int]:
+    """Once one unit is done and two run: the pids of the running units' processes."""
+    entries = until(
+        lambda: done_units(run) >= 1 and len(local_running(run)) == 2 and local_running(run),
+        what="a unit done and two running",
+    )
+    pids = set().union(*(group(e["pid"]) for e in entries.values()))
+    assert len(pids) >= 4, pids  # a controller and a worker per unit
+    return pids
+
+
+def rerun_resumes(run: Path, capsys) -> None:
+    """The same command again runs only the units without a marker, and the run ends complete."""
+    before = done_units(run)
+    assert 0 < before < UNITS
+    assert cli.main(["run", *args(run)]) == 0
+    assert f"pending units: upper={UNITS - before}" in capsys.readouterr().err
+    grid = plan_grid(config.load(None, args(run)))
+    markers = [read_marker(run, "upper", u.name) for u in grid.units["upper"]]
+    assert sum(m["out"] for m in markers) == sum(m["in"] for m in markers) == 3504  # every sample record
+    assert not list((run / "running").rglob("*.json"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_workers_and_the_same_command_resumes(sig, tmp_path, capsys):
+    proc = start(["run", *args(tmp_path)])
+    pids = running_workers(tmp_path)
+    if sig == signal.SIGINT:  # one owner: a second run is refused, naming the holder
+        assert cli.main(["run", *args(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert (
+            f"run dir {tmp_path} is in use by `kun-hpc run` pid {proc.pid} on host {socket.gethostname()}"
+            in err
+        )
+        rows = unit_statuses(config.load(None, args(tmp_path)))
+        running = [r for r in rows if r.state == "running"]
+        assert len(running) == 2 and all(
+            r.job.startswith("pid ") and Path(r.log).parent.name == r.unit for r in running
+        )
+        assert any(r.state == "pending" and f"pid {proc.pid}" in r.why for r in rows)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig
+    assert "kun-hpc: interrupted; run the same command to resume" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert [p for p in pids if alive(p)] == []
+    assert holder(tmp_path) is None and local_running(tmp_path) == {}
+    rerun_resumes(tmp_path, capsys)
+
+
+def test_cancel_stops_a_local_run_and_status_watch_follows_it(tmp_path, capsys):
+    proc = start(["run", *args(tmp_path)])
+    pids = running_workers(tmp_path)
+    watch = start(["status", "--watch", str(tmp_path)])
+    time.sleep(2)
+    assert watch.poll() is None, "status --watch follows a running local run"
+    assert cli.main(["cancel", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"kun-hpc cancel: stopped `kun-hpc run` pid {proc.pid} on host {socket.gethostname()}" in err
+    assert "and its 2 running units" in err
+    assert proc.wait(timeout=5) == 143  # cancel returned once the run had let go
+    assert [p for p in pids if alive(p)] == []
+    watch.communicate(timeout=30)
+    assert watch.returncode == 1  # settled, not done
+    rerun_resumes(tmp_path, capsys)
+
+
+def test_workers_of_a_killed_command_end_themselves(tmp_path, capsys):
+    proc = start(["run", *args(tmp_path)])
+    pids = running_workers(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=10)
+    until(lambda: not [p for p in pids if alive(p)], timeout=10, what="the workers to end")
+    assert holder(tmp_path) is None  # the kernel released the dead command's lock
+    rows = unit_statuses(config.load(None, args(tmp_path)))
+    assert not [r for r in rows if r.state in ("running", "pending")]  # its records name a dead command
+    rerun_resumes(tmp_path, capsys)

@@ -1,0 +1,104 @@
+"""A unit's own lines in its log (issue 16, item 10) and its resume point: a unit interrupted after k chunks,
+then re-run by ``kun-hpc run`` on the local executor, says in its log where it resumed, each chunk it
+committed and its totals; a unit of several shards resumes in the shard it was in."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kun_hpc import cli, config
+from kun_hpc.cluster.grid import plan_grid
+from kun_hpc.io.shards import read_shard
+from kun_hpc.stages.runner import run_unit
+from tests.cluster.test_rates import CrashAfter
+from tests.conftest import sample_overrides
+
+CHUNK = 64
+UPPER = "pipeline.stages=[tests.stages_for_tests:Upper]"
+
+
+def unit_lines(run: Path, unit: str) -> list[str]:
+    """The lines ``kun-hpc unit <unit>: ...`` of the unit's logs (wherever the executor keeps them)."""
+    prefix = f"kun-hpc unit {unit}: "
+    return [
+        line.removeprefix(prefix)
+        for log in sorted((run / "logs").rglob("*.err"))
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith(prefix)
+    ]
+
+
+@pytest.mark.slow
+def test_a_unit_log_holds_its_start_resume_point_chunk_commits_and_totals(tmp_path, capsys):
+    a = sample_overrides(
+        tmp_path, "shard.records_per_shard=2000", f"pipeline.chunk_records={CHUNK}", UPPER, "merge.auto=false"
+    )
+    assert cli.main(["shard", *a, "executor.kind=inline"]) == 0
+    cfg = config.load(None, a)
+    unit = plan_grid(cfg).units["upper"][0]
+    with pytest.raises(RuntimeError, match="preempted"):
+        run_unit(unit, CrashAfter(cfg, {}))
+    assert not (tmp_path / "logs").exists() or not unit_lines(tmp_path, unit.name)  # inline: no unit log
+
+    capsys.readouterr()
+    assert cli.main(["run", *a, "executor.kind=local", "executor.max_parallel=1"]) == 0
+    # the local bar of the stage counts records too (all of the stage's, the resumed unit's included)
+    total = sum(1 for u in plan_grid(cfg).units["upper"] for t in u.shards for _ in read_shard(t.input))
+    bar = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("upper "))
+    n_units = len(plan_grid(cfg).units["upper"])
+    assert (
+        f"{n_units}/{n_units} " in bar
+        and f"records {total:,}/{total:,}, " in bar
+        and bar.rstrip().endswith("ETA 0s")
+    )
+    n = sum(1 for _ in read_shard(unit.shards[0].input))
+    k, skipped = CrashAfter.k, CrashAfter.k * CHUNK
+    chunks = -(-n // CHUNK)
+    lines = unit_lines(tmp_path, unit.name)
+    assert lines[0].startswith(f"start: stage upper, 1 shards, config {unit.config_hash}, host ")
+    assert lines[1] == (
+        f"shard 1/1 {unit.shards[0].input} -> {unit.shards[0].output}: resume after {k} committed chunks "
+        f"({skipped} records), at record {skipped}"
+    )
+    commits = lines[2:-1]
+    assert len(commits) == chunks - k
+    for index, line in enumerate(commits, k):
+        size = min(CHUNK, n - index * CHUNK)
+        assert re.fullmatch(
+            rf"shard 1/1 chunk {index} committed: in {size} out {size} rejected 0 quarantined 0; "
+            r"[\d.]+ rec/s",
+            line,
+        ), line
+    assert re.fullmatch(
+        rf"done: in {n} out {n} rejected 0 quarantined 0; {n - skipped} records this attempt, [\d.]+ rec/s, "
+        r"elapsed [\d.]+ s",
+        lines[-1],
+    ), lines[-1]
+    # the other units ran from their first record
+    other = plan_grid(cfg).units["upper"][1]
+    assert unit_lines(tmp_path, other.name)[1].endswith(": nothing committed, from the first record")
+
+
+@pytest.mark.slow
+def test_a_unit_of_several_shards_resumes_in_the_shard_it_was_in(tmp_path):
+    a = sample_overrides(
+        tmp_path,
+        "executor.kind=inline",
+        "shard.records_per_shard=400",
+        "pipeline.shards_per_task=2",
+        f"pipeline.chunk_records={CHUNK}",
+        UPPER,
+    )
+    assert cli.main(["shard", *a]) == 0
+    cfg = config.load(None, a)
+    unit = plan_grid(cfg).units["upper"][0]
+    first = -(-sum(1 for _ in read_shard(unit.shards[0].input)) // CHUNK)  # chunks of the first shard
+    crash = type("CrashInSecondShard", (CrashAfter,), {"k": first + 1})
+    with pytest.raises(RuntimeError, match="preempted"):
+        run_unit(unit, crash(cfg, {}))
+    marker = run_unit(unit)
+    assert [s["resumed_at_chunk"] for s in marker["shards"]] == [first, 1]
+    assert not list(Path(unit.shards[0].output).parent.glob("*.chunks*")), "chunk folders go with the marker"

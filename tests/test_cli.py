@@ -1,0 +1,166 @@
+"""The `kun-hpc` command line itself (issue 16, "small things a user notices"): `--version`, `kun-hpc config`,
+what `run` says it runs without a preset, help text a terminal shows as written, the `logs` flags."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+import tomllib
+import yaml
+from omegaconf import OmegaConf
+
+from kun_hpc import cli
+from kun_hpc import config as config_mod
+from tests.conftest import REPO
+
+# reStructuredText roles and literals, as docstrings write them
+MARKUP = re.compile(r"``|:(mod|class|func|meth|data|attr|exc|ref|doc):`")
+
+
+def help_text(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def all_commands() -> list[list[str]]:
+    """Every command line that has a help text: each command, and the subcommands of review."""
+    out = []
+    for name, parser in subparsers().items():
+        out.append([name])
+        nested = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        out += [[name, sub] for sub in (nested.choices if nested else ())]
+    return out
+
+
+def test_version_is_the_installed_distributions(capsys):
+    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kun-hpc {expected}"
+
+
+def files_under(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def test_config_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"run.dir={tmp_path / 'run'}", "shard.records_per_shard=7", "pipeline.stages=[filter]"]
+    before = files_under(tmp_path)
+    assert cli.main(["config", *overrides]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = OmegaConf.to_container(config_mod.load(None, overrides), resolve=True, enum_to_str=True)
+    assert printed == expected
+    assert printed["shard"]["records_per_shard"] == 7 and printed["pipeline"]["stages"] == ["filter"]
+    assert files_under(tmp_path) == before, "kun-hpc config wrote files"
+
+
+def test_config_prints_what_a_command_saves(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = tiny_corpus(tmp_path)
+    overrides = [f"corpora=[{{name: tiny, format: jsonl, paths: [{corpus.name}]}}]", "executor.kind=inline"]
+    overrides.append(f"run.dir={tmp_path / 'r'}")
+    assert cli.main(["config", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
+    assert cli.main(["shard", *overrides]) == 0  # a command that saves the run's config
+    assert printed == (tmp_path / "r" / "config.yaml").read_text()
+    assert yaml.safe_load(printed)["corpora"][0]["paths"] == [str(corpus)]  # absolute, as saved
+
+
+def test_config_of_a_run_folder_is_the_config_it_saved(tmp_path, capsys):
+    cfg = config_mod.load(None, [f"run.dir={tmp_path}", "run.name=saved"])
+    config_mod.save_resolved(cfg, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in files_under(tmp_path)}
+    assert cli.main(["config", str(tmp_path)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert {p: p.stat().st_mtime_ns for p in files_under(tmp_path)} == before
+
+
+def test_config_with_a_bad_key_exits_2(tmp_path, capsys):
+    assert cli.main(["config", f"run.dir={tmp_path}", "shard.records_per_shrd=7"]) == 2
+    assert "records_per_shrd" in capsys.readouterr().err
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def tiny_corpus(folder: Path) -> Path:
+    path = folder / "tiny.jsonl"
+    path.write_text("".join(orjson.dumps({"text": f"第{i}条记录的正文。"}).decode() + "\n" for i in range(3)))
+    return path
+
+
+def test_run_without_a_preset_says_what_it_runs_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = tiny_corpus(tmp_path)
+    overrides = [
+        f"corpora=[{{name: tiny, format: jsonl, paths: [{corpus}]}}]",
+        "executor.kind=inline",
+        f"run.dir={tmp_path / 'r'}",
+        "merge.auto=false",
+    ]
+    assert cli.main(["run", *overrides]) == 0
+    err = capsys.readouterr().err.splitlines()
+    first, second = err[0], err[1]
+    assert first.startswith("kun-hpc run: no preset given: configs/default.yaml on the inline executor")
+    assert "stages: none (shards only)" in first and f"run dir {tmp_path / 'r'}" in first
+    assert second == f"kun-hpc run: corpora tiny ({corpus})"
+    # with a preset the user named, nothing to announce
+    preset = tmp_path / "p.yaml"
+    preset.write_text(Path(config_mod.DEFAULT_PRESET).read_text())
+    assert cli.main(["run", str(preset), *overrides]) == 0
+    assert "no preset given" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", all_commands(), ids=" ".join)
+def test_help_has_no_markup(argv, capsys):
+    text = help_text(argv, capsys)
+    assert not MARKUP.search(text), text
+
+
+def test_help_of_the_whole_command_has_no_markup(capsys):
+    text = help_text([], capsys)
+    assert not MARKUP.search(text), text
+    assert "--version" in text and "config" in text
+
+
+def usage(argv: list[str], capsys) -> str:
+    # the usage line, unwrapped (argparse wraps it at the terminal width)
+    text = help_text(argv, capsys)
+    return " ".join(text.split("\n\n")[0].split())
+
+
+def test_usage_lines_name_what_each_command_takes(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    train = usage(["train"], capsys)
+    assert train.startswith("usage: kun-hpc train {label,chat} [CONFIG.yaml] [key=value ...]"), train
+    assert "--executor {local,slurm}" in train and "[--wait]" in train
+    merge = usage(["merge"], capsys)
+    assert merge.startswith("usage: kun-hpc merge [RUN_DIR | CONFIG.yaml] [allow_partial=true]"), merge
+    assert usage(["run"], capsys) == "usage: kun-hpc run [CONFIG.yaml] [key=value ...] [-h] [--wait]"
+    assert usage(["logs"], capsys).startswith("usage: kun-hpc logs [RUN_DIR | CONFIG.yaml]")
+    assert usage(["config"], capsys).startswith("usage: kun-hpc config [RUN_DIR | CONFIG.yaml]")
+    for name in cli.COMMANDS:  # every flag a command has is in its usage line
+        parser = subparsers()[name]
+        flags = {a.option_strings[-1] for a in parser._actions if a.option_strings}
+        line = usage([name], capsys)
+        assert all(f in line or f == "--help" for f in flags), (name, line)
+
+
+def test_logs_has_no_flag_that_does_nothing(tmp_path, capsys):
+    assert "--failed" not in help_text(["logs"], capsys)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["logs", "--failed", f"run.dir={tmp_path}"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --failed" in capsys.readouterr().err
