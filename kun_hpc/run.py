@@ -48,6 +48,7 @@ from kun_hpc.merge.assemble import (
     AssembleTask,
     MergeInputs,
     MergeResult,
+    column_types,
     dedup_keys,
     find_inputs,
     merge_dir,
@@ -351,6 +352,7 @@ def merge_plan(cfg: DictConfig, inputs: MergeInputs) -> MergePlan:
     rules = OmegaConf.to_container(cfg.rules, resolve=True) if inputs.kind == "pairs" else None
     measure = {k: rules[k] for k in FAITHFULNESS_SETTINGS} if rules is not None else None
     what = {"upstream": upstream, "kind": inputs.kind, "parquet": cfg.merge.parquet, "rules": measure}
+    what["columns"] = column_types(inputs.kind)  # a release that adds a column assembles again
     h = config_hash({**what, "inputs": [os.path.relpath(s, run_dir) for s in shards]})  # the run may move
 
     def task(i: int) -> AssembleTask:

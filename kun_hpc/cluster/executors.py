@@ -397,7 +397,7 @@ class LocalExecutor(_QueueExecutor):
                 clear_local_records(self.run_dir)
                 self._cleared = True
             record_local_start(
-                self.run_dir, q.task.name, unit_name(q.task.unit), int(job.job_id), str(job.paths.stderr)
+                self.run_dir, q.task.name, Path(q.task.log_dir).name, int(job.job_id), str(job.paths.stderr)
             )
         return job
 
@@ -409,7 +409,7 @@ class LocalExecutor(_QueueExecutor):
             error = job_error(job.paths.result_pickle) or f"{type(e).__name__}: {e}"
             outcome = Outcome(q.task.unit, False, error=error, log=log)
         if self.run_dir is not None:
-            record_local_end(self.run_dir, q.task.name, unit_name(q.task.unit))
+            record_local_end(self.run_dir, q.task.name, Path(q.task.log_dir).name)
         self._end(q.task, outcome, on_done)
 
     def _wait(self, tasks: Sequence[Task], on_done: OnDone | None) -> list[Outcome]:
@@ -439,4 +439,4 @@ class LocalExecutor(_QueueExecutor):
         for q, job in running:
             job._process.wait()  # reaped: no zombie left behind
             if self.run_dir is not None:
-                record_local_end(self.run_dir, q.task.name, unit_name(q.task.unit))
+                record_local_end(self.run_dir, q.task.name, Path(q.task.log_dir).name)

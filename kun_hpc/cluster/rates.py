@@ -131,6 +131,22 @@ class _Window:
         return self.records / seconds if seconds > 0 else None
 
 
+def _finished_rate(markers: list[dict]) -> float | None:
+    """Records per second of a finished stage: records processed (resumed ones excluded) over the seconds
+    from its first unit's start to its last unit's end; None when the markers carry no timings."""
+    spans, records = [], 0.0
+    for marker in markers:
+        t = marker.get("timings")
+        if not t:
+            return None
+        spans.append((t["start"], t["end"]))
+        records += marker["in"] - sum(s.get("resumed_records", 0) for s in marker.get("shards", []))
+    if not spans:
+        return None
+    seconds = max(e for _, e in spans) - min(b for b, _ in spans)
+    return records / seconds if seconds > 0 else None
+
+
 def _lines_out(counts: dict) -> int:
     """Lines a stage wrote for these counts (its units out: the next stage's input)."""
     return Counts.from_dict(counts).unit_counts.out
@@ -188,6 +204,7 @@ def stage_progress(
         window = _Window(now, window_s)
         seen_in = seen_out = 0
         current: dict[int, tuple[float | None, dict | None]] = {}
+        markers: list[dict] = []
         for u in grid.units[stage]:
             marker = valid_marker(u.run_dir, stage, u.name, u.config_hash)
             if marker is not None:
@@ -196,6 +213,7 @@ def stage_progress(
                 p.done += marker["in"]
                 seen_in, seen_out = seen_in + marker["in"], seen_out + _lines_out(marker)
                 window.finished(marker)
+                markers.append(marker)
             else:
                 if stage == first:
                     spt = len(grid.units[stage][0].shards)
@@ -223,7 +241,8 @@ def stage_progress(
                 p.total += total
                 p.estimated += not exact
             current[u.index] = (total, marker)
-        p.rate = window.rate()
+        # a finished stage keeps the rate it ran at, not one that decays as the window moves past its end
+        p.rate = window.rate() if p.units_done < p.units else _finished_rate(markers)
         out[stage] = p
         keep = seen_out / seen_in if seen_in else float(expected_keep.get(stage, 1.0))
         upstream = current

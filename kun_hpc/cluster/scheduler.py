@@ -174,7 +174,9 @@ LOCAL_RUNNING = "running"  # <run>/running/<stage>/<unit>.json: the units a loca
 
 
 def _running_file(run_dir: Path, stage: str, unit: str) -> Path:
-    return Path(run_dir) / LOCAL_RUNNING / stage / f"{unit}.json"
+    """``unit`` is the unit's log folder name (:func:`~kun_hpc.cluster.executors.log_folder`); a phase's
+    name may hold spaces and arrows (``reshard shards -> 5 (merge)``), which a file name does not."""
+    return Path(run_dir) / LOCAL_RUNNING / re.sub(r"[^\w.-]+", "_", stage) / f"{unit}.json"
 
 
 def record_local_start(run_dir: Path, stage: str, unit: str, pid: int, log: str) -> None:

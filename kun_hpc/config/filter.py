@@ -53,6 +53,8 @@ class FilterConfig:
     # the Label model's tokenizer: a model folder (its tokenizer.json) or a tokenizer.json; None: the folder
     # of label.engine.model
     tokenizer: str | None = None
+    # filled from the tokenizer.json at load: editing it re-runs the filter, moving it does not
+    tokenizer_sha256: str = ""
     max_tokens: int = 512  # a unit holds at most this many tokens (Kun: 512); longer: too_long
     min_tokens: int = 16  # too_short below this
     clean: FilterCleanConfig = field(default_factory=FilterCleanConfig)

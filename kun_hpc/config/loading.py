@@ -3,6 +3,7 @@ resolved, made absolute, validated; and saving it, with its hash, in a run folde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
@@ -15,7 +16,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kun_hpc.config.checks import Problems, dotted
 from kun_hpc.config.kun import LLM_STAGES
-from kun_hpc.config.paths import CONFIGS, absolute_paths, find_file, find_preset
+from kun_hpc.config.paths import (
+    CONFIGS,
+    TokenizerNotFound,
+    absolute_paths,
+    filter_tokenizer,
+    find_file,
+    find_preset,
+    tokenizer_file,
+)
 from kun_hpc.config.schema import Config, validate
 from kun_hpc.core.errors import ConfigError
 from kun_hpc.core.hashing import file_sha256
@@ -77,7 +86,7 @@ def load(
         cfg.run.dir = str(Path(OmegaConf.select(cfg, "run.dir")).expanduser().resolve())
         OmegaConf.resolve(cfg)
         absolute_paths(cfg)
-        _fill_template_hashes(cfg)
+        _fill_file_hashes(cfg)
     except OmegaConfBaseException as e:
         found.add(_describe(e))
         found.raise_any()  # nothing more can be checked of a config that does not resolve
@@ -122,15 +131,21 @@ def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
     return [*layers, layer]
 
 
-def _fill_template_hashes(cfg: DictConfig) -> None:
-    """Record each prompt template's sha256 in its section (kept when already set: a run's saved config
-    holds the hash the run was submitted with, and the stage refuses a template changed since)."""
+def _fill_file_hashes(cfg: DictConfig) -> None:
+    """Record each prompt template's sha256 in its section, and the filter's tokenizer.json's in
+    ``filter.tokenizer_sha256`` (each kept when already set: a run's saved config holds the hashes the run
+    was submitted with, the stages refuse a file changed since, and a command that only reads the run, such
+    as ``status``, needs none of the files: issue 16)."""
     for key in LLM_STAGES:
         section = cfg[key]
         if not section.template_sha256 and not OmegaConf.is_missing(section, "template"):
             path = find_file(section.template)
             if path.is_file():
                 section.template_sha256 = file_sha256(path)
+    tokenizer = filter_tokenizer(cfg)
+    if not cfg.filter.tokenizer_sha256 and tokenizer is not None:
+        with contextlib.suppress(TokenizerNotFound):  # the commands that count tokens name it missing
+            cfg.filter.tokenizer_sha256 = file_sha256(tokenizer_file(tokenizer))
 
 
 _BAD_CHOICE = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")  # OmegaConf's, of an enum

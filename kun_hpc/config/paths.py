@@ -114,3 +114,32 @@ def absolute_paths(cfg: DictConfig) -> None:
     for paths in [*lists, cfg.train.seed_data, cfg.merge.decontaminate.benchmarks]:
         for i, value in enumerate(paths):
             paths[i] = input_path(str(value))
+
+
+class TokenizerNotFound(FileNotFoundError):
+    """``filter.tokenizer`` (or the Label model folder it defaults to) holds no tokenizer.json."""
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """``path`` itself when it is a tokenizer.json, else ``path/tokenizer.json``; TokenizerNotFound when
+    neither exists."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if (p / "tokenizer.json").is_file():
+        return p / "tokenizer.json"
+    if p.is_dir():
+        raise TokenizerNotFound(
+            f"{p} has no tokenizer.json: the filter needs the model's fast (Rust) tokenizer file"
+        )
+    raise TokenizerNotFound(f"tokenizer {str(p)!r} does not exist (a model folder or a tokenizer.json)")
+
+
+def filter_tokenizer(cfg: DictConfig) -> str | None:
+    """What the filter counts tokens with: ``filter.tokenizer``, else the Label model's folder
+    (``label.engine.model``); None when neither is set."""
+    if cfg.filter.tokenizer:
+        return str(cfg.filter.tokenizer)
+    if "label" in cfg and not OmegaConf.is_missing(cfg.label.engine, "model") and cfg.label.engine.model:
+        return str(cfg.label.engine.model)
+    return None

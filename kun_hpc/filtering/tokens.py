@@ -11,25 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from kun_hpc.config.paths import TokenizerNotFound, tokenizer_file
 from kun_hpc.text_libraries import versions
 
-
-class TokenizerNotFound(FileNotFoundError):
-    pass
-
-
-def tokenizer_file(path: str | Path) -> Path:
-    """``path`` itself when it is a tokenizer.json, else ``path/tokenizer.json``."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if (p / "tokenizer.json").is_file():
-        return p / "tokenizer.json"
-    if p.is_dir():
-        raise TokenizerNotFound(
-            f"{p} has no tokenizer.json: the filter needs the model's fast (Rust) tokenizer file"
-        )
-    raise TokenizerNotFound(f"tokenizer {str(p)!r} does not exist (a model folder or a tokenizer.json)")
+__all__ = ["TokenCounter", "TokenizerNotFound", "tokenizer_file"]
 
 
 class TokenCounter:

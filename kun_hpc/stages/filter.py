@@ -32,6 +32,7 @@ from kun_hpc import config
 from kun_hpc.config import ConfigError, config_hash
 from kun_hpc.config.checks import attempt, check
 from kun_hpc.config.outputs import output_values
+from kun_hpc.config.paths import filter_tokenizer
 from kun_hpc.core.hashing import file_sha256
 from kun_hpc.core.records import Rejected
 from kun_hpc.filtering.buckets import Cutoffs, percentile_cutoffs
@@ -99,27 +100,34 @@ class FilterStage(Stage):
 
 
 def tokenizer_path(cfg: DictConfig) -> str:
-    """``filter.tokenizer``, or the Label model's folder (``label.engine.model``) when that is None."""
-    if cfg.filter.tokenizer:
-        path = str(cfg.filter.tokenizer)
-    elif "label" in cfg and not OmegaConf.is_missing(cfg.label.engine, "model") and cfg.label.engine.model:
-        path = str(cfg.label.engine.model)
-    else:
+    """``filter.tokenizer``, or the Label model's folder (``label.engine.model``) when that is None; a
+    ConfigError when neither is set, the tokenizer.json is missing, or it changed since the config was saved
+    (``filter.tokenizer_sha256``)."""
+    path = filter_tokenizer(cfg)
+    if path is None:
         raise ConfigError(
             "config key 'filter.tokenizer': not set, and neither is 'label.engine.model' to take it from "
             "(units are counted with the Label model's tokenizer)"
         )
     try:
-        tokenizer_file(path)
+        found = tokenizer_file(path)
     except TokenizerNotFound as e:
         raise ConfigError(f"config key 'filter.tokenizer': {e}") from None
+    if cfg.filter.tokenizer_sha256 and file_sha256(found) != cfg.filter.tokenizer_sha256:
+        raise ConfigError(
+            f"config key 'filter.tokenizer': {found} changed since this run's config was saved (sha256 "
+            f"{cfg.filter.tokenizer_sha256[:12]}...); run kun-hpc run from your preset again to re-run the "
+            "filter with it"
+        )
     return path
 
 
 def tokenizer_sha256(cfg: DictConfig) -> str:
-    """The content hash of the tokenizer.json the filter counts with (:func:`tokenizer_path`): a tokenizer
-    edited in place re-runs the filter, one moved or copied elsewhere does not."""
-    return file_sha256(tokenizer_file(tokenizer_path(cfg)))
+    """The content hash of the tokenizer.json the filter counts with, as recorded at load
+    (``filter.tokenizer_sha256``): a tokenizer edited in place re-runs the filter, one moved or copied
+    elsewhere does not, and reading a run's hashes needs no tokenizer file. Computed from the file (a
+    ConfigError when it is missing) when the config was built without one."""
+    return cfg.filter.tokenizer_sha256 or file_sha256(tokenizer_file(tokenizer_path(cfg)))
 
 
 def make_chain(cfg: DictConfig, cutoffs: Cutoffs | None = None) -> FilterChain:

@@ -87,6 +87,14 @@ def test_records_done_rate_and_eta_come_from_the_chunks_of_an_interrupted_unit(t
     assert (upper.units_done, upper.done) == (1, marker["in"])
     assert upper.rate > 0
 
+    # a finished stage keeps the rate it ran at (records run over its first start to its last end), an hour
+    # later too, instead of one that decays as the window moves past its end
+    markers = [marker] + [run_unit(u) for u in grid.units["upper"][1:]]
+    ran = sum(m["in"] for m in markers) - done
+    seconds = max(m["timings"]["end"] for m in markers) - min(m["timings"]["start"] for m in markers)
+    for now in (time.time(), time.time() + 3600):
+        assert stage_progress(grid, now=now)["upper"].rate == pytest.approx(ran / seconds)
+
 
 def test_an_empty_grid_has_no_records_and_no_eta(tmp_path):
     grid = plan_grid(config.load(None, args(tmp_path)))  # not sharded: no units

@@ -3,6 +3,7 @@ less; docs/reruns.md is the generated table of it, for every key of the schema."
 
 from __future__ import annotations
 
+import hashlib
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from kun_hpc.core.records import Rejected
 from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import list_shards, read_shard
 from kun_hpc.stages.base import Stage
-from kun_hpc.stages.filter import calibration_key
+from kun_hpc.stages.filter import calibration_key, tokenizer_path
 from tests.conftest import sample_overrides
 from tests.stages.test_kun_stages import CHAIN, GREEDY, write_preset
 from tools import render_reruns
@@ -108,6 +109,25 @@ def test_the_tokenizer_counts_by_content_not_by_path(tiny_model, tmp_path):
     assert changed(base, kun_config(tiny_model, tmp_path, f"filter.tokenizer={copy}")) == [*KUN, "merge"]
 
 
+def test_a_saved_config_reads_its_hashes_without_the_tokenizer_and_refuses_one_edited_since(
+    tiny_model, tmp_path
+):
+    """The tokenizer's sha256 is recorded at load (``filter.tokenizer_sha256``): a run's saved config gives
+    the same hashes once the tokenizer is gone (status of a finished run needs no model files), and the
+    filter refuses a tokenizer edited since the config was saved instead of mixing two tokenizers' units."""
+    copy = tmp_path / "tok" / "tokenizer.json"
+    copy.parent.mkdir()
+    copy.write_bytes((tiny_model / "tokenizer.json").read_bytes())
+    base = kun_config(tiny_model, tmp_path, f"filter.tokenizer={copy}")
+    assert base.filter.tokenizer_sha256 == hashlib.sha256(copy.read_bytes()).hexdigest()
+    config.save_resolved(base, tmp_path / "run")
+    copy.write_bytes(copy.read_bytes().replace(b'"', b' "', 1))
+    with pytest.raises(config.ConfigError, match="changed since this run's config was saved"):
+        tokenizer_path(config.load_run(tmp_path / "run"))
+    copy.unlink()
+    assert stage_hashes(config.load_run(tmp_path / "run")) == stage_hashes(base)
+
+
 def test_a_corpus_change_reruns_every_stage(tiny_model, tmp_path):
     """The shards' content reaches the stage hashes (before issue 16 only the shard section did: another
     corpus file under the same name kept every stage's markers)."""
@@ -145,7 +165,7 @@ def test_the_table_says_what_the_hashes_do(tmp_path):
     assert rows["pipeline.chunk_records"] == ()
     assert rows["label.engine.model"] == ("label", "point", "answer", "rules", "merge")
     for key, reruns in rows.items():  # a key declared not to change output re-runs no stage
-        if not decides_output(key.replace("[i]", ".0")) and key != "filter.tokenizer":
+        if not decides_output(key.replace("[i]", ".0")):
             assert not set(reruns) & {"shard", "calibration", *KUN}, key
 
 
