@@ -30,7 +30,15 @@ from kun_hpc.cluster.funnel import print_funnel, yield_line
 from kun_hpc.cluster.plan import plan, print_plan
 from kun_hpc.cluster.rates import run_progress
 from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, cancel, cancel_local
-from kun_hpc.cluster.status import failed_logs, merge_job_state, print_status, summarize, unit_statuses
+from kun_hpc.cluster.status import (
+    failed_logs,
+    merge_job_state,
+    print_status,
+    summarize,
+    unit_statuses,
+    with_activity,
+)
+from kun_hpc.config.checks import Problems
 from kun_hpc.core.console import console as make_console
 from kun_hpc.core.errors import BadInputError
 from kun_hpc.inspect_run import add_parser as add_inspect_parser
@@ -46,7 +54,8 @@ from kun_hpc.train.sizing import print_estimates, train_plan
 DESCRIPTION = (
     "kun-hpc: Chinese instruction data (Kun) on a cluster. Every command but inspect and review takes an "
     "optional YAML preset (configs/default.yaml when none is given; a run folder: the config it ran with) "
-    "and key=value overrides. Exit codes: 0 ok, 1 failed, 2 bad config, 3 too much bad input."
+    "and key=value overrides. Exit codes: 0 ok, 1 failed, 2 bad config, 3 too much bad input, 130 / 143 "
+    "interrupted (SIGINT / SIGTERM: run the same command to resume)."
 )
 COMMANDS = {
     "shard": "native corpus files -> zstd JSONL shards with a manifest",
@@ -54,7 +63,7 @@ COMMANDS = {
     "run": "shard if needed, then submit the pipeline grid (only units without a valid marker)",
     "status": "per-stage done/running/pending/failed from markers and one squeue/sacct query",
     "logs": "the tail of each failed unit's log",
-    "cancel": "scancel this run's jobs",
+    "cancel": "scancel this run's jobs, or stop the local command running it and its workers",
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
     "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
     "train": "SFT of the Label model (seed pairs inverted) or the Primary Chat model (forward)",
@@ -106,12 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "train":
             _train_arguments(c)
         partial = "; allow_partial=true merges the complete groups of an unfinished run"
+        example = "train.epochs=1" if name == "train" else "executor.kind=inline"  # train takes --executor
         c.add_argument(
             "args",
             nargs="*",
             metavar="CONFIG key=value",
             help="a YAML preset or a run folder (the config it ran with), then overrides such as "
-            f"executor.kind=inline{partial if name == 'merge' else ''}",
+            f"{example}{partial if name == 'merge' else ''}",
         )
         if name == "run":
             c.add_argument("--wait", action="store_true", help="slurm: wait with a progress bar until done")
@@ -140,7 +150,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     ns, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(ns, "args") or any(e.startswith("-") for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # the command's own usage line, not the top-level one
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices.get(ns.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         ns.args = [*ns.args, *extra]
     return ns
@@ -283,8 +295,15 @@ def what_runs(cfg: DictConfig) -> str:
 
 
 def cmd_config(cfg: DictConfig, ns: argparse.Namespace) -> int:
-    """The resolved config on stdout, as :func:`kun_hpc.config.save_resolved` writes it; nothing written."""
+    """The resolved config on stdout, as :func:`kun_hpc.config.save_resolved` writes it; nothing written.
+    Then what ``kun-hpc run`` would check before any work (:func:`kun_hpc.run.check`): its problems on
+    stderr and exit 2, so ``config`` validates a config before it is run."""
     sys.stdout.write(config_mod.to_yaml(cfg))
+    problems = Problems()
+    run.check(cfg, "run", problems)
+    if problems.lines:
+        print(f"kun-hpc config: kun-hpc run would stop here: {problems.message()}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -313,7 +332,7 @@ def _watch(cfg: DictConfig, until_settled: bool, follow_merge: bool = False) -> 
         bars: dict[str, int] = {}
         while True:
             rows = unit_statuses(cfg, view)
-            records = run_progress(cfg)
+            records = with_activity(run_progress(cfg), rows)  # a stopped stage has no ETA
             for stage, counts in summarize(rows).items():
                 total = sum(counts.values())
                 extra = " ".join(f"{k}={v}" for k, v in counts.items() if k != "done" and v)

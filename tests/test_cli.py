@@ -55,9 +55,10 @@ def files_under(folder: Path) -> set[Path]:
     return set(folder.rglob("*"))
 
 
-def test_config_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys, monkeypatch):
+def test_config_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys, monkeypatch, tiny_model):
     monkeypatch.chdir(tmp_path)
     overrides = [f"run.dir={tmp_path / 'run'}", "shard.records_per_shard=7", "pipeline.stages=[filter]"]
+    overrides.append(f"filter.tokenizer={tiny_model}")
     before = files_under(tmp_path)
     assert cli.main(["config", *overrides]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -87,6 +88,19 @@ def test_config_of_a_run_folder_is_the_config_it_saved(tmp_path, capsys):
     assert cli.main(["config", str(tmp_path)]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert {p: p.stat().st_mtime_ns for p in files_under(tmp_path)} == before
+
+
+def test_config_says_what_run_would_refuse(tmp_path, capsys):
+    """``config`` prints the config, then checks it as ``run`` would before any work: a stage typo and a
+    filter without a tokenizer are named on stderr (exit 2), as ``run`` names them."""
+    overrides = [f"run.dir={tmp_path / 'run'}", "pipeline.stages=[filtr, filter]", "filter.tokenizer=/no/tok"]
+    assert cli.main(["config", *overrides]) == 2
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["pipeline"]["stages"] == ["filtr", "filter"]
+    assert err.startswith("kun-hpc config: kun-hpc run would stop here: 2 problems in the config:")
+    assert cli.main(["run", *overrides]) == 2
+    assert capsys.readouterr().err.split("\n", 1)[1] == err.split("\n", 1)[1]  # the same problems
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_with_a_bad_key_exits_2(tmp_path, capsys):
@@ -133,6 +147,18 @@ def test_help_of_the_whole_command_has_no_markup(capsys):
     text = help_text([], capsys)
     assert not MARKUP.search(text), text
     assert "--version" in text and "config" in text
+    flat = " ".join(text.split())
+    assert "130 / 143 interrupted" in flat  # every exit code the commands return (docs/troubleshooting.md)
+    assert "stop the local command running it" in flat  # cancel stops local runs too
+
+
+def test_each_commands_help_gives_an_override_it_takes(capsys):
+    """``train`` takes ``--executor``, not ``executor.kind``: its example is a train key (one that loads)."""
+    for name in ("train", "run"):
+        flat = " ".join(help_text([name], capsys).split())
+        example = flat.split("overrides such as ")[1].split()[0].rstrip(",;)")
+        assert example == ("train.epochs=1" if name == "train" else "executor.kind=inline")
+        config_mod.load(None, [example])  # a key of the schema
 
 
 def usage(argv: list[str], capsys) -> str:
@@ -163,4 +189,6 @@ def test_logs_has_no_flag_that_does_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["logs", "--failed", f"run.dir={tmp_path}"])
     assert e.value.code == 2
-    assert "unrecognized arguments: --failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --failed" in err
+    assert err.startswith("usage: kun-hpc logs ")  # the command's usage line, not the top-level one

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from kun_hpc import cli
-from kun_hpc.stages.runner import LOG_PREFIX
+from kun_hpc.core.unit_log import LOG_PREFIX
 from tests.conftest import REPO
 from tools import render_config_reference
 
@@ -22,7 +22,7 @@ COMMAND = re.compile(r"kun-hpc ([a-z][a-z-]*)(?=[\s`]|$)")
 def command_lines(text: str) -> list[str]:
     """`kun-hpc ...` as the docs show it to be typed: inline code spans, and lines of fenced blocks that start
     with it (after an optional `$ `). Table titles, messages (`kun-hpc run: ...`) and a unit's log lines
-    (`kun-hpc unit <unit>: ...`, kun_hpc/stages/runner.py) are not commands."""
+    (`kun-hpc unit <unit>: ...`, kun_hpc/core/unit_log.py) are not commands."""
     lines = re.findall(r"`(kun-hpc [^`]+)`", text)
     for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M):
         typed = (ln.removeprefix("$ ") for ln in block.splitlines())

@@ -12,7 +12,6 @@ whose marker holds the same config hash, so an interrupted dedup resumes at the 
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ import orjson
 
 from kun_hpc.cluster.executors import Executor, OnDone, failure_line
 from kun_hpc.cluster.progress import stage_bars
+from kun_hpc.core.counts import Counts
+from kun_hpc.core.unit_log import UnitLog, counts_text, files_text
 from kun_hpc.io.markers import read_marker, runtime_fields, valid_marker, write_marker
 
 
@@ -64,8 +65,14 @@ def run_phase_unit(u: PhaseUnit) -> dict:
     if marker is not None:
         return marker
     module, _, func = u.fn.partition(":")
-    started = time.time()
-    result = getattr(importlib.import_module(module), func)(u.args)
+    log = UnitLog(u.name)
+    reads, writes = _paths(u)
+    log.start(f"phase {u.phase}, {func}, reads {files_text(reads)} -> {writes}, config {u.config_hash}")
+    started = log.started
+    with log:
+        result = getattr(importlib.import_module(module), func)(u.args)
+    log.records, summary = _result_text(result)
+    log.end(summary)
     marker = {
         "unit": u.name,
         "phase": u.phase,
@@ -75,6 +82,34 @@ def run_phase_unit(u: PhaseUnit) -> dict:
     }
     write_marker(u.run_dir, u.phase, u.name, marker)
     return marker
+
+
+def _paths(u: PhaseUnit) -> tuple[list[str], str]:
+    """What a phase unit reads and where it writes, for its log: a task with ``inputs`` and ``out`` or
+    ``outputs`` (assemble, decontaminate), or a dedup's ``(job, shards or partition)``: the apply step
+    writes the job's outputs, the others its work folder (phases know no task type: they sit below them)."""
+    args = u.args
+    if isinstance(args, tuple) and len(args) == 2 and hasattr(args[0], "work"):
+        job, part = args
+        shards = part if isinstance(part, list) else []
+        reads = [job.inputs[i] for i in shards] or [job.work]
+        if u.phase.endswith(".apply"):
+            return reads, files_text([job.outputs[i] for i in shards])
+        return reads, job.work
+    outputs = getattr(args, "out", None) or files_text(list(getattr(args, "outputs", ())))
+    return list(getattr(args, "inputs", ())), outputs
+
+
+def _result_text(result: dict) -> tuple[int, str]:
+    """(records the unit processed, its counts as text) from a phase function's result: the records'
+    counts where it has them (``in``/``out``/...: dedup apply, decontaminate), else its numbers (``rows``,
+    a dedup step's ``counts`` or pair numbers)."""
+    if {"in", "out", "rejected", "quarantined"} <= result.keys():
+        counts = Counts.from_dict(result)
+        return counts.in_, counts_text(counts)
+    numbers = {k: v for k, v in {**result, **result.get("counts", {})}.items() if type(v) is int}
+    records = numbers.get("in", numbers.get("rows", 0))
+    return records, " ".join(f"{k} {v}" for k, v in numbers.items()) or "nothing counted"
 
 
 def run_phases(phases: Sequence[Phase], executor: Executor, log_root: Path) -> list[list[dict]]:

@@ -5,7 +5,8 @@ Records: a corpus counts the records of its shard manifest, or, before it is sha
 measured on the units of that stage that already ran (units out / records in), else
 ``pipeline.expected_keep.<stage>``, else 1. Throughput per task comes from the markers of units that already
 ran (records / seconds), else ``pipeline.throughput.<stage>`` (input records per second per task). Units and
-arrays of corpora not yet sharded are estimated from ``shard.records_per_shard``. Estimates say so.
+arrays of corpora not yet sharded are estimated from ``shard.records_per_shard``. Estimates say so. A corpus
+neither sharded nor given ``expected_records`` has an unknown size: the counts it adds to read ``?``.
 
 With ``dedup.raw``, the stages read what the raw dedup kept: once its apply markers cover every shard, the
 records of the first stage are theirs; before, the plan counts the shards and says it is before the dedup.
@@ -54,10 +55,15 @@ class StagePlan:
     array_parallelism: int = 0  # each array's %N throttle
     concurrent: int | None = None  # tasks at once with Plan.gpus GPUs (0: a task needs more GPUs)
     wall_hours: float | None = None  # the stage's pending units, in waves of `concurrent` tasks
+    # a corpus of unknown size (not sharded, no expected_records; issue 16): units, pending, arrays and
+    # records count the others only, and the hours are unknown
+    unknown: bool = False
 
     @property
     def task_hours(self) -> float | None:
-        return None if not self.throughput else self.records / self.throughput / 3600
+        if not self.throughput or self.unknown:
+            return None
+        return self.records / self.throughput / 3600
 
     @property
     def resource_hours(self) -> tuple[str, float] | None:
@@ -154,6 +160,8 @@ def _wall(p: StagePlan, gpus: int, arrays: int) -> tuple[int, float | None]:
     if p.gpus_per_task:
         at_once.append(gpus // p.gpus_per_task)
     c = min(at_once)
+    if not p.pending:  # nothing left to run: no time (issue 16)
+        return 0, 0.0
     if c <= 0 or p.task_hours is None or not p.units:
         return c, None
     unit_hours = p.task_hours / p.units
@@ -171,6 +179,7 @@ def plan(cfg: DictConfig, gpus: int | None = None) -> Plan:
     spt = cfg.pipeline.shards_per_task
     max_array, max_array_source = _max_array_size(cfg)
     records = sum(c.records or 0 for c in counts)
+    unknown = any(c.records is None for c in counts)
     raw_dedup = ""
     if cfg.dedup.raw:
         kept = raw_dedup_kept(cfg, counts)
@@ -218,6 +227,7 @@ def plan(cfg: DictConfig, gpus: int | None = None) -> Plan:
                 keep,
                 keep_source,
                 int(res["array_parallelism"]),
+                unknown=unknown,
             )
         )
         if gpus is not None:
@@ -235,7 +245,8 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
     result = result if isinstance(result, Plan) else Plan(list(result))
     for c in result.corpora:
         n = f"{c.records:,}" if c.records is not None else "?"
-        console.print(f"corpus {c.name}: {n} records ({c.source}), {c.shards:,} shards")
+        shards = f"{c.shards:,}" if c.records is not None else "?"
+        console.print(f"corpus {c.name}: {n} records ({c.source}), {shards} shards")
     if result.raw_dedup:
         console.print(result.raw_dedup)
     walls = result.gpus is not None
@@ -258,10 +269,7 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
         rh = p.resource_hours
         table.add_row(
             p.stage,
-            f"{p.units:,}",
-            f"{p.pending:,}",
-            str(p.arrays),
-            f"{p.records:,}",
+            *(_count(n, p.unknown) for n in (p.units, p.pending, p.arrays, p.records)),
             f"x{p.keep:.2f}",
             f"{p.throughput:.1f}" if p.throughput else "?",
             f"{p.task_hours:,.1f}" if p.task_hours is not None else "?",
@@ -279,7 +287,8 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
     each = sources.pop() if len(sources) == 1 else each
     console.print(f"kept (output records per input record) from: {each}")
     totals = ", ".join(f"{v:,.0f} {k}" for k, v in sorted(result.totals().items()))
-    console.print(f"total sbatch calls: {sum(p.arrays for p in result.stages)}")
+    unknown = any(p.unknown for p in result.stages)
+    console.print(f"total sbatch calls: {_count(sum(p.arrays for p in result.stages), unknown)}")
     if result.max_array_source:
         console.print(f"array size limit: {result.max_array_size} ({result.max_array_source})")
     console.print(f"total: {totals or '?'} (estimates)")
@@ -290,6 +299,14 @@ def print_plan(result: Plan | list[StagePlan], console=None) -> None:
             f"wall clock with {result.gpus} GPUs: {text} (estimate: pending units, stage by stage; "
             "at once: tasks the GPUs, array_parallelism and units allow)"
         )
+
+
+def _count(n: int, unknown: bool) -> str:
+    """A count of the plan: ``?`` when a corpus's size is unknown and nothing else is counted, ``N + ?``
+    when only some are known (issue 16: an unknown is never shown as 0)."""
+    if not unknown:
+        return f"{n:,}"
+    return f"{n:,} + ?" if n else "?"
 
 
 def _concurrent_text(p: StagePlan) -> str:

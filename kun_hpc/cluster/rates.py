@@ -16,7 +16,8 @@
   ``timings``); the window starts at ``now - window_s`` or at the earliest start of the attempts that count
   in it, whichever is later. None when nothing counts.
 * **ETA** (seconds): records left / rate; 0 when every unit is done; None while the rate or the total is
-  unknown, or the rate is 0.
+  unknown, or the rate is 0, or when no unit of an unfinished stage runs or is queued (``running`` False,
+  set by :func:`kun_hpc.cluster.status.with_activity` from the units' states: shown ``- (not running)``).
 """
 
 from __future__ import annotations
@@ -53,13 +54,20 @@ class StageProgress:
     unknown: int = 0
     done: int = 0
     rate: float | None = None
+    running: bool | None = None  # a unit of it runs or is queued; None: not known here
+
+    @property
+    def stopped(self) -> bool:
+        """Unfinished, and no unit of it runs or is queued (an interrupted run, failed units): no ETA."""
+        return self.running is False and self.units_done < self.units
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds left at the current rate: 0 when every unit is done, None when the rate is unknown or 0."""
+        """Seconds left at the current rate: 0 when every unit is done, None when the rate is unknown or 0
+        or the stage is :attr:`stopped`."""
         if self.units_done == self.units:
             return 0.0
-        if not self.rate or self.unknown:
+        if not self.rate or self.unknown or self.stopped:
             return None
         return max(self.total - self.done, 0.0) / self.rate
 
@@ -73,7 +81,7 @@ class StageProgress:
         return "?" if self.rate is None else f"{self.rate:,.1f}/s"
 
     def eta_text(self) -> str:
-        return duration(self.eta_s)
+        return "- (not running)" if self.stopped else duration(self.eta_s)
 
     def summary(self) -> str:
         """``records 1,234/5,000, 12.3/s, ETA 6m10s``: one line for bars and watches."""

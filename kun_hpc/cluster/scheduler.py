@@ -189,7 +189,19 @@ def record_local_start(run_dir: Path, stage: str, unit: str, pid: int, log: str)
 
 
 def record_local_end(run_dir: Path, stage: str, unit: str) -> None:
-    _running_file(run_dir, stage, unit).unlink(missing_ok=True)
+    path = _running_file(run_dir, stage, unit)
+    path.unlink(missing_ok=True)
+    _remove_if_empty(path.parent)
+
+
+def _remove_if_empty(stage_dir: Path) -> None:
+    """Remove a stage's folder of records once it is empty, and ``running/`` with it (issue 16): a run
+    leaves no empty folders behind. Only this command writes records (it holds the run directory)."""
+    for folder in (stage_dir, stage_dir.parent):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): it stays
+            return
 
 
 def clear_local_records(run_dir: Path) -> None:
@@ -203,6 +215,7 @@ def clear_local_records(run_dir: Path) -> None:
             entry = {}
         if (entry.get("driver"), entry.get("host")) != me:
             path.unlink(missing_ok=True)
+            _remove_if_empty(path.parent)
 
 
 def local_running(run_dir: Path, held: Holder | None = None) -> dict[tuple[str, str], dict]:
@@ -241,7 +254,7 @@ def cancel_local(run_dir: Path, wait_s: float = 60.0) -> str:
         time.sleep(0.1)
     if holder(run_dir) is not None:
         return f"sent SIGTERM to {held.describe()}; it still holds the run after {wait_s:.0f} s"
-    return f"stopped {held.describe()} and its {units} running units"
+    return f"stopped {held.describe()} and its {units} running unit{'' if units == 1 else 's'}"
 
 
 def cancel(run_dir: Path) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import submitit
@@ -177,11 +177,24 @@ def summarize(rows: list[UnitStatus]) -> dict[str, Counter]:
     return out
 
 
+def with_activity(progress: Mapping[str, StageProgress], rows: list[UnitStatus]) -> dict[str, StageProgress]:
+    """``progress`` with each stage's ``running`` set from the units' states (issue 16): a stage runs while
+    a unit of it is running or queued (local: by the command that holds the run; Slurm: in the queue), not
+    when its only queued units wait on a failed one (Slurm cancels them)."""
+    active = {
+        r.stage
+        for r in rows
+        if r.state == "running" or (r.state == "pending" and not r.why.startswith("waits on"))
+    }
+    return {stage: replace(p, running=stage in active) for stage, p in progress.items()}
+
+
 def print_status(
     rows: list[UnitStatus], console=None, progress: Mapping[str, StageProgress] | None = None
 ) -> None:
     """The status table (units per state per stage; with ``progress``, :func:`kun_hpc.cluster.rates.
-    stage_progress`, also records done/total, records/s and ETA per stage), then a line per unit that
+    stage_progress`, also records done/total, records/s and ETA per stage; no ETA for a stage no unit of which
+    runs or is queued: :func:`with_activity`), then a line per unit that
     failed, was cancelled or waits on a failed one."""
     console = console or make_console()
     table = Table(title="kun-hpc status")
@@ -191,6 +204,7 @@ def print_status(
         table.add_column(s, justify="right")
     for col in ("records done/total", "records/s", "ETA") if progress else ():
         table.add_column(col, justify="right")
+    progress = with_activity(progress, rows) if progress else progress
     for stage, counts in summarize(rows).items():
         p = progress.get(stage) if progress else None
         records = [p.records_text(), p.rate_text(), p.eta_text()] if p else ["?"] * 3 if progress else []

@@ -24,6 +24,7 @@ from kun_hpc.config.paths import (
     find_file,
     find_preset,
     tokenizer_file,
+    use_import_paths,
 )
 from kun_hpc.config.schema import Config, validate
 from kun_hpc.core.errors import ConfigError
@@ -87,6 +88,7 @@ def load(
         OmegaConf.resolve(cfg)
         absolute_paths(cfg)
         _fill_file_hashes(cfg)
+        use_import_paths(cfg)
     except OmegaConfBaseException as e:
         found.add(_describe(e))
         found.raise_any()  # nothing more can be checked of a config that does not resolve

@@ -45,6 +45,7 @@ NOT_OUTPUT: dict[str, str] = {
         "how often a unit commits: a unit resumes at the input record it stopped at, whatever the chunk "
         "size then, and a stage's output of a record does not depend on the records of its chunk"
     ),
+    "pipeline.import_paths": "where your stages' modules are found: the stage's name is in its hash",
     "pipeline.throughput": _PLAN,
     "pipeline.expected_keep": _PLAN,
     "*.engine.tensor_parallel_size": _SCHEDULING,

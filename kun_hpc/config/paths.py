@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -143,3 +144,15 @@ def filter_tokenizer(cfg: DictConfig) -> str | None:
     if "label" in cfg and not OmegaConf.is_missing(cfg.label.engine, "model") and cfg.label.engine.model:
         return str(cfg.label.engine.model)
     return None
+
+
+def use_import_paths(cfg: DictConfig) -> None:
+    """Your own stages (``package.module:Class`` in ``pipeline.stages``) import from
+    ``pipeline.import_paths``: the working directory when it is empty, saved absolute, and appended to
+    ``sys.path`` (after the installed packages, which they never hide) wherever the config is loaded, so a
+    run's workers, ``status`` and ``logs`` find them from any directory without ``PYTHONPATH`` (issue 16)."""
+    p = cfg.pipeline
+    if not p.import_paths and any(":" in str(s) for s in p.stages):
+        p.import_paths = [os.getcwd()]
+    p.import_paths = [os.path.abspath(os.path.expanduser(str(d))) for d in p.import_paths]
+    sys.path.extend(d for d in p.import_paths if d not in sys.path)

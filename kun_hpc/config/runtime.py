@@ -83,6 +83,10 @@ class ExecutorConfig:
 class PipelineConfig:
     # stage names in order (see kun_hpc/stages/registry.py), or "package.module:Class" for your own stages
     stages: list[str] = field(default_factory=list)
+    # folders your own stages ("package.module:Class") are imported from, after the installed packages;
+    # empty: the working directory, filled in at load when a stage is yours, so a run's saved config finds
+    # them from any directory (status, logs, workers)
+    import_paths: list[str] = field(default_factory=list)
     shards_per_task: int = 1  # a unit is (stage, group of this many shards); amortises model loading
     chunk_records: int = 1000  # a unit commits its output every this many input records
     options: dict[str, Any] = field(default_factory=dict)  # per-stage options of stages without a section

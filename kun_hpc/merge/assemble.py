@@ -292,5 +292,25 @@ class MergeResult:
         return sum(m["rows"] for m in self.assemble)
 
     def summary(self) -> str:
+        """The merge's last line; for an empty dataset, a warning that says which step left nothing."""
         report = self.report / "report.md"
+        if not self.rows:
+            return (
+                f"warning: the dataset is empty: 0 records in {self.dataset}: {self.empty_why()}; "
+                f"the funnel, step by step: {report}"
+            )
         return f"{self.rows:,} records in {self.dataset} (card: README.md there); report: {report}"
+
+    def empty_why(self) -> str:
+        """Why no record reached the dataset (issue 16): the first merge step (decontamination, a dedup pass)
+        that removed every record it got, else the stages, which left the merge nothing."""
+        steps = [("merge-decontaminate", self.decontaminate)] if self.decontaminate else []
+        steps += [(f"merge-dedup-{key}", markers) for key, markers in self.dedup]
+        for name, markers in steps:
+            got = sum(m["in"] for m in markers)
+            if got and not sum(m["out"] for m in markers):
+                return f"{name} removed all {got:,} records it got (rejected as duplicates or contaminated)"
+        return (
+            "the last stage kept no record: every record was rejected or quarantined on the way "
+            "(kun-hpc status RUN shows the stages' funnel; each stage's rejected/ folder says why)"
+        )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import os
-import sys
 from collections.abc import Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from kun_hpc.config import LLM_STAGES, ConfigError, find_file
+from kun_hpc.config import LLM_STAGES, TRAIN_TASKS, ConfigError, find_file
 from kun_hpc.config.checks import Problems, attempt, check, fail
 from kun_hpc.inference.prompt import PromptTemplate
 from kun_hpc.io.layout import stage_key
@@ -28,9 +26,10 @@ STAGES: dict[str, str] = {
 
 def stage_class(name: str) -> type[Stage]:
     """The class a ``pipeline.stages`` entry names: one of :data:`STAGES`, or ``package.module:Class``
-    imported from where Python finds it, else from the working directory (the command's, which workers
-    share: :func:`kun_hpc.cluster.executors.worker_env`), without ``PYTHONPATH=.`` (issue 16). Raises
-    :class:`ConfigError` when it is unknown, cannot be imported, or is no :class:`Stage`."""
+    imported from where Python finds it, else from ``pipeline.import_paths`` (the working directory by
+    default: :func:`kun_hpc.config.paths.use_import_paths` puts them on ``sys.path`` when the config loads),
+    without ``PYTHONPATH=.`` (issue 16). Raises :class:`ConfigError` when it is unknown, cannot be imported,
+    or is no :class:`Stage`."""
     target = STAGES.get(name, name)
     if ":" not in target:
         close = difflib.get_close_matches(name, STAGES, n=1)
@@ -40,12 +39,13 @@ def stage_class(name: str) -> type[Stage]:
             "or 'package.module:Class'"
         )
     module, _, cls = target.partition(":")
-    if name not in STAGES and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())  # last: it never hides an installed module
     try:
         found = getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"config key 'pipeline.stages': cannot load stage {name!r}: {e}") from None
+        raise ConfigError(
+            f"config key 'pipeline.stages': cannot load stage {name!r}: {e} (your stages are imported from "
+            "the installed packages, then pipeline.import_paths: the working directory by default)"
+        ) from None
     if not (isinstance(found, type) and issubclass(found, Stage)):
         raise ConfigError(f"config key 'pipeline.stages': {name!r} is not a Stage subclass")
     return found
@@ -80,6 +80,8 @@ def check_model_folders(cfg: DictConfig, keys: Sequence[str], stages: Sequence[s
         if key in LLM_STAGES and key not in stages:  # the Answer model, loaded for its tokenizer only
             why = f" (the {key} prompt budget is counted with its tokenizer; {key}.max_prompt_tokens=null"
             why += " turns that off)"
+        if path.name == "model" and path.parent.name in TRAIN_TASKS:  # train.output's final model folder
+            why += f"; `kun-hpc train {path.parent.name}` with this config writes it: train it first"
         if not (path / "config.json").is_file():
             fail(
                 f"config key '{key}.engine.model': {path} is not a local model folder (no config.json); "

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from kun_hpc.config import config_hash
 from kun_hpc.config.outputs import output_values
 from kun_hpc.core.counts import Counts
+from kun_hpc.core.unit_log import UnitLog, counts_text
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
 from kun_hpc.io.readers import InputPiece, piece_lines, plan_pieces, too_long_bad
@@ -80,6 +81,17 @@ def split_unit(u: SplitUnit) -> dict:
     done = load_marker(work, u.unit, u.config_hash)
     if done is not None:
         return done
+    log = UnitLog(f"reshard-{u.unit}")
+    piece = f"{u.piece.path} piece {u.piece.index + 1}/{u.piece.count}"
+    log.start(f"reshard split, {piece} -> {work / u.unit}.frames, from the first record")
+    with log:
+        marker = _split(u, work)
+    log.records = marker["read"]
+    log.end(f"{counts_text(Counts.from_shard_marker(marker))}, {len(marker['index'])} frames")
+    return marker
+
+
+def _split(u: SplitUnit, work: Path) -> dict:
     comp = zstandard.ZstdCompressor(level=u.zstd_level)
     quarantine = Quarantine(work / QUARANTINE / f"{u.unit}.jsonl.zst")
     buffers: dict[int, list[bytes]] = {}
@@ -149,6 +161,19 @@ def merge_unit(u: MergeUnit) -> dict:
     done = load_marker(work, u.unit, u.config_hash)
     if done is not None:
         return done
+    log = UnitLog(f"reshard-{u.unit}")
+    first, last = u.dests
+    log.start(
+        f"reshard merge, the frames of {len(u.split_units)} split units -> {u.out} part {first}..{last - 1}"
+    )
+    with log:
+        marker = _merge(u, work)
+    log.records = sum(s["records"] for s in marker["shards"])
+    log.end(f"{len(marker['shards'])} shards, {log.records} records")
+    return marker
+
+
+def _merge(u: MergeUnit, work: Path) -> dict:
     first, last = u.dests
     plan: dict[int, list[tuple[str, int, int, int]]] = {d: [] for d in range(first, last)}
     for s in u.split_units:

@@ -8,65 +8,36 @@ marker: the unit's counts summed over its shards (:class:`kun_hpc.core.counts.Co
 and where and when it ran. The chunk folders are removed only then, so an interrupted unit resumes at its
 last chunk whichever of its shards it was in.
 
-In a worker process (local or Slurm; see :func:`in_worker`) the unit writes its own lines to stderr, which
-is the unit's log: ``kun-hpc unit <name>: ...``, one line each, at the start (stage, shards, config hash),
-for each shard its resume point, after each chunk commit (records in/out, running rate) and at the end
-(totals, rate, elapsed time) or on failure (issue 16). An inline run shows progress bars instead.
+In a worker process (local or Slurm) the unit writes its own lines to its log (:mod:`kun_hpc.core.unit_log`,
+issue 16): at the start (stage, shards, config hash), for each shard its resume point, after each chunk
+commit (records in/out, running rate) and at the end (totals, rate, elapsed time), on failure or on an
+interrupt. An inline run shows progress bars instead.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 from kun_hpc import config
 from kun_hpc.core.counts import Counts, Units
+from kun_hpc.core.unit_log import UnitLog, counts_text
 from kun_hpc.io.markers import runtime_fields, valid_marker, write_marker
 from kun_hpc.stages.base import Stage, Unit
 from kun_hpc.stages.chunks import committed_chunks, remove_chunks, run_shard_task
 from kun_hpc.stages.registry import make_stage
 
-LOG_PREFIX = "kun-hpc unit"
 
+class StageUnitLog(UnitLog):
+    """A stage unit's lines (:class:`~kun_hpc.core.unit_log.UnitLog`): also each shard's resume point and
+    each chunk commit."""
 
-def in_worker() -> bool:
-    """Whether this process runs units for an executor that keeps a log per unit: submitit sets
-    ``SUBMITIT_EXECUTOR`` (local and Slurm), a hand-written sbatch script runs under ``SLURM_JOB_ID``."""
-    return bool(os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"))
+    def __init__(self, unit: Unit, enabled: bool | None = None):
+        super().__init__(unit.name, enabled, "committed chunks stay; a re-run resumes after the last one")
+        self.unit = unit
 
-
-def _counts_text(c: Counts) -> str:
-    rejected, bad = sum(c.rejected.values()), sum(c.quarantined.values())
-    text = f"in {c.in_} out {c.out} rejected {rejected} quarantined {bad}"
-    if c.units is not None and c.units.out != c.out:  # a fan-out stage: the lines it writes are units
-        text += f" (units out {c.units.out})"
-    return text
-
-
-class UnitLog:
-    """The unit's own lines on stderr (``kun-hpc unit <name>: ...``); silent when ``enabled`` is false.
-    Rates count the records this attempt processed (not those it resumed past), over its seconds."""
-
-    def __init__(self, unit: Unit, enabled: bool):
-        self.unit, self.enabled = unit, enabled
-        self.started = time.time()
-        self.records = 0  # input records processed by this attempt
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            print(f"{LOG_PREFIX} {self.unit.name}: {text}", file=sys.stderr, flush=True)
-
-    def rate(self) -> str:
-        seconds = time.time() - self.started
-        return f"{self.records / seconds:.1f} rec/s" if seconds > 0 else "? rec/s"
-
-    def start(self, config_hash: str) -> None:
+    def start_unit(self, config_hash: str) -> None:
         u = self.unit
-        host, job = os.uname().nodename, os.environ.get("SLURM_JOB_ID", "")
-        restarts = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
-        where = f"host {host}" + (f", job {job}, restarts {restarts}" if job else f", pid {os.getpid()}")
-        self.line(f"start: stage {u.stage}, {len(u.shards)} shards, config {config_hash}, {where}")
+        self.start(f"stage {u.stage}, {len(u.shards)} shards, config {config_hash}")
         for k, t in enumerate(u.shards, 1):
             done = committed_chunks(t.output, config_hash)
             if done:
@@ -80,21 +51,9 @@ class UnitLog:
         def on_commit(index: int, counts: Counts) -> None:
             self.records += counts.in_
             n = len(self.unit.shards)
-            self.line(f"shard {shard}/{n} chunk {index} committed: {_counts_text(counts)}; {self.rate()}")
+            self.line(f"shard {shard}/{n} chunk {index} committed: {counts_text(counts)}; {self.rate()}")
 
         return on_commit
-
-    def end(self, counts: Counts) -> None:
-        elapsed = time.time() - self.started
-        self.line(
-            f"done: {_counts_text(counts)}; {self.records} records this attempt, {self.rate()}, "
-            f"elapsed {elapsed:.1f} s"
-        )
-
-    def failed(self, e: BaseException) -> None:
-        elapsed = time.time() - self.started
-        why = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
-        self.line(f"failed after {elapsed:.1f} s ({self.records} records this attempt): {why}")
 
 
 def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
@@ -104,9 +63,9 @@ def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
         for t in unit.shards:  # what a kill while deleting the chunk folders after the marker left
             remove_chunks(t.output)
         return marker
-    log = UnitLog(unit, in_worker())
-    log.start(unit.config_hash)
-    try:
+    log = StageUnitLog(unit)
+    log.start_unit(unit.config_hash)
+    with log:
         cfg = config.load_run(unit.run_dir)
         stage = stage or make_stage(unit.ref or unit.stage, cfg)
         stage.setup()
@@ -126,9 +85,6 @@ def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
             ]
         finally:
             stage.close()
-    except BaseException as e:
-        log.failed(e)
-        raise
     counts = sum((Counts.from_dict(s) for s in shards), Counts(units=Units(), stats={}))
     marker = {
         "unit": unit.name,
@@ -142,5 +98,5 @@ def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
     write_marker(unit.run_dir, unit.stage, unit.name, marker)
     for t in unit.shards:
         remove_chunks(t.output)
-    log.end(counts)
+    log.end(counts_text(counts))
     return marker

@@ -23,6 +23,7 @@ from kun_hpc.config import config_hash
 from kun_hpc.config.outputs import output_values
 from kun_hpc.core.counts import Counts
 from kun_hpc.core.errors import BadInputError
+from kun_hpc.core.unit_log import UnitLog, counts_text
 from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.io.markers import is_valid
 from kun_hpc.io.quarantine import Bad, Quarantine, first_quarantined
@@ -100,6 +101,9 @@ def shard_unit(u: ShardUnit) -> dict:
     if done is not None:
         return done
     out = work / u.unit
+    log = UnitLog(f"shard-{u.corpus}-{u.unit}")  # unit names repeat across corpora
+    piece = u.piece.path + (f" piece {u.piece.index + 1}/{u.piece.count}" if u.piece.count > 1 else "")
+    log.start(f"shard corpus {u.corpus}, {piece} -> {out}, config {u.config_hash}, from the first record")
     shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
     writer = RollingShardWriter(out, u.records_per_shard, u.bytes_per_shard, u.zstd_level)
     # the driver shows the first entries of each corpus (print_reports), whatever the executor
@@ -108,20 +112,22 @@ def shard_unit(u: ShardUnit) -> dict:
     survey = FieldSurvey()
     read = 0
     write, add, first_seen = writer.write, quarantine.add, ids.first_seen
-    try:
-        for item in read_piece(u.piece, u.corpus, u.fmt, u.fields, u.max_record_bytes, survey):
-            read += 1
-            if type(item) is dict:
-                first = first_seen(item["id"], item["src"])
-                if first is None:
-                    write(item)
+    with log:
+        try:
+            for item in read_piece(u.piece, u.corpus, u.fmt, u.fields, u.max_record_bytes, survey):
+                read += 1
+                if type(item) is dict:
+                    first = first_seen(item["id"], item["src"])
+                    if first is None:
+                        write(item)
+                    else:
+                        add(duplicate_id(u.piece.label, item, first))
                 else:
-                    add(duplicate_id(u.piece.label, item, first))
-            else:
-                add(item)
-    except BaseException:
-        writer.abort()
-        raise
+                    add(item)
+        except BaseException:
+            log.records = read
+            writer.abort()
+            raise
     shards = writer.close()
     quarantine.close()
     ids.save(_ids(work, u.unit))
@@ -136,6 +142,8 @@ def shard_unit(u: ShardUnit) -> dict:
         "fields": survey.to_dict(),
     }
     atomic_write_bytes(_marker(work, u.unit), orjson.dumps(marker))
+    log.records = read
+    log.end(f"{counts_text(counts)}, {len(shards)} shards")
     return marker
 
 

@@ -110,7 +110,7 @@ def rerun_resumes(run: Path, capsys) -> None:
     grid = plan_grid(config.load(None, args(run)))
     markers = [read_marker(run, "upper", u.name) for u in grid.units["upper"]]
     assert sum(m["out"] for m in markers) == sum(m["in"] for m in markers) == 3504  # every sample record
-    assert not list((run / "running").rglob("*.json"))
+    assert not (run / "running").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -137,6 +137,16 @@ def test_a_signal_stops_the_workers_and_the_same_command_resumes(sig, tmp_path, 
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert [p for p in pids if alive(p)] == []
     assert holder(tmp_path) is None and local_running(tmp_path) == {}
+    assert not (tmp_path / "running").exists(), "no empty running/<stage>/ folders stay"
+    # the stopped units' logs say they were interrupted (and what a re-run does), not that they failed
+    logs = [p.read_text(errors="replace") for p in (tmp_path / "logs" / "upper").rglob("*.err")]
+    assert any("interrupted after" in log for log in logs)  # a unit just started may have logged nothing
+    assert not any(": failed after" in log for log in logs)
+    # nothing runs: status shows no ETA for the stage, and says it is not running
+    capsys.readouterr()
+    assert cli.main(["status", *args(tmp_path)]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│ upper "))
+    assert row.rstrip(" │").endswith("- (not running)"), row
     rerun_resumes(tmp_path, capsys)
 
 

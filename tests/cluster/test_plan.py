@@ -82,3 +82,27 @@ def test_the_plan_counts_what_the_raw_dedup_kept(tmp_path, capsys):
     assert line in after
     row = next(line for line in after.splitlines() if line.startswith("│ upper"))
     assert f"│ {kept:,} " in row  # the stage's records in
+
+
+def test_a_corpus_of_unknown_size_is_counted_as_unknown_not_0(tmp_path, capsys):
+    row, out = printed_plan(capsys, tmp_path, "corpora.2.expected_records=1000")
+    # wudao and wanjuan: not sharded, no expected_records; skypile: 1,000 records in shards of 400
+    assert "corpus wudao: ? records (unknown: not sharded, no expected_records), ? shards" in out
+    assert (row["units"], row["pending"], row["arrays = sbatch calls"], row["records in"]) == (
+        f"{math.ceil(1000 / 400)} + ?",
+        f"{math.ceil(1000 / 400)} + ?",
+        "1 + ?",
+        "1,000 + ?",
+    )
+    assert "total sbatch calls: 1 + ?" in out
+    row, out = printed_plan(capsys, tmp_path)  # nothing known
+    assert (row["units"], row["pending"], row["arrays = sbatch calls"], row["records in"]) == ("?",) * 4
+    assert "total sbatch calls: ?" in out and row["task h"] == "?"
+
+
+@pytest.mark.slow
+def test_a_stage_with_nothing_pending_takes_no_wall_clock(tmp_path, capsys):
+    assert cli.main(["run", *plan_args(tmp_path), "merge.auto=false"]) == 0
+    row, out = printed_plan(capsys, tmp_path, "--gpus", "1")
+    assert (row["pending"], row["wall h (1 GPUs)"]) == ("0", "0.0")
+    assert "wall clock with 1 GPUs: 0.0 h (0.0 days)" in out

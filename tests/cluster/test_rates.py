@@ -3,6 +3,7 @@ was interrupted after k chunks, and shown by ``kun-hpc status``."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def test_records_done_rate_and_eta_come_from_the_chunks_of_an_interrupted_unit(t
     table = capsys.readouterr().out.split("kun-hpc funnel")[0]  # the status table
     rows = {line.split()[1]: line for line in table.splitlines() if line.startswith("│ ")}
     assert f"{done:,}/{total:,}" in rows["upper"] and f"0/~{total:,}" in rows["tag"]
+    # nothing runs nor is queued (the unit was interrupted): no ETA, the rate it ran at stays
+    assert re.search(r"[\d.]+/s │ - \(not running\) │$", rows["upper"]), rows["upper"]
+    assert rows["tag"].rstrip(" │").endswith("? │ - (not running)"), rows["tag"]
     assert cli.main(["status", "--watch", *a]) == 1  # nothing queued: one round, not every unit done
     bars = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("upper ", "tag "))]
     assert f"records {done:,}/{total:,}, " in bars[0] and f"records 0/~{total:,}, ?, ETA ?" in bars[1]

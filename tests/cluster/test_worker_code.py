@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kun_hpc import config
 from kun_hpc.io.shards import list_shards, read_shard
 from tests.conftest import sample_overrides
 
@@ -65,6 +66,19 @@ def test_local_workers_import_the_commands_kun_hpc_and_find_a_custom_stage_in_th
     shards = list_shards(tmp_path / "run" / "stages" / "shout")
     records = [r for s in shards for r in read_shard(s)]
     assert len(records) == 3504 and all(r["shout"] == r["text"][:4].upper() for r in records)
+
+    # the saved config says where the stage came from: a run is read from any directory
+    run = tmp_path / "run"
+    assert config.load_run(run).pipeline.import_paths == [str(tmp_path)]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    for command in ("status", "logs", "plan"):
+        done = subprocess.run(
+            [KUN, command, str(run)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    assert "shout" in done.stdout  # plan's table names the stage
 
 
 @pytest.mark.slurm

@@ -12,6 +12,7 @@ import pytest
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.io.shards import list_shards, read_shard
+from kun_hpc.merge.assemble import MergeInputs, MergeResult
 from kun_hpc.merge.normalize import make_normalizer
 from tests.conftest import sample_overrides
 
@@ -124,10 +125,17 @@ def test_a_run_without_pair_stages_merges_as_text(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_whose_last_stage_keeps_nothing_merges_to_an_empty_dataset(tmp_path):
+def test_a_run_whose_last_stage_keeps_nothing_merges_to_an_empty_dataset(tmp_path, capsys):
     run = tmp_path / "empty"
     extra = (SYNTH, "pipeline.options.synth.reject_all=true")
-    assert cli.main(["run", *args(run, *extra)]) == 0
+    assert cli.main(["run", *args(run, *extra)]) == 0  # an empty dataset is a result, not an error
+    # the last line says so, and why, and where the funnel is (issue 16)
+    assert (
+        f"kun-hpc merge: warning: the dataset is empty: 0 records in {run / 'merge' / 'dataset'}: the last "
+        "stage kept no record: every record was rejected or quarantined on the way (kun-hpc status RUN "
+        "shows the stages' funnel; each stage's rejected/ folder says why); the funnel, step by step: "
+        f"{run / 'merge' / 'report' / 'report.md'}"
+    ) in capsys.readouterr().err
     report = orjson.loads((run / "merge" / "report" / "report.json").read_bytes())
     assert report["dataset"]["rows"] == 0
     synth = next(r for r in report["funnel"] if r["step"] == "synth")
@@ -170,3 +178,19 @@ def test_jsonl_and_parquet_of_one_merge_load_with_the_same_types(pairs_run):
     assert parquet.features["ppl"].dtype == parquet.features["score"].dtype == "float64"
     assert jsonl["ppl"] == parquet["ppl"] == [None] * parquet.num_rows  # no filter ran: no perplexity
     assert sorted(jsonl["id"]) == sorted(parquet["id"])
+
+
+def test_an_empty_dataset_names_the_merge_step_that_removed_every_record(tmp_path):
+    def apply(n_in: int, n_out: int) -> dict:
+        return {"in": n_in, "out": n_out}
+
+    inputs = MergeInputs("pairs", [], tmp_path, "")
+    result = MergeResult(
+        inputs, [("instruction", [apply(5, 2), apply(3, 1)])], [{"rows": 3}], tmp_path, tmp_path
+    )
+    assert result.summary().startswith(f"3 records in {tmp_path}")
+    gone = [("instruction", [apply(5, 2), apply(3, 1)]), ("pair", [apply(2, 0), apply(1, 0)])]
+    result = MergeResult(inputs, gone, [{"rows": 0}], tmp_path, tmp_path)
+    assert "merge-dedup-pair removed all 3 records it got (rejected as duplicates or contaminated)" in (
+        result.summary()
+    )

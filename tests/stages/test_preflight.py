@@ -88,3 +88,17 @@ def test_preflight_lists_models_templates_and_stage_classes_together(tmp_path):
         f"  config key 'label.engine.model': {tmp_path / 'no-model'} is not a local model"
     )
     assert lines[3].startswith(f"  config key 'label.template': prompt template {template} changed after")
+
+
+def test_a_model_that_kun_hpc_train_writes_says_so(tmp_path):
+    """The demo's Label and Chat models are ``kun-hpc train``'s outputs: before they are trained, the
+    message says which command writes each (issue 16 newcomer review)."""
+    cfg = config.load("demo", [f"run.dir={tmp_path / 'run'}"])
+    with pytest.raises(config.ConfigError) as e:
+        preflight(cfg)
+    lines = {line.split("'")[1]: line for line in str(e.value).splitlines() if "engine.model" in line}
+    for key, task in (("label", "label"), ("point", "chat"), ("answer", "chat")):
+        assert str(tmp_path / "run" / "train" / task / "model") in lines[f"{key}.engine.model"]
+        assert lines[f"{key}.engine.model"].endswith(
+            f"`kun-hpc train {task}` with this config writes it: train it first"
+        )

@@ -102,3 +102,32 @@ def test_a_unit_of_several_shards_resumes_in_the_shard_it_was_in(tmp_path):
     marker = run_unit(unit)
     assert [s["resumed_at_chunk"] for s in marker["shards"]] == [first, 1]
     assert not list(Path(unit.shards[0].output).parent.glob("*.chunks*")), "chunk folders go with the marker"
+
+
+class InterruptAfter(CrashAfter):
+    """Upper, interrupted (SIGINT's ``KeyboardInterrupt``) while processing chunk ``k``."""
+
+    def process(self, batch):
+        try:
+            return super().process(batch)
+        except RuntimeError:
+            raise KeyboardInterrupt from None
+
+
+@pytest.mark.slow
+def test_an_interrupted_unit_logs_an_interrupt_not_a_failure(tmp_path, capsys, monkeypatch):
+    a = sample_overrides(tmp_path, "executor.kind=inline", f"pipeline.chunk_records={CHUNK}", UPPER)
+    assert cli.main(["shard", *a]) == 0
+    cfg = config.load(None, a)
+    unit = plan_grid(cfg).units["upper"][0]
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # as in a worker: the unit's lines go to stderr
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        run_unit(unit, InterruptAfter(cfg, {}))
+    last = capsys.readouterr().err.splitlines()[-1]
+    done = InterruptAfter.k * CHUNK
+    assert re.fullmatch(
+        rf"kun-hpc unit {unit.name}: interrupted after [\d.]+ s \({done} records this attempt; "
+        r"committed chunks stay; a re-run resumes after the last one\)",
+        last,
+    ), last
