@@ -47,6 +47,7 @@ from kun_hpc.io.lock import holder, run_lock
 from kun_hpc.quality.review import add_parser as add_review_parser
 from kun_hpc.quality.review import main as review_main
 from kun_hpc.stages.filter import calibration_path, needs_calibration
+from kun_hpc.stages.shard import empty_corpora
 from kun_hpc.stages.summary import print_reports
 from kun_hpc.train.launch import prepare, run_local, submit_slurm
 from kun_hpc.train.sizing import print_estimates, train_plan
@@ -366,6 +367,8 @@ def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
         return _watch(cfg, until_settled=True, follow_merge=True)
     rows = unit_statuses(cfg)
     print_status(rows, progress=run_progress(cfg))
+    for said in empty_corpora(cfg):  # the run stopped at the shard step: no unit says why
+        print(f"stopped at the shard step (exit 3): {said}")
     _print_merge_job(cfg, merge_job_state(Path(cfg.run.dir)), file=sys.stdout)
     print_funnel(cfg)
     print(yield_line(cfg))

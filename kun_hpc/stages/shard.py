@@ -307,6 +307,21 @@ def run_shard(cfg: DictConfig) -> Step:
 SHOWN = 5  # quarantine entries of each corpus shown on the console
 
 
+def empty_corpora(cfg: DictConfig) -> list[str]:
+    """What :func:`refuse_empty` said of each sharded corpus that yielded no record (``kun-hpc status``
+    repeats it: a run stopped at the shard step shows no unit, issue 16)."""
+    said = []
+    for index, corpus in enumerate(cfg.corpora):
+        out = Path(cfg.shard.output) / corpus.name
+        if not (out / MANIFEST).exists():
+            continue
+        try:
+            refuse_empty(index, corpus, read_manifest(out), out)
+        except BadInputError as e:
+            said.append(str(e))
+    return said
+
+
 def refuse_empty(index: int, corpus: DictConfig, manifest: dict, out: Path) -> None:
     """Raise :class:`BadInputError` (exit code 3) when corpus ``index`` yielded no record (issue 16): the
     message names the corpus, what was quarantined and its first entries, the fields its records hold (of

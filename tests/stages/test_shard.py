@@ -493,6 +493,11 @@ def test_a_run_on_a_corpus_that_yields_nothing_stops_before_any_stage(tmp_path, 
     # a re-run finds the same manifest and fails the same way, at once
     assert cli.main(["run", *args]) == 3
     assert "corpus corpora.0 yields no records" in capsys.readouterr().err
+    # and status says where the run stopped and why, though no unit ran
+    assert cli.main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at the shard step (exit 3): shard mine: corpus corpora.0 yields no records" in out
+    assert "set corpora.0.text_field (now 'text')" in out
 
 
 @pytest.mark.slow
