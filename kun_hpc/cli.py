@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the machine, not the config: a text library release known to corrupt text
+        print(f"kun-hpc: {e}", file=sys.stderr)
+        return 1
     writes = ns.command in WRITERS
     try:
         with _interruptible(), run_lock(cfg.run.dir, ns.command) if writes else contextlib.nullcontext():
