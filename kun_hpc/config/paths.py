@@ -150,7 +150,9 @@ def use_import_paths(cfg: DictConfig) -> None:
     """Your own stages (``package.module:Class`` in ``pipeline.stages``) import from
     ``pipeline.import_paths``: the working directory when it is empty, saved absolute, and appended to
     ``sys.path`` (after the installed packages, which they never hide) wherever the config is loaded, so a
-    run's workers, ``status`` and ``logs`` find them from any directory without ``PYTHONPATH`` (issue 16)."""
+    run's workers, ``status`` and ``logs`` find them from any directory without ``PYTHONPATH`` (issue 16).
+    ``sys.path`` is the process's: one that loads several runs' configs finds a module name in the first
+    run's folders first (one command loads one run)."""
     p = cfg.pipeline
     if not p.import_paths and any(":" in str(s) for s in p.stages):
         p.import_paths = [os.getcwd()]

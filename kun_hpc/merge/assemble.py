@@ -294,9 +294,9 @@ class MergeResult:
     def summary(self) -> str:
         """The merge's last line; for an empty dataset, a warning that says which step left nothing."""
         report = self.report / "report.md"
-        if not self.rows:
+        if not self.rows:  # the count first, as always ("N records in DIR"): scripts parse this line
             return (
-                f"warning: the dataset is empty: 0 records in {self.dataset}: {self.empty_why()}; "
+                f"0 records in {self.dataset} (warning: the dataset is empty: {self.empty_why()}); "
                 f"the funnel, step by step: {report}"
             )
         return f"{self.rows:,} records in {self.dataset} (card: README.md there); report: {report}"

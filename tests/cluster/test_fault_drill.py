@@ -9,6 +9,7 @@ the report's funnel equals the clean run's, and ``status`` / ``logs`` told the t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -145,8 +146,13 @@ class Drill:
             pids = worker_pids(task)
             if not pids:
                 return False
+            killed = 0
             for pid in pids:
-                os.kill(pid, 9)
+                with contextlib.suppress(ProcessLookupError):  # it ended in between
+                    os.kill(pid, 9)
+                    killed += 1
+            if not killed:
+                return False
             self.killed[unit] = (task, chunks)
         else:
             if subprocess.run(["scontrol", "requeue", task], capture_output=True).returncode != 0:

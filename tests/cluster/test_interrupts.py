@@ -96,9 +96,13 @@ def running_workers(run: Path) -> set[int]:
         lambda: done_units(run) >= 1 and len(local_running(run)) == 2 and local_running(run),
         what="a unit done and two running",
     )
-    pids = set().union(*(group(e["pid"]) for e in entries.values()))
-    assert len(pids) >= 4, pids  # a controller and a worker per unit
-    return pids
+    # a controller and a worker per unit: the controller starts its worker a moment after it was recorded
+
+    def groups() -> set[int] | None:
+        pids = set().union(*(group(e["pid"]) for e in entries.values()))
+        return pids if len(pids) >= 4 else None
+
+    return until(groups, what="a controller and a worker per running unit")
 
 
 def rerun_resumes(run: Path, capsys) -> None:

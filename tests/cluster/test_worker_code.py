@@ -58,7 +58,7 @@ def run_in(folder: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_local_workers_import_the_commands_kun_hpc_and_find_a_custom_stage_in_the_cwd(tmp_path):
+def test_local_workers_import_the_commands_kun_hpc_and_find_a_custom_stage_in_the_cwd(tmp_path, monkeypatch):
     mark = plant(tmp_path)
     done = run_in(tmp_path, "executor.kind=local")
     assert done.returncode == 0, done.stderr
@@ -69,6 +69,7 @@ def test_local_workers_import_the_commands_kun_hpc_and_find_a_custom_stage_in_th
 
     # the saved config says where the stage came from: a run is read from any directory
     run = tmp_path / "run"
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading appends the run's import_paths to it
     assert config.load_run(run).pipeline.import_paths == [str(tmp_path)]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -131,9 +131,9 @@ def test_a_run_whose_last_stage_keeps_nothing_merges_to_an_empty_dataset(tmp_pat
     assert cli.main(["run", *args(run, *extra)]) == 0  # an empty dataset is a result, not an error
     # the last line says so, and why, and where the funnel is (issue 16)
     assert (
-        f"kun-hpc merge: warning: the dataset is empty: 0 records in {run / 'merge' / 'dataset'}: the last "
+        f"kun-hpc merge: 0 records in {run / 'merge' / 'dataset'} (warning: the dataset is empty: the last "
         "stage kept no record: every record was rejected or quarantined on the way (kun-hpc status RUN "
-        "shows the stages' funnel; each stage's rejected/ folder says why); the funnel, step by step: "
+        "shows the stages' funnel; each stage's rejected/ folder says why)); the funnel, step by step: "
         f"{run / 'merge' / 'report' / 'report.md'}"
     ) in capsys.readouterr().err
     report = orjson.loads((run / "merge" / "report" / "report.json").read_bytes())

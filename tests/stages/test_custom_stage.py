@@ -22,7 +22,8 @@ def test_the_documented_custom_stage_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S)[1]
     (tmp_path / "mystage.py").write_text(code)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the run appends pipeline.import_paths
+    # the run appends pipeline.import_paths to sys.path; no other test's folder with a mystage.py comes first
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p) / "mystage.py").exists()])
     monkeypatch.delitem(sys.modules, "mystage", raising=False)
     args = sample_overrides(
         tmp_path / "run",
