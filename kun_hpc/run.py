@@ -65,6 +65,7 @@ from kun_hpc.stages.rules import FAITHFULNESS_SETTINGS
 from kun_hpc.stages.shard import run_shard
 from kun_hpc.stages.steps import Step
 from kun_hpc.stages.summary import StepReport, check_bad_fraction
+from kun_hpc.train.accelerate_config import check_accelerate
 from kun_hpc.train.data import task_template
 
 
@@ -136,7 +137,8 @@ def check(cfg: DictConfig, command: str, problems: Problems | None = None) -> No
     * ``shard``, ``reshard``, ``merge``, ``plan``, ``filter-calibrate``: the stage names resolve (a typo is
       found before the corpus is sharded, not after); ``filter-calibrate`` with cut-offs to calibrate: the
       filter's preflight too;
-    * ``train``: the base model folder and the task's prompt template;
+    * ``train``: the base model folder, the task's prompt template, the accelerate config of
+      ``train.distributed``;
     * ``status``, ``logs``, ``cancel``, ``config``: nothing more (a run folder is read as it is).
 
     Problems are added to ``problems``, else raised as one :class:`ConfigError`."""
@@ -160,6 +162,7 @@ def _check_train(cfg: DictConfig) -> None:
         fail("config key 'train.base_model': a local model folder is required")
     else:
         attempt(_base_model, cfg)
+    attempt(check_accelerate, cfg.train)
     if cfg.train.task == "label":  # the Label stage's own template, as the stage checks it
         attempt(check_template, cfg, "label")
         return

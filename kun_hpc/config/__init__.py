@@ -20,7 +20,6 @@ from kun_hpc.config.choices import (
     DEDUP_KEYS,
     DTYPES,
     EXECUTORS,
-    FSDP_SHARDING,
     POINT_MODES,
     SCORERS,
     SEED_FORMATS,
@@ -35,7 +34,6 @@ from kun_hpc.config.choices import (
     DedupKey,
     Dtype,
     ExecutorKind,
-    FSDPSharding,
     PerplexityBucket,
     PerplexityScorer,
     PerplexityThresholds,
@@ -100,7 +98,7 @@ from kun_hpc.config.runtime import (
     validate_shard,
 )
 from kun_hpc.config.schema import Config, validate
-from kun_hpc.config.train import TrainConfig, TrainFSDPConfig, validate_train
+from kun_hpc.config.train import TrainConfig, TrainLoRAConfig, validate_train
 from kun_hpc.core.errors import ConfigError
 
 __all__ = [
@@ -112,7 +110,6 @@ __all__ = [
     "DEFAULT_PRESET",
     "DTYPES",
     "EXECUTORS",
-    "FSDP_SHARDING",
     "INPUT_PATHS",
     "INSTRUCTION_RULE_NAMES",
     "KUN_STOP",
@@ -141,7 +138,6 @@ __all__ = [
     "EngineSpec",
     "ExecutorConfig",
     "ExecutorKind",
-    "FSDPSharding",
     "FilterCleanConfig",
     "FilterConfig",
     "FilterRulesConfig",
@@ -167,7 +163,7 @@ __all__ = [
     "SurvivorKey",
     "TrainConfig",
     "TrainDistributed",
-    "TrainFSDPConfig",
+    "TrainLoRAConfig",
     "TrainTask",
     "absolute_paths",
     "config_hash",

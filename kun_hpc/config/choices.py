@@ -78,21 +78,28 @@ class TrainTask(Choice):
 
 
 class TrainDistributed(Choice):
-    none = "none"
-    ddp = "ddp"
-    fsdp = "fsdp"
+    ddp = "ddp"  # one process: plain; more: DistributedDataParallel
+    fsdp = "fsdp"  # an accelerate config file with distributed_type FSDP
+    deepspeed = "deepspeed"  # an accelerate config file with distributed_type DEEPSPEED
 
 
 class SeedFormat(Choice):
+    """How a seed file is read (kun_hpc/train/seed.py): auto by suffix, else by what the file holds."""
+
     auto = "auto"
-    json = "json"
-    jsonl = "jsonl"
+    json = "json"  # one JSON array of items
+    jsonl = "jsonl"  # JSON Lines, one item a line
 
 
-class FSDPSharding(Choice):
-    full = "full"  # ZeRO-3
-    grad_op = "grad_op"  # ZeRO-2
-    no_shard = "no_shard"  # plain data parallel
+class SeedColumn(Choice):
+    """The keys of ``train.seed_columns``: LLaMA-Factory's ``columns`` names (its data/README.md)."""
+
+    prompt = "prompt"  # the instruction (Alpaca: instruction)
+    query = "query"  # the input joined to it (Alpaca: input)
+    response = "response"  # the output (Alpaca: output)
+    history = "history"  # earlier [instruction, output] turns (Alpaca: history)
+    system = "system"  # the system message (system)
+    messages = "messages"  # a conversation (ShareGPT: conversations, OpenAI: messages)
 
 
 class DedupKey(Choice):
@@ -119,10 +126,10 @@ POINT_MODES = values(PointMode)
 TRAIN_TASKS = values(TrainTask)
 TRAIN_DISTRIBUTED = values(TrainDistributed)
 SEED_FORMATS = values(SeedFormat)
-FSDP_SHARDING = values(FSDPSharding)
+SEED_COLUMNS = values(SeedColumn)
 DEDUP_KEYS = values(DedupKey)
 SURVIVOR_KEYS = values(SurvivorKey)
 CHOICES: tuple[type[Choice], ...] = (
     ExecutorKind, CorpusFormat, Backend, Dtype, PerplexityScorer, PerplexityThresholds, PerplexityBucket,
-    PointMode, TrainTask, TrainDistributed, SeedFormat, FSDPSharding, DedupKey, SurvivorKey,
+    PointMode, TrainTask, TrainDistributed, SeedFormat, SeedColumn, DedupKey, SurvivorKey,
 )  # fmt: skip

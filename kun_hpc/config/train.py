@@ -8,13 +8,12 @@ from omegaconf import MISSING, DictConfig
 
 from kun_hpc.config.checks import check
 from kun_hpc.config.choices import (
-    FSDP_SHARDING,
     SEED_FORMATS,
     TRAIN_DISTRIBUTED,
     TRAIN_DTYPES,
     TRAIN_TASKS,
     Dtype,
-    FSDPSharding,
+    SeedColumn,
     SeedFormat,
     TrainDistributed,
     TrainTask,
@@ -22,26 +21,26 @@ from kun_hpc.config.choices import (
 from kun_hpc.config.runtime import SlurmConfig
 
 __all__ = [
-    "FSDP_SHARDING",
     "SEED_FORMATS",
     "TRAIN_DISTRIBUTED",
     "TRAIN_DTYPES",
     "TRAIN_TASKS",
     "TrainConfig",
-    "TrainFSDPConfig",
+    "TrainLoRAConfig",
     "validate_train",
 ]
 
 
 @dataclass
-class TrainFSDPConfig:
-    # full: params + grads + optimizer state sharded (ZeRO-3); grad_op: ZeRO-2
-    sharding: FSDPSharding = FSDPSharding.full
-    # the module classes wrapped as FSDP units (one per decoder layer); empty: the model's _no_split_modules
-    wrap_classes: list[str] = field(default_factory=list)
-    reshard_after_forward: bool = True  # full: free gathered params after forward (less memory, more comm)
-    cpu_offload: bool = False  # params/grads/optimizer state live on CPU between uses (slow; huge models)
-    reduce_dtype: Dtype = Dtype.float32  # gradient reduce-scatter dtype under bf16 params
+class TrainLoRAConfig:
+    """LoRA through PEFT (Hu et al. 2021); the adapter is merged into the base weights at the end."""
+
+    enabled: bool = False  # false: full fine-tuning
+    r: int = 16  # the rank of each low-rank update
+    alpha: int = 32  # the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input
+    # the layers that get an adapter: ["all-linear"] (PEFT: every linear layer but the output head) or names
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
 @dataclass
@@ -50,9 +49,13 @@ class TrainConfig:
 
     task: TrainTask = TrainTask.label  # label | chat: set by `kun-hpc train label|chat`
     base_model: str = MISSING  # a local model folder (the reference: Yi-34B; the published runs: Yi-6B too)
-    output: str = "${run.dir}/train/${train.task}"  # data/, checkpoints/step-N, model/ (the final HF folder)
+    output: str = "${run.dir}/train/${train.task}"  # data/, checkpoints/checkpoint-N, model/ (the HF folder)
     seed_data: list[str] = field(default_factory=lambda: ["shards/sample/seed"])  # files, folders or globs
-    seed_format: SeedFormat = SeedFormat.auto  # auto (by suffix: .json array, .jsonl lines) | json | jsonl
+    # auto: by suffix (.json an array, .jsonl lines), falling back to what the file holds | json | jsonl
+    seed_format: SeedFormat = SeedFormat.auto
+    # {}: each item's schema from its keys (Alpaca, ShareGPT conversations, OpenAI messages); else the keys
+    # holding LLaMA-Factory's columns: prompt, query, response, history, system | messages (docs/training.md)
+    seed_columns: dict[SeedColumn, str] = field(default_factory=dict)
     # the forward (chat) frame, a template with {text}; the Label set uses label.template itself
     chat_template: str = "configs/prompts/chat.txt"
     epochs: int = 4  # Kun: 6 for the Label model, 4 for the Primary Chat model
@@ -67,15 +70,17 @@ class TrainConfig:
     micro_batch_size: int = 4  # sequences per process per forward
     grad_accum: int = 1  # micro-batches per optimizer step; global batch = micro x accum x world size
     max_len: int = 1024  # a longer example (prompt + target tokens) is rejected as too_long
-    length_group: bool = True  # batch examples of similar length (less padding); order stays seeded
-    length_group_window: int = 64  # ... sorted within windows of this many micro-batches
+    length_group: bool = True  # batch examples of similar length (transformers' LengthGroupedSampler)
     save_steps: int = 200  # checkpoint every this many optimizer steps (and at the end)
     keep_checkpoints: int = 2  # the newest this many checkpoints are kept
     dtype: Dtype = Dtype.auto  # auto: bfloat16 on GPU, float32 on CPU
     gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
-    # none (one process) | ddp | fsdp; ddp/fsdp with one process behave as none
+    # ddp | fsdp | deepspeed: fsdp and deepspeed as an accelerate config file says (train.accelerate_config)
     distributed: TrainDistributed = TrainDistributed.ddp
-    fsdp: TrainFSDPConfig = field(default_factory=TrainFSDPConfig)
+    # an accelerate config file (`accelerate config` writes one); null: the bundled one of train.distributed,
+    # configs/accelerate/fsdp.yaml (FSDP2 full shard) or deepspeed-zero3.yaml (ZeRO-3)
+    accelerate_config: str | None = None
+    lora: TrainLoRAConfig = field(default_factory=TrainLoRAConfig)
     seed: int = 42  # data order, initialisation of anything new, dropout
     max_steps: int | None = None  # caps the schedule (None: epochs x steps per epoch)
     stop_at_step: int | None = None  # checkpoint and stop here, schedule unchanged (what a preemption does)
@@ -88,18 +93,20 @@ class TrainConfig:
 
 
 def validate_train(t: DictConfig) -> None:
-    """The ``train`` section; task, distributed, dtype, seed format and FSDP sharding are checked at load."""
-    check(t.fsdp.reduce_dtype != "auto", "train.fsdp.reduce_dtype", f"must be one of {TRAIN_DTYPES[1:]}",
-          t.fsdp.reduce_dtype)  # fmt: skip
+    """The ``train`` section; task, distributed, dtype and seed format are checked at load."""
     check(bool(t.seed_data), "train.seed_data", "must list at least one path", list(t.seed_data))
     check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     check(t.lr > 0, "train.lr", "must be > 0", t.lr)
     check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
     check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)", t.warmup_ratio)
     for k in ("micro_batch_size", "grad_accum", "save_steps", "keep_checkpoints", "log_steps", "nproc",
-              "nodes", "tasks_per_node", "length_group_window"):  # fmt: skip
+              "nodes", "tasks_per_node"):  # fmt: skip
         check(t[k] >= 1, f"train.{k}", "must be >= 1", t[k])
     check(t.max_len >= 8, "train.max_len", "must be >= 8", t.max_len)
     for k in ("max_steps", "stop_at_step"):
         check(t[k] is None or t[k] >= 1, f"train.{k}", "must be >= 1 or null", t[k])
     check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0", t.max_grad_norm)
+    check(t.lora.r >= 1 and t.lora.alpha >= 1, "train.lora", "r and alpha must be >= 1", dict(t.lora))
+    check(0 <= t.lora.dropout < 1, "train.lora.dropout", "must be in [0, 1)", t.lora.dropout)
+    check(bool(t.lora.target_modules), "train.lora.target_modules", "must name a module or all-linear",
+          list(t.lora.target_modules))  # fmt: skip

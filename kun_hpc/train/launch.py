@@ -54,7 +54,7 @@ def prepare(cfg: DictConfig) -> Path:
     )
     stamp = out / "data" / f"{t.task}.sha256"
     if not (data_path(out, t.task).is_file() and stamp.is_file() and stamp.read_text().strip() == digest):
-        if stamp.is_file() and any((out / "checkpoints").glob("step-*")):
+        if stamp.is_file() and any((out / "checkpoints").glob("checkpoint-*")):
             raise config_mod.ConfigError(
                 f"train.output {out}: its checkpoints were trained on another data set (seed files, "
                 "templates, max_len or base model changed); choose a new train.output"
