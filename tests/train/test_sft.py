@@ -415,27 +415,3 @@ def test_two_task_job_on_the_sandbox_cluster_requeued_by_usr2_resumes(tiny_model
     steps = [r["step"] for r in log_rows(out)]
     assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))
     assert (out / "jobs.jsonl").read_text().count(job.job_id) == 1
-
-
-@pytest.mark.slow
-def test_the_reference_loop_is_the_loop_kun_hpc_had(tiny_model, tmp_path, monkeypatch):
-    """Before the old loop goes: on the same sequential batches it logs the reference loop's learning rates
-    and losses, so matching the reference (test above) is matching the old loop."""
-    from transformers import AutoTokenizer
-
-    from kun_hpc.train import legacy_loop
-
-    def sequential(lengths, t, epoch, world):
-        mb = int(t.micro_batch_size)
-        return [[list(range(s, min(s + mb, len(lengths)))) for s in range(0, len(lengths), mb)]]
-
-    monkeypatch.setattr(legacy_loop, "epoch_batches", sequential)
-    cfg = train_cfg(tiny_model, tmp_path, "label", *FAST, "train.warmup_ratio=0", "train.grad_accum=2",
-                    "train.length_group=false", "train.save_steps=100")  # fmt: skip
-    prepare(cfg)
-    legacy_loop.train(cfg)
-    pad_id = AutoTokenizer.from_pretrained(tiny_model).pad_token_id
-    lrs, losses, _ = reference_run(tiny_model, read_examples(data_path(tmp_path, "label")), cfg.train, pad_id)
-    rows = log_rows(tmp_path)
-    assert [r["lr"] for r in rows] == pytest.approx(lrs, rel=1e-12)
-    assert [r["loss"] for r in rows] == pytest.approx(losses, rel=1e-5)
