@@ -43,7 +43,7 @@ def test_the_config_reference_is_current():
 def test_the_config_reference_names_every_key():
     doc = render_config_reference.DOC.read_text()
     keys = ("run.dir", "executor.slurm.max_array_size", "corpora[i].paths", "label.engine.model",
-            "point.sampling.stop", "train.fsdp.sharding", "dedup.normalize.t2s")  # fmt: skip
+            "point.sampling.stop", "train.lora.r", "dedup.normalize.t2s")  # fmt: skip
     for key in keys:
         assert f"| `{key}` |" in doc
     unexplained = [line.split("|")[1].strip() for line in doc.splitlines() if line.rstrip().endswith("|  |")]
@@ -53,7 +53,7 @@ def test_the_config_reference_names_every_key():
 @pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.name)
 def test_every_command_line_in_the_docs_parses(path):
     parsers = subparsers()
-    assert set(parsers) == {*cli.COMMANDS, "inspect", "review"}
+    assert set(parsers) == {*cli.COMMANDS, "inspect", "review", "export"}
     for line in command_lines(path.read_text()):
         name = COMMAND.match(line).group(1)
         assert name in parsers, f"{path.name}: `{line}` names no kun-hpc command"

@@ -26,7 +26,9 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc import config as config_mod
+from kun_hpc.core.hashing import file_sha256
 from kun_hpc.train.data import build_sft_set, data_path, report_path
+from kun_hpc.train.seed import seed_files
 
 JOBS_FILE = "jobs.jsonl"
 
@@ -43,13 +45,13 @@ def prepare(cfg: DictConfig) -> Path:
     t.base_model = str(resolve_model_path(config_mod.find_file(t.base_model)))
     t.output = str(Path(t.output).resolve())
     out = Path(t.output)
+    keys = ("task", "seed_data", "seed_format", "seed_columns", "chat_template", "max_len", "base_model")
     digest = config_mod.config_hash(
         {
-            "data": {
-                k: t[k]
-                for k in ("task", "seed_data", "seed_format", "chat_template", "max_len", "base_model")
-            },
+            "data": {k: t[k] for k in keys},
             "label_template": cfg.label.template_sha256,
+            # the seed files by content too: an edited file builds the set again
+            "seed_files": sorted(file_sha256(f) for f in seed_files(list(t.seed_data))),
         }
     )
     stamp = out / "data" / f"{t.task}.sha256"

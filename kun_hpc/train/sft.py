@@ -213,10 +213,12 @@ def _callbacks(out: Path, stop_at: int | None, main: bool) -> list:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``train.task`` on the prepared set under ``train.output``; returns this process's summary
     (rank, world size, steps, first and last logged loss, tokens and tokens/s of this start, status)."""
+    from datasets import disable_progress_bars
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import SFTTrainer
 
     go_offline()
+    disable_progress_bars()  # TRL's dataset preparation: one bar per map, per process, in every job log
     t = cfg.train
     out = Path(t.output)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -248,6 +250,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer.remove_callback(PrinterCallback)  # JsonLog prints one line per log instead
     check_sharding(t, trainer, world)
+    if len(trainer.train_dataset) != len(examples):  # TRL drops fully masked rows; ours have none: say so
+        raise RuntimeError(
+            f"TRL kept {len(trainer.train_dataset)} of the {len(examples)} examples of "
+            f"{data_path(out, t.task)}"
+        )
     if rank == 0:
         drop_incomplete_checkpoints(out)
     trainer.accelerator.wait_for_everyone()

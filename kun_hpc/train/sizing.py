@@ -3,7 +3,7 @@ per epoch, and GPU hours. ``kun-hpc plan`` prints them for ``train.base_model``;
 them for Yi-6B and Yi-34B.
 
 Memory per process, with P parameters and N processes (float32 master weights and AdamW state, bfloat16
-compute, as kun_hpc/train/sft.py trains on GPU):
+compute, as transformers' Trainer trains with ``bf16=True``, kun_hpc/train/sft.py):
 
 * state = 4 (fp32 weights) + 4 (fp32 grads) + 8 (Adam m, v) = 16 bytes per parameter;
 * ``ddp`` (and FSDP ``no_shard``): 16 P; ``grad_op`` (ZeRO-2): 16 P / N + 2 P (bf16 weights gathered for the
@@ -13,7 +13,13 @@ compute, as kun_hpc/train/sft.py trains on GPU):
   attention); without it every layer keeps that much; plus the logits (bf16, their fp32 copy and its grad:
   10 s b V bytes).
 
-Compute: 6 P FLOPs per trained token (8 P with recomputation), at ``mfu`` of ``peak_tflops`` per GPU.
+LoRA (PEFT, rank r on every linear layer of a decoder block, ``target_modules: [all-linear]``): L = r x the
+sum of (in + out) features of those layers trainable parameters; state = 2 P (the frozen base in bf16; / N
+under FSDP full shard) + 16 L (the adapter's fp32 weights, grads and Adam); the activations as above.
+
+Compute: 6 P FLOPs per trained token (8 P with recomputation), at ``mfu`` of ``peak_tflops`` per GPU; LoRA:
+4 P (forward, and the backward through the activations only: no weight gradients of the base), 6 P with
+recomputation.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ class ModelShape:
         if self.qkv_bias:
             attn += self.hidden + 2 * self.kv_heads * head_dim
         return attn + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    def lora_params(self, r: int) -> int:
+        """Trainable parameters of rank-``r`` LoRA on q, k, v, o, gate, up and down of every layer."""
+        h, kv = self.hidden, self.kv_heads * (self.hidden // self.heads)
+        per_layer = (h + h) + 2 * (h + kv) + (h + h) + 2 * (h + self.intermediate) + (self.intermediate + h)
+        return r * per_layer * self.layers
 
     @property
     def params(self) -> int:
@@ -76,7 +88,7 @@ def shape_of(model_dir: str | Path) -> ModelShape:
 class TrainEstimate:
     model: str
     params_b: float  # billions
-    strategy: str  # ddp | fsdp grad_op (ZeRO-2) | fsdp full (ZeRO-3)
+    strategy: str  # full fine-tuning: ddp | ZeRO-2 | ZeRO-3; LoRA r=N: ddp | fsdp full shard
     processes: int
     state_gib: float  # weights + grads + Adam per process
     activations_gib: float  # per process, one micro-batch of max_len tokens
@@ -98,22 +110,34 @@ def estimate(
     epochs: int = 1,
     peak_tflops: float = 989.0,
     mfu: float = 0.35,
+    lora_rank: int | None = None,
 ) -> list[TrainEstimate]:
-    """One estimate per strategy (ddp, fsdp grad_op, fsdp full) for ``processes`` GPUs."""
+    """One estimate per strategy for ``processes`` GPUs: full fine-tuning under DDP, ZeRO-2 and ZeRO-3 (FSDP
+    full shard or DeepSpeed stage 3); with ``lora_rank``, LoRA under DDP and under FSDP full shard too."""
     p, n, s, b, h = shape.params, processes, seq_len, micro_batch, shape.hidden
     per_layer = s * b * h * (34 + 5 * shape.heads * s / h)
     # with recomputation: each layer's input + one layer recomputed at a time; plus the logits
     act = (shape.layers * 2 * s * b * h + per_layer) if gradient_checkpointing else shape.layers * per_layer
     act += 10 * s * b * shape.vocab
     states = {
-        "ddp": 16 * p,
-        "fsdp grad_op (ZeRO-2)": 16 * p / n + 2 * p,
-        "fsdp full (ZeRO-3)": 16 * p / n + 2 * 2 * shape.layer_params,
+        "full, ddp": 16 * p,
+        "full, ZeRO-2": 16 * p / n + 2 * p,
+        "full, ZeRO-3 / fsdp full shard": 16 * p / n + 2 * 2 * shape.layer_params,
     }
-    hours = None
-    if tokens_per_epoch:
-        flops = (8 if gradient_checkpointing else 6) * p * tokens_per_epoch * epochs
-        hours = flops / (peak_tflops * 1e12 * mfu) / 3600
+    flops_per_token = {name: 8 if gradient_checkpointing else 6 for name in states}
+    if lora_rank:
+        lora = shape.lora_params(lora_rank)
+        states[f"LoRA r={lora_rank}, ddp"] = 2 * p + 16 * lora
+        states[f"LoRA r={lora_rank}, fsdp full shard"] = (2 * p + 16 * lora) / n + 2 * 2 * shape.layer_params
+        for name in list(states)[3:]:
+            flops_per_token[name] = 6 if gradient_checkpointing else 4
+
+    def gpu_hours(name: str) -> float | None:
+        if not tokens_per_epoch:
+            return None
+        flops = flops_per_token[name] * p * tokens_per_epoch * epochs
+        return round(flops / (peak_tflops * 1e12 * mfu) / 3600, 2)
+
     return [
         TrainEstimate(
             shape.name,
@@ -124,7 +148,7 @@ def estimate(
             round(act / GIB, 2),
             round((state + act) / GIB, 2),
             tokens_per_epoch,
-            round(hours, 2) if hours is not None else None,
+            gpu_hours(name),
         )
         for name, state in states.items()
     ]
@@ -178,4 +202,5 @@ def train_plan(cfg) -> list[TrainEstimate] | None:
         bool(t.gradient_checkpointing),
         tokens,
         int(t.epochs),
+        lora_rank=int(t.lora.r),
     )

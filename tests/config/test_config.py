@@ -134,13 +134,10 @@ def test_a_choice_is_its_plain_string_everywhere(tmp_path):
             "config key 'corpora.0.format': must be one of ('wudao', 'wanjuan', 'skypile', 'jsonl')",
         ),
         (
-            "train.fsdp.sharding=hybrid",
-            "config key 'train.fsdp.sharding': must be one of ('full', 'grad_op', 'no_shard')",
+            "train.distributed=fsdp2",
+            "config key 'train.distributed': must be one of ('ddp', 'fsdp', 'deepspeed')",
         ),
-        (
-            "train.fsdp.reduce_dtype=auto",
-            "config key 'train.fsdp.reduce_dtype': must be one of ('float32', 'bfloat16', 'float16')",
-        ),
+        ("train.lora.dropout=1.5", "config key 'train.lora.dropout': must be in [0, 1)"),
         (
             "dedup.keep=[score,size]",
             "config key 'dedup.keep.1': must be one of ('score', 'length', 'id') (got 'size')",

@@ -1,13 +1,11 @@
 """SFT through TRL's SFTTrainer: the tiny Qwen2 on the bundled 1,000 real seed pairs (shards/sample/seed),
-few steps, CPU float32. The right values come from a plain torch loop written here (the loop kun-hpc had
-before TRL), from the safetensors files and from PEFT's published LoRA formula."""
+few steps, CPU float32. The right values come from a plain torch loop (tools/bench_train.py, the loop
+kun-hpc had before TRL), from the safetensors files and from PEFT's published LoRA formula."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import time
@@ -27,10 +25,10 @@ from kun_hpc.train.accelerate_config import accelerate_settings, check_accelerat
 from kun_hpc.train.data import data_path, read_examples
 from kun_hpc.train.launch import prepare
 from tests.conftest import REPO, SAMPLE
+from tools.bench_train import IGNORE, pad, reference_run, sequential, target_loss_sum
 
 SEED = SAMPLE / "seed" / "alpaca_zh_demo.json"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-IGNORE = -100
 # small and quick: short examples, 4 per micro-batch, 8 steps
 FAST = ["train.max_len=256", "train.micro_batch_size=4", "train.max_steps=8", "train.log_steps=1"]
 
@@ -51,30 +49,6 @@ def run_cli(tiny_model: Path, out: Path, task: str, *extra: str) -> None:
 
 def log_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / sft.LOG_FILE).read_text().splitlines()]
-
-
-def pad(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, mask and labels (-100 on prompt and padding), built here from the prepared rows."""
-    n = max(len(e["prompt_ids"]) + len(e["target_ids"]) for e in examples)
-    ids = torch.full((len(examples), n), pad_id)
-    labels = torch.full((len(examples), n), IGNORE)
-    mask = torch.zeros((len(examples), n), dtype=torch.long)
-    for row, e in enumerate(examples):
-        p, t = e["prompt_ids"], e["target_ids"]
-        ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-        labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
-        mask[row, : len(p) + len(t)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def target_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
-        batch["labels"][:, 1:].reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
 
 
 def eval_loss(model_dir: Path, examples: list[dict], pad_id: int) -> float:
@@ -134,37 +108,6 @@ def test_masked_prompt_tokens_carry_no_loss(tiny_model, tmp_path):
         assert float(trainer.compute_loss(model, dict(batch))) == pytest.approx(float(by_hand), rel=1e-5)
 
 
-def reference_run(model_dir: Path, examples: list[dict], t, pad_id: int):
-    """The SFT step written out in plain torch (the loop kun-hpc had before TRL, sequential batches): loss =
-    summed target-token cross-entropy of an optimizer step's micro-batches over their target tokens, AdamW,
-    cosine from lr to lr * min_lr_ratio (no warmup), gradient clipping. Returns (lrs, losses, weights)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                            weight_decay=0.0)  # fmt: skip
-    mb, accum, steps = t.micro_batch_size, t.grad_accum, t.max_steps
-    batches = [examples[s : s + mb] for s in range(0, len(examples), mb)]
-    lrs, losses = [], []
-    for step in range(steps):
-        lr = t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        window = batches[step * accum : (step + 1) * accum]
-        n_target = sum(len(e["target_ids"]) for b in window for e in b)
-        total = 0.0
-        for b in window:
-            loss = target_loss_sum(model, pad(b, pad_id)) / n_target
-            loss.backward()
-            total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        opt.step()
-        opt.zero_grad()
-        lrs.append(lr)
-        losses.append(total)
-    return lrs, losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.slow
 def test_trl_trainer_matches_the_plain_torch_loop(tiny_model, tmp_path, monkeypatch):
     """Same examples in the same order (sequential sampling), 8 steps of 2 micro-batches: the learning rates
@@ -172,10 +115,7 @@ def test_trl_trainer_matches_the_plain_torch_loop(tiny_model, tmp_path, monkeypa
     Adam's update (m / (sqrt(v) + eps)) turns a rounding difference into a step of up to lr."""
     from transformers import AutoTokenizer
 
-    made = sft.sft_config
-    monkeypatch.setattr(
-        sft, "sft_config", lambda *a: dataclasses.replace(made(*a), train_sampling_strategy="sequential")
-    )
+    monkeypatch.setattr(sft, "sft_config", sequential(sft.sft_config))
     cfg = train_cfg(tiny_model, tmp_path, "label", *FAST, "train.warmup_ratio=0", "train.grad_accum=2",
                     "train.length_group=false", "train.save_steps=100")  # fmt: skip
     prepare(cfg)

@@ -236,3 +236,46 @@ def test_slurm_training_ends_instead_of_hanging_and_rendezvous_outside_ephemeral
     ports = {master_port(str(j)) for j in (1, 397, 17_999, 10**9 + 7)}
     assert all(15000 <= p < 30000 for p in ports) and len(ports) == 4  # below 32768: not an ephemeral port
     assert master_port("397_3") == master_port("397")  # every task of a job agrees
+
+
+def test_lora_sizing_counts_the_adapter_peft_builds(tiny_model):
+    """The LoRA estimate's trainable parameters are those PEFT creates on every linear layer of the tiny
+    model (all-linear), and LoRA needs less state per GPU than full fine-tuning under the same sharding."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kun_hpc.train.sizing import YI_34B, estimate, shape_of
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert shape_of(tiny_model).lora_params(8) == trainable
+    rows = {r.strategy: r for r in estimate(YI_34B, 16, 2, 1024, lora_rank=16)}
+    assert rows["LoRA r=16, ddp"].state_gib < rows["full, ZeRO-2"].state_gib
+    assert rows["LoRA r=16, fsdp full shard"].state_gib < rows["full, ZeRO-3 / fsdp full shard"].state_gib
+
+
+def test_an_edited_seed_file_builds_the_set_again(tiny_model, tmp_path):
+    """The set is rebuilt when a seed file's content changes under the same name, and when
+    train.seed_columns changes; an unchanged config reuses it."""
+    from kun_hpc.train.launch import prepare
+
+    seed = tmp_path / "seed.jsonl"
+    rows = [{"q": p["instruction"], "a": p["output"]} for p in seed_pairs()[:3]]
+    seed.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    columns = "train.seed_columns={prompt: q, response: a}"
+    cfg = train_cfg(tiny_model, tmp_path / "out", "chat", f"train.seed_data=[{seed}]", columns)
+    prepare(cfg)
+    path = data_path(tmp_path / "out", "chat")
+    first = path.stat().st_mtime_ns
+    prepare(train_cfg(tiny_model, tmp_path / "out", "chat", f"train.seed_data=[{seed}]", columns))
+    assert path.stat().st_mtime_ns == first  # nothing changed: the set stands
+    rows[1]["a"] = "改过的回答。"
+    seed.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    prepare(train_cfg(tiny_model, tmp_path / "out", "chat", f"train.seed_data=[{seed}]", columns))
+    assert [e["target"] for e in read_examples(path)][1] == "改过的回答。" + END_OF_TURN
+    renamed = "train.seed_columns={prompt: a, response: q}"  # the other way round: another set
+    prepare(train_cfg(tiny_model, tmp_path / "out", "chat", f"train.seed_data=[{seed}]", renamed))
+    assert read_examples(path)[1]["prompt"].endswith("改过的回答。<|im_end|>\n<|im_start|>assistant\n")
