@@ -136,7 +136,9 @@ def changed_value(cfg: DictConfig, key: str, work: Path) -> Any:
             return [items[0] + 1.0, *items[1:]]
         return [*items, "x"]
     if isinstance(child, DictConfig):
-        return {"x": {}} if "resources" in key else {"x": 1}
+        keys = child._metadata.key_type  # an enum for keys from a closed set (train.seed_columns)
+        k = next(iter(keys)).value if isinstance(keys, type) and issubclass(keys, enum.Enum) else "x"
+        return {k: {}} if "resources" in key else {k: 1}
     if value is None or value == "???":
         ref = child._metadata.ref_type
         kind = next((t for t in typing.get_args(ref) if t is not type(None)), ref)

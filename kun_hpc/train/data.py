@@ -1,8 +1,9 @@
 """Seed pairs -> the SFT sets of the Label model (inverted) and the Primary Chat model (forward).
 
-Seed pairs are Alpaca-style JSON arrays or JSONL lines with ``instruction``, optional ``input`` and
-``output``. The instruction a model sees or writes is ``instruction`` + a newline + ``input`` (when there is
-one). Each pair becomes one example (prompt, target):
+Seed pairs come from :mod:`kun_hpc.train.seed` (Alpaca, ShareGPT, OpenAI messages, or the columns of
+``train.seed_columns``; one :class:`SeedPair` per user -> assistant exchange). The instruction a model sees
+or writes is ``instruction`` + a newline + ``input`` (when there is one). Each pair becomes one example
+(prompt, target):
 
 * ``label``: prompt = the Label stage's own template (``label.template``, rendered by
   :class:`kun_hpc.stages.llm.PromptTemplate`) with ``{text}`` = the output; target = the instruction.
@@ -16,18 +17,18 @@ text is data in both: a special token's text in it (``<|im_end|>`` inside an out
 text, and the only special tokens are the template's and the target's closing ``<|im_end|>`` (issue 12).
 
 Cleaning: NFC, line breaks to ``\\n``, control characters out, outer whitespace stripped. Then, per task, one
-target per prompt: a pair whose prompt was seen already is rejected as ``duplicate``. Accounting holds as
-everywhere: ``in = out + rejected (empty_instruction, empty_output, duplicate, too_long) + quarantined
-(invalid_json, not_an_object, missing_field, wrong_type, invalid_utf8, unsupported_encoding)``.
+target per prompt: a pair whose prompt was seen already is rejected as ``duplicate``. Only an item's first
+exchange becomes an example: a later one (``turn`` > 1) is rejected as ``later_turn``, and a system message
+is left out of the prompt and counted (``system_dropped``), as Kun's models are single-turn and their
+prompts carry no system message (kun_hpc/train/seed.py). Accounting holds as everywhere, one record per
+exchange or bad item: ``in = out + rejected (later_turn, empty_instruction, empty_output, duplicate,
+too_long) + quarantined (kun_hpc/train/seed.py: invalid_json, invalid_utf8, not_an_object, missing_field,
+wrong_type, ambiguous_format, unknown_role, wrong_role_order, unsupported_encoding)``.
 """
 
 from __future__ import annotations
 
-import glob
-import re
-import unicodedata
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,27 +41,31 @@ from kun_hpc.config import find_file
 from kun_hpc.inference.prompt import Prompt, PromptTemplate, encode_prompts
 from kun_hpc.io.atomic import atomic_open, atomic_write_bytes
 from kun_hpc.io.quarantine import Bad, Quarantine
-from kun_hpc.io.streams import UnsupportedEncoding, iter_lines, prologue_length
+from kun_hpc.train.seed import SEED_SUFFIXES, SeedPair, clean, read_seed, seed_files
+
+__all__ = [  # the reading half lives in kun_hpc/train/seed.py; these names stay importable from here
+    "CHATML_TOKENS",
+    "END_OF_TURN",
+    "SEED_SUFFIXES",
+    "DataReport",
+    "SeedPair",
+    "build_sft_set",
+    "check_chatml",
+    "clean",
+    "data_path",
+    "encode",
+    "example",
+    "read_examples",
+    "read_seed",
+    "report_path",
+    "seed_files",
+    "task_template",
+]  # fmt: skip
 
 END_OF_TURN = "<|im_end|>"  # ends every target: the stop string of the inference stages
 CHATML_TOKENS = ("<|im_start|>", END_OF_TURN)
-SEED_SUFFIXES = (".json", ".jsonl")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 
 DATA_DIR = "data"
-
-
-@dataclass
-class SeedPair:
-    instruction: str
-    input: str
-    output: str
-    source: str
-    position: str
-
-    @property
-    def full_instruction(self) -> str:
-        return f"{self.instruction}\n{self.input}" if self.input else self.instruction
 
 
 @dataclass
@@ -73,6 +78,7 @@ class DataReport:
     quarantined: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
     target_tokens: int = 0
+    system_dropped: int = 0  # examples whose item had a system message, left out of the prompt
     sources: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,99 +91,9 @@ class DataReport:
             "quarantined": dict(self.quarantined),
             "prompt_tokens": self.prompt_tokens,
             "target_tokens": self.target_tokens,
+            "system_dropped": self.system_dropped,
             "sources": self.sources,
         }
-
-
-# --------------------------------------------------------------------------------------------- reading
-def seed_files(paths: list[str]) -> list[Path]:
-    """Files named by ``paths`` (files, folders holding .json/.jsonl files, globs), sorted, each once."""
-    out: list[Path] = []
-    for p in paths:
-        path = find_file(p)
-        if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in SEED_SUFFIXES)
-        elif path.is_file():
-            found = [path]
-        else:
-            found = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
-        if not found:
-            raise FileNotFoundError(f"train.seed_data: no seed files at {p!r}")
-        out.extend(f.resolve() for f in found if f.resolve() not in out)
-    return out
-
-
-def _format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    return "jsonl" if path.suffix == ".jsonl" else "json"
-
-
-def read_seed(paths: list[str], fmt: str = "auto") -> Iterator[SeedPair | Bad]:
-    """Every seed item of the files, in order, as a :class:`SeedPair` or a :class:`Bad`.
-
-    A UTF-8 byte order mark and blank space before the first item are skipped; a UTF-16/UTF-32 file is one
-    ``unsupported_encoding`` item at "byte 0" (issue 12, the same rule as the corpus readers).
-    """
-    for path in seed_files(paths):
-        src = str(path)
-        try:
-            if _format(path, fmt) == "jsonl":
-                with open(path, "rb") as f:
-                    for n, (_, line) in enumerate(iter_lines(f, 1 << 62, prologue=True), 1):
-                        if line.strip():  # type: ignore[union-attr]
-                            yield _parse(line, src, f"line {n}")  # type: ignore[arg-type]
-                continue
-            data = path.read_bytes()
-            data = data[prologue_length(data[:4]) :]
-        except UnsupportedEncoding as e:
-            yield Bad(src, "byte 0", "unsupported_encoding", str(e))
-            continue
-        try:
-            items = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            yield Bad(src, "file", "invalid_json", str(e), data)
-            continue
-        if not isinstance(items, list):
-            yield Bad(src, "file", "not_an_object", "a .json seed file must hold an array of objects", data)
-            continue
-        for n, obj in enumerate(items):
-            yield _pair(obj, src, f"item {n}", orjson.dumps(obj))
-
-
-def _parse(line: bytes, src: str, pos: str) -> SeedPair | Bad:
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as e:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            return Bad(src, pos, "invalid_utf8", str(e), line)
-        return Bad(src, pos, "invalid_json", str(e), line)
-    return _pair(obj, src, pos, line)
-
-
-def _pair(obj: Any, src: str, pos: str, raw: bytes) -> SeedPair | Bad:
-    if not isinstance(obj, dict):
-        return Bad(src, pos, "not_an_object", type(obj).__name__, raw)
-    missing = [k for k in ("instruction", "output") if k not in obj]
-    if missing:
-        return Bad(src, pos, "missing_field", ",".join(missing), raw)
-    wrong = [
-        k
-        for k in ("instruction", "input", "output")
-        if obj.get(k) is not None and not isinstance(obj[k], str)
-    ]
-    if wrong:
-        return Bad(src, pos, "wrong_type", ",".join(f"{k} is {type(obj[k]).__name__}" for k in wrong), raw)
-    return SeedPair(
-        clean(obj["instruction"]), clean(obj.get("input") or ""), clean(obj["output"] or ""), src, pos
-    )
-
-
-def clean(text: str) -> str:
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", text).strip()
 
 
 # ------------------------------------------------------------------------------------------- examples
@@ -233,7 +149,7 @@ def build_sft_set(cfg: DictConfig, task: str, tokenizer: Any, out_dir: str | Pat
     quarantine = Quarantine(path.parent / f"{task}.quarantine.jsonl.zst")
     seen: set[int] = set()
     with atomic_open(path) as out, atomic_open(path.parent / f"{task}.rejected.jsonl") as rej:
-        for item in read_seed(list(t.seed_data), t.seed_format):
+        for item in read_seed(list(t.seed_data), t.seed_format, t.seed_columns):
             report.records_in += 1
             if isinstance(item, Bad):
                 quarantine.add(item)
@@ -241,7 +157,10 @@ def build_sft_set(cfg: DictConfig, task: str, tokenizer: Any, out_dir: str | Pat
             if item.source not in report.sources:
                 report.sources.append(item.source)
             reason, detail, row = None, "", {"source": item.source, "position": item.position}
-            if not item.instruction:
+            if item.turn > 1:
+                reason, detail = "later_turn", f"turn {item.turn}: follows earlier turns of its conversation"
+                row.update(instruction=item.full_instruction, output=item.output)
+            elif not item.instruction:
                 reason = "empty_instruction"
             elif not item.output:
                 reason = "empty_output"
@@ -262,6 +181,7 @@ def build_sft_set(cfg: DictConfig, task: str, tokenizer: Any, out_dir: str | Pat
                         report.out += 1
                         report.prompt_tokens += len(p_ids)
                         report.target_tokens += len(t_ids)
+                        report.system_dropped += bool(item.system)
                         continue
             report.rejected[reason] += 1
             rej.write(
@@ -271,7 +191,12 @@ def build_sft_set(cfg: DictConfig, task: str, tokenizer: Any, out_dir: str | Pat
     report.quarantined = quarantine.counts
     atomic_write_bytes(report_path(out_dir, task), orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if report.out == 0:
-        raise ValueError(f"train.seed_data: no usable seed pairs in {report.sources or list(t.seed_data)}")
+        raise ValueError(
+            f"train.seed_data: no usable seed pairs in {report.sources or list(t.seed_data)} (quarantined "
+            f"{dict(report.quarantined)}, rejected {dict(report.rejected)}; each item's reason: "
+            f"{quarantine.path if quarantine.total else path.parent / f'{task}.rejected.jsonl'}; the formats "
+            "read: docs/training.md, Data)"
+        )
     return report
 
 
