@@ -337,7 +337,7 @@ def test_two_task_job_on_the_sandbox_cluster_requeued_by_usr2_resumes(tiny_model
     from kun_hpc.train.launch import submit_slurm
 
     out = tmp_path / "chat"
-    cfg = train_cfg(tiny_model, out, "chat", *FAST, "train.max_steps=40", "train.save_steps=2",
+    cfg = train_cfg(tiny_model, out, "chat", *FAST, "train.max_steps=16", "train.save_steps=2",
                     "train.tasks_per_node=2", "train.slurm.cpus_per_task=1")  # fmt: skip
     prepare(cfg)
     job = submit_slurm(cfg)
@@ -353,5 +353,5 @@ def test_two_task_job_on_the_sandbox_cluster_requeued_by_usr2_resumes(tiny_model
     assert results[0]["param_sum"] == pytest.approx(results[1]["param_sum"], rel=1e-9)  # replicas agree
     assert (out / "model" / "model.safetensors").is_file()
     steps = [r["step"] for r in log_rows(out)]
-    assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))
+    assert steps[-1] == 16 and sorted(set(steps)) == list(range(1, 17))
     assert (out / "jobs.jsonl").read_text().count(job.job_id) == 1
