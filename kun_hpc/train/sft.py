@@ -191,12 +191,15 @@ def _callbacks(out: Path, stop_at: int | None, main: bool) -> list:
                 print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
 
     class StopAt(TrainerCallback):
-        """``train.stop_at_step``: checkpoint and stop there, the schedule unchanged."""
+        """``train.stop_at_step``: checkpoint and stop there, the schedule unchanged; the loss of the last
+        step is logged whatever ``log_steps``."""
 
         def on_step_end(self, args, state, control, **kwargs):
             if stop_at is not None and state.global_step >= stop_at:
                 control.should_save = True
                 control.should_training_stop = True
+            if control.should_training_stop or state.global_step >= state.max_steps:
+                control.should_log = True
 
     class TokensAtStart(TrainerCallback):
         """The tokens a resumed run had seen before this start (the throughput counts this run's only)."""
