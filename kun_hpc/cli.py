@@ -1,11 +1,12 @@
 """The ``kun-hpc`` command: ``kun-hpc COMMAND [CONFIG.yaml] [key=value ...]``.
 
-Every command but ``inspect`` and ``review`` takes an optional YAML preset from ``configs/`` (or a run
-folder) and ``key=value`` overrides; the commands that write save the resolved config and its hash in the run
-directory and run on the configured executor (``kun-hpc config`` prints that config and writes nothing). This
-module parses arguments, maps errors to exit codes (0 ok, 1 failed, 2 bad config or command line, 3 too much
-bad input) and prints; what a command does is in :mod:`kun_hpc.run`. The help text (:data:`DESCRIPTION`,
-:data:`COMMANDS`, the usage lines of :data:`OPERANDS`) is plain text, as a terminal shows it (issue 16).
+Every command but ``inspect``, ``review`` and ``export`` takes an optional YAML preset from ``configs/``
+(or a run folder) and ``key=value`` overrides; the commands that write save the resolved config and its hash
+in the run directory and run on the configured executor (``kun-hpc config`` prints that config and writes
+nothing). This module parses arguments, maps errors to exit codes (0 ok, 1 failed, 2 bad config or command
+line, 3 too much bad input) and prints; what a command does is in :mod:`kun_hpc.run`. The help text
+(:data:`DESCRIPTION`, :data:`COMMANDS`, the usage lines of :data:`OPERANDS`) is plain text, as a terminal
+shows it (issue 16).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from kun_hpc.core.errors import BadInputError
 from kun_hpc.inspect_run import add_parser as add_inspect_parser
 from kun_hpc.inspect_run import main as inspect_main
 from kun_hpc.io.lock import holder, run_lock
+from kun_hpc.iterate import iterate, print_report
+from kun_hpc.merge.export import add_parser as add_export_parser
+from kun_hpc.merge.export import main as export_main
 from kun_hpc.quality.review import add_parser as add_review_parser
 from kun_hpc.quality.review import main as review_main
 from kun_hpc.stages.filter import calibration_path, needs_calibration
@@ -53,10 +57,10 @@ from kun_hpc.train.launch import prepare, run_local, submit_slurm
 from kun_hpc.train.sizing import print_estimates, train_plan
 
 DESCRIPTION = (
-    "kun-hpc: Chinese instruction data (Kun) on a cluster. Every command but inspect and review takes an "
-    "optional YAML preset (configs/default.yaml when none is given; a run folder: the config it ran with) "
-    "and key=value overrides. Exit codes: 0 ok, 1 failed, 2 bad config, 3 too much bad input, 130 / 143 "
-    "interrupted (SIGINT / SIGTERM: run the same command to resume)."
+    "kun-hpc: Chinese instruction data (Kun) on a cluster. Every command but inspect, review and export "
+    "takes an optional YAML preset (configs/default.yaml when none is given; a run folder: the config it ran "
+    "with) and key=value overrides. Exit codes: 0 ok, 1 failed, 2 bad config, 3 too much bad input, "
+    "130 / 143 interrupted (SIGINT / SIGTERM: run the same command to resume)."
 )
 COMMANDS = {
     "shard": "native corpus files -> zstd JSONL shards with a manifest",
@@ -68,6 +72,7 @@ COMMANDS = {
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
     "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
     "train": "SFT of the Label model (seed pairs inverted) or the Primary Chat model (forward)",
+    "iterate": "Humpback's self-curation rounds: chat model retrained on seed + curated pairs, judges again",
     "merge": "dedup the final records across all corpora, write the dataset, its card and the funnel report",
     "config": "print the resolved config as a run saves it in config.yaml (writes nothing)",
 }
@@ -81,6 +86,7 @@ OPERANDS = {
     "config": RUN_OR_PRESET,
     "train": "{" + ",".join(config_mod.TRAIN_TASKS) + "} " + PRESET,
     "merge": "[RUN_DIR | CONFIG.yaml] [allow_partial=true] [key=value ...]",
+    "iterate": "RUN_DIR [key=value ...]",
 }
 
 
@@ -115,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         if name == "train":
             _train_arguments(c)
+        if name == "iterate":
+            _iterate_arguments(c)
         partial = "; allow_partial=true merges the complete groups of an unfinished run"
         example = "train.epochs=1" if name == "train" else "executor.kind=inline"  # train takes --executor
         c.add_argument(
@@ -135,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         c.usage = f"%(prog)s {OPERANDS.get(name, PRESET)} {_flags(c)}"
     add_inspect_parser(sub)  # takes a run folder, not a config
     add_review_parser(sub)  # export / import: also a run folder
+    add_export_parser(sub)  # a run folder with a merged dataset
     return p
 
 
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return inspect_main(ns)
     if ns.command == "review":
         return review_main(ns)
+    if ns.command == "export":
+        return export_main(ns)
     preset, overrides = split_args(ns.args)
     if ns.command == "train":  # the task decides train.output, which is resolved at load
         overrides = [f"train.task={ns.task}", *overrides]
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # the commands that write in the run directory: one at a time per run (kun_hpc/io/lock.py); the Slurm merge
 # job holds it too (kun_hpc/run.py)
-WRITERS = ("run", "shard", "reshard", "merge", "filter-calibrate")
+WRITERS = ("run", "shard", "reshard", "merge", "filter-calibrate", "iterate")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -448,6 +459,21 @@ def cmd_train(cfg: DictConfig, ns: argparse.Namespace) -> int:
     return 0
 
 
+def _iterate_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--rounds", type=int, default=1, metavar="K", help="rounds after the run itself (round 0)")
+    c.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        help="where each round's training runs (default: slurm when executor.kind is slurm, else local); "
+        "slurm: the stage arrays wait for the training job",
+    )
+
+
+def cmd_iterate(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    print_report(iterate(cfg, ns.rounds, ns.executor, TerminalView))
+    return 0
+
+
 COMMAND_FUNCS = {
     "shard": cmd_shard,
     "reshard": cmd_reshard,
@@ -459,6 +485,7 @@ COMMAND_FUNCS = {
     "filter-calibrate": cmd_filter_calibrate,
     "train": cmd_train,
     "merge": cmd_merge,
+    "iterate": cmd_iterate,
     "config": cmd_config,
 }
 

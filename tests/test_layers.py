@@ -21,7 +21,7 @@ LAYERS = [
     ("kun_hpc.merge", "kun_hpc.train"),
     ("kun_hpc.quality", "kun_hpc.inspect_run"),
     ("kun_hpc.report",),
-    ("kun_hpc.run",),
+    ("kun_hpc.run", "kun_hpc.iterate"),
     ("kun_hpc.cli",),
 ]
 

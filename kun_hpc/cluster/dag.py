@@ -7,7 +7,7 @@ once; inline and local, a unit starts when its upstream ended) and never runs a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,16 +41,19 @@ class Submitted:
         return list(dict.fromkeys(t.array for t in self.all_tasks if t.array))
 
 
-def submit_grid(grid: Grid, executor: Executor, log_root: Path) -> Submitted:
-    """Hand every pending unit to the executor, each after its upstream unit of the same group."""
+def submit_grid(grid: Grid, executor: Executor, log_root: Path, after: Sequence[Task] = ()) -> Submitted:
+    """Hand every pending unit to the executor, each after its upstream unit of the same group; a unit whose
+    upstream unit is done already waits for ``after`` instead (on Slurm ``afterok``: the training job of a
+    ``kun-hpc iterate`` round, whose model the stages load)."""
     pending = pending_units(grid)
     result = Submitted({s: len(u) for s, u in pending.items()}, grid=grid)
     previous: dict[int, Task] = {}  # group -> the task of the stage before
+    first = list(after) or None
     try:
         for stage in grid.stages:
             units = pending[stage]
-            after = [previous.get(u.index) for u in units]
-            tasks = executor.submit(run_unit, units, name=stage, log_dir=log_root / stage, after=after)
+            waits = [previous.get(u.index) or first for u in units]
+            tasks = executor.submit(run_unit, units, name=stage, log_dir=log_root / stage, after=waits)
             result.tasks[stage] = tasks
             previous = {u.index: t for u, t in zip(units, tasks, strict=True)}
     except (FailedJobError, FailedSubmissionError) as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = CONFIGS / "default.yaml"  # package data: found in a wheel install too (issue 16)
+# keys an older kun-hpc wrote into config.yaml that this one no longer reads: left out of a preset with a note
+# on stderr, so that a run made before (its saved config.yaml) still loads for status, merge and export
+RETIRED = {
+    "train.fsdp": "FSDP / DeepSpeed settings are accelerate config files: train.distributed, "
+    "train.accelerate_config (issue 17)",
+    "train.length_group_window": "transformers' length-grouped sampler sets its own window (issue 17)",
+}
 
 
 def load(
@@ -124,6 +132,12 @@ def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
         raise ConfigError(f"config file {path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(layer, DictConfig):
         raise ConfigError(f"config file {path}: must be a mapping of sections, not a list")
+    for key, why in RETIRED.items():
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(layer, parent) if parent else layer
+        if isinstance(section, DictConfig) and leaf in section:
+            section.pop(leaf)
+            print(f"kun-hpc: {path}: {key} is no longer read and was left out: {why}", file=sys.stderr)
     includes = layer.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]

@@ -220,3 +220,13 @@ class PromptTemplate:
     def render(self, **values: str) -> str:
         """The text of :meth:`prompt`."""
         return self.prompt(**values).text
+
+
+# the ChatML chat template (Jinja, as tokenizer_config.json holds one) for a tokenizer that has none: what a
+# trained model folder (kun_hpc/train/sft.py) and an export's token counts (kun_hpc/merge/export.py) use
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)

@@ -1,11 +1,11 @@
 """One owner per run directory at a time (issue 16): the lock ``<run>/lock`` and who holds it.
 
-The commands that write a run (``run``, ``shard``, ``reshard``, ``merge``, ``filter-calibrate`` and the Slurm
-merge job) hold it for as long as they work in the run directory; the read-only ones (``status``, ``logs``,
-``plan``, ``inspect``) never take it. It is an ``flock`` on ``<run>/lock``: the kernel releases it when
-its holder ends, however it ends (``kill -9`` and a crash included), so a lock is never left behind. The
-holder writes who it is (command, pid, host, start time, Slurm job) into the file, and a second command
-refuses naming it (:class:`RunDirInUse`).
+The commands that write a run (``run``, ``shard``, ``reshard``, ``merge``, ``filter-calibrate``, ``export``
+and the Slurm merge job) hold it for as long as they work in the run directory; the read-only ones
+(``status``, ``logs``, ``plan``, ``inspect``) never take it. It is an ``flock`` on ``<run>/lock``: the kernel
+releases it when its holder ends, however it ends (``kill -9`` and a crash included), so a lock is never
+left behind. The holder writes who it is (command, pid, host, start time, Slurm job) into the file, and a
+second command refuses naming it (:class:`RunDirInUse`).
 
 On a shared filesystem the lock holds across machines only where the filesystem implements ``flock``
 across clients: NFSv4 and NFSv3 with ``lockd`` do; Lustre does when mounted with ``-o flock`` (with

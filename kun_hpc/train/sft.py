@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.inference.engine import go_offline, resolve_model_path
+from kun_hpc.inference.prompt import CHATML_TEMPLATE
 from kun_hpc.train.accelerate_config import accelerate_settings
 from kun_hpc.train.data import CHATML_TOKENS, END_OF_TURN, data_path, read_examples
 
@@ -50,12 +51,6 @@ LOG_FILE = "train_log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 DONE_FILE = "kun_train.json"  # in the final model folder: what made it
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 # ------------------------------------------------------------------------------------------- settings

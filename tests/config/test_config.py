@@ -167,3 +167,24 @@ def test_the_rules_stage_implements_exactly_the_rule_names_of_the_config():
     defaults = config.RulesConfig()
     assert set(defaults.instruction_rules) <= set(config.INSTRUCTION_RULE_NAMES)
     assert set(defaults.answer_rules) <= set(config.ANSWER_RULE_NAMES)
+
+
+def test_a_run_saved_before_a_key_was_retired_still_loads_with_a_note(tmp_path, capsys):
+    """A config.yaml written by the kun-hpc before issue 17 holds train.fsdp and train.length_group_window:
+    the run loads (status, merge, export read it), each retired key named on stderr with its replacement;
+    an unknown key that was never kun-hpc's is still refused."""
+    cfg = config.load(None, [f"run.dir={tmp_path}"])
+    config.save_resolved(cfg, tmp_path)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    saved.train.fsdp = {"sharding": "full", "wrap_classes": [], "cpu_offload": False}
+    saved.train.length_group_window = 64
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    loaded = config.load_run(tmp_path)
+    assert loaded.run.dir == str(tmp_path) and "fsdp" not in loaded.train
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'config.yaml'}: train.fsdp is no longer read and was left out" in err
+    assert "train.length_group_window is no longer read" in err
+    saved.train.typo_key = 1
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(config.ConfigError, match="typo_key"):
+        config.load_run(tmp_path)

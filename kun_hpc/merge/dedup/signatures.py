@@ -37,9 +37,18 @@ def signature_unit(args: tuple[DedupJob, list[int]]) -> dict:
     return {"counts": dict(totals)}
 
 
-def _band_entries(rows: list[int], keys: list[str], hasher: MinHasher, st: dict) -> np.ndarray:
-    """The band entries of a batch: the short banding, the long one, or both, by distinct shingles."""
-    sig, distinct = hasher.signatures([shingle_text(k) for k in keys])
+def band_entries(
+    rows: list[int],
+    keys: list[str],
+    hasher: MinHasher,
+    st: dict,
+    signatures: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The band entries (:data:`~kun_hpc.merge.dedup.storage.ENTRY`: band key, row) of a batch of
+    non-empty normalized keys: the short banding, the long one, or both, by distinct shingles (the dedup
+    and the split of an export, kun_hpc/merge/split.py, bucket alike). ``signatures``: the keys'
+    :meth:`~kun_hpc.merge.minhash.MinHasher.signatures` when the caller has them already."""
+    sig, distinct = signatures or hasher.signatures([shingle_text(k) for k in keys])
     r = np.array(rows, dtype=np.uint32)
     out = []
     short = distinct < st["long_shingles"]
@@ -74,7 +83,7 @@ def _shard_signatures(job: DedupJob, s: int, totals: Counter) -> None:
             e["key"], e["row"] = mix64(np.array(exact_low, dtype=np.uint64) ^ EXACT_TAG), exact_rows
             parts.write(e)
         if batch_rows:
-            parts.write(_band_entries(batch_rows, batch_keys, hasher, st))
+            parts.write(band_entries(batch_rows, batch_keys, hasher, st))
         cols.flush()
         for batch in (exact_rows, exact_low, batch_rows, batch_keys):
             batch.clear()
