@@ -24,21 +24,13 @@ from kun_hpc.train import sft
 from kun_hpc.train.accelerate_config import accelerate_settings, check_accelerate
 from kun_hpc.train.data import data_path, read_examples
 from kun_hpc.train.launch import prepare
-from tests.conftest import REPO, SAMPLE
+from tests.conftest import REPO
+from tests.train.test_train import SEED, train_cfg
 from tools.bench_train import IGNORE, pad, reference_run, sequential, target_loss_sum
 
-SEED = SAMPLE / "seed" / "alpaca_zh_demo.json"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 # small and quick: short examples, 4 per micro-batch, 8 steps
 FAST = ["train.max_len=256", "train.micro_batch_size=4", "train.max_steps=8", "train.log_steps=1"]
-
-
-def train_cfg(tiny_model: Path, out: Path, task: str = "label", *extra: str):
-    return config.load(
-        REPO / "configs" / "train-tiny.yaml",
-        [f"train.task={task}", f"train.base_model={tiny_model}", f"train.output={out}",
-         f"train.seed_data=[{SEED}]", *extra],
-    )  # fmt: skip
 
 
 def run_cli(tiny_model: Path, out: Path, task: str, *extra: str) -> None:
