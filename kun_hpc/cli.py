@@ -53,7 +53,7 @@ from kun_hpc.quality.review import main as review_main
 from kun_hpc.stages.filter import calibration_path, needs_calibration
 from kun_hpc.stages.shard import empty_corpora
 from kun_hpc.stages.summary import print_reports
-from kun_hpc.train.launch import prepare, run_local, submit_slurm
+from kun_hpc.train.launch import check_launch, prepare, run_local, submit_slurm
 from kun_hpc.train.sizing import print_estimates, train_plan
 
 DESCRIPTION = (
@@ -445,6 +445,7 @@ def _train_arguments(c: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(cfg: DictConfig, ns: argparse.Namespace) -> int:
+    check_launch(cfg, ns.executor)
     out = prepare(cfg)
     print(f"kun-hpc train {cfg.train.task}: output {out}", file=sys.stderr)
     if ns.executor == "slurm":

@@ -73,7 +73,7 @@ from kun_hpc.io.shards import ShardInfo, input_info, list_shards, read_shard, wr
 from kun_hpc.merge.assemble import MergeResult, find_inputs, makes_pairs
 from kun_hpc.stages.point import OUTCOMES
 from kun_hpc.train.data import report_path, seed_files
-from kun_hpc.train.launch import prepare, run_local, submit_slurm
+from kun_hpc.train.launch import check_launch, prepare, run_local, submit_slurm
 
 ITERATE = "iterate"  # <run>/iterate/, and the step name of a round's marker
 LABELLED = "labelled"
@@ -386,6 +386,7 @@ def train_round(cfg: DictConfig, where: str, view: run.View) -> Task | None:
     out = Path(cfg.train.output)
     if model_complete(out):
         return None
+    check_launch(cfg, where)
     prepare(cfg)  # the SFT set (rebuilt when its inputs changed) and the config the training reads
     if where == "local":
         view.note(f"kun-hpc iterate: {Path(cfg.run.dir).name}: training {out / MODEL_DIR}")

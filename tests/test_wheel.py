@@ -25,6 +25,7 @@ import kun_hpc
 from kun_hpc import config
 from kun_hpc.config.paths import CONFIGS
 from kun_hpc.inference.prompt import PromptTemplate
+from kun_hpc.train.accelerate_config import accelerate_file
 
 # what a user's own config sets over a profile or a corpus config
 models = [f"{s}.engine.model=m" for s in ("label", "point", "answer")]
@@ -32,6 +33,8 @@ must_set = ([], models, [*models, "corpora.0.paths=[corpus.jsonl]"])
 presets = {}
 for path in sorted(CONFIGS.rglob("*.yaml")):
     name = path.relative_to(CONFIGS).with_suffix("").as_posix()
+    if name.startswith("accelerate/"):  # accelerate's own config format, read by train.distributed
+        continue
     for i, extra in enumerate(must_set):
         try:
             presets[name] = config.load(name, [*extra, "run.dir=run"]).run.name
@@ -54,6 +57,7 @@ print(json.dumps({
     "presets": presets,
     "mine": [mine.run.name, mine.corpora[0].name, mine.executor.kind],
     "rendered": template.render(text="你好"),
+    "accelerate": str(accelerate_file(config.load(None, ["train.distributed=fsdp", "run.dir=run"]).train)),
 }))
 """
 
@@ -109,7 +113,8 @@ def test_the_installed_wheel_finds_its_presets_and_templates_outside_the_repo(in
     assert got["label_template"] == str(package / "configs" / "prompts" / "label.txt")
     assert got["chat_template"] == str(package / "configs" / "prompts" / "chat.txt")
     names = {f.removeprefix("kun_hpc/configs/").removesuffix(".yaml") for f in bundled_files()}
-    assert set(got["presets"]) == {n for n in names if not n.startswith("prompts/")}
+    assert set(got["presets"]) == {n for n in names if not n.startswith(("prompts/", "accelerate/"))}
+    assert got["accelerate"] == str(package / "configs" / "accelerate" / "fsdp.yaml")
     assert got["presets"]["demo"] == "demo"
     assert got["mine"] == ["mine", "wudao", "slurm"]
     template = (REPO / "configs" / "prompts" / "label.txt").read_text(encoding="utf-8")

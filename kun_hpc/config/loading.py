@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import re
 import sys
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = CONFIGS / "default.yaml"  # package data: found in a wheel install too (issue 16)
-# keys an older kun-hpc wrote into config.yaml that this one no longer reads: left out of a preset with a note
-# on stderr, so that a run made before (its saved config.yaml) still loads for status, merge and export
+# keys an older kun-hpc read that this one does not, and why: left out of a preset with a note on stderr. A
+# run's saved config.yaml (beside its config.sha256) is kun-hpc's own writing: any key this release does not
+# know is left out of it the same way, so that a run made by an older release loads (status, merge, export)
 RETIRED = {
     "train.fsdp": "FSDP / DeepSpeed settings are accelerate config files: train.distributed, "
     "train.accelerate_config (issue 17)",
@@ -138,6 +140,13 @@ def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
         if isinstance(section, DictConfig) and leaf in section:
             section.pop(leaf)
             print(f"kun-hpc: {path}: {key} is no longer read and was left out: {why}", file=sys.stderr)
+    if path.name == "config.yaml" and (path.parent / "config.sha256").is_file():
+        for key in _drop_unknown(layer, OmegaConf.structured(Config)):
+            print(
+                f"kun-hpc: {path}: {key} is not a key of this kun-hpc (an older release wrote it) and was "
+                "left out",
+                file=sys.stderr,
+            )
     includes = layer.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -145,6 +154,30 @@ def preset_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
     for inc in includes:
         layers += preset_layers(find_preset(str(inc), path.parent), (*seen, path))
     return [*layers, layer]
+
+
+def _drop_unknown(layer: DictConfig, schema: DictConfig, prefix: str = "") -> list[str]:
+    """Remove from ``layer`` the keys its schema (a structured config) has not, in every section and list
+    item typed by a dataclass; return their dotted names. A free-form mapping (``pipeline.options``) keeps
+    whatever it holds."""
+    dropped = []
+    for key in list(layer.keys()):
+        name = f"{prefix}{key}"
+        if key not in list(schema.keys()):  # `key in schema` is false for a key set to ??? (MISSING)
+            layer.pop(key)
+            dropped.append(name)
+            continue
+        sub, ref = layer._get_node(key), schema._get_node(key)
+        typed = isinstance(ref, DictConfig) and is_dataclass(OmegaConf.get_type(ref))
+        if isinstance(sub, DictConfig) and typed:
+            dropped += _drop_unknown(sub, ref, f"{name}.")
+        elif isinstance(sub, ListConfig) and isinstance(ref, ListConfig):
+            item_type = ref._metadata.element_type
+            if is_dataclass(item_type):
+                for i, item in enumerate(sub):
+                    if isinstance(item, DictConfig):
+                        dropped += _drop_unknown(item, OmegaConf.structured(item_type), f"{name}[{i}].")
+    return dropped
 
 
 def _fill_file_hashes(cfg: DictConfig) -> None:

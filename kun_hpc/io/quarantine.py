@@ -52,6 +52,7 @@ class Quarantine:
     def __init__(self, path: str | Path, echo_first: int = 5):
         self.path = Path(path)
         self.counts: Counter[str] = Counter()
+        self._echo_first = echo_first
         self._echo_left = echo_first
         self._file: contextlib.AbstractContextManager | None = None
         self._writer = None
@@ -73,10 +74,14 @@ class Quarantine:
         return sum(self.counts.values())
 
     def close(self) -> None:
+        """Write the file; when more items came than were echoed, say how many more and where they all are."""
         if self._writer is not None:
             self._writer.close()
             self._file.__exit__(None, None, None)
             self._writer = self._file = None
+            if 0 < self._echo_first < self.total:
+                more = self.total - self._echo_first
+                print(f"quarantined: {more:,} more; all {self.total:,} are in {self.path}", file=sys.stderr)
 
 
 def read_quarantine(path: str | Path) -> list[dict]:

@@ -153,6 +153,8 @@ def dataset_folder(run_dir: str | Path) -> tuple[Path, DictConfig]:
     cfg = load_run(run_dir)
     folder = Path(cfg.merge.output) / "dataset"
     if not (folder / "jsonl").is_dir():
+        if folder.is_dir():  # the merge ran and kept nothing
+            raise ExportError(f"{folder}: the dataset is empty (0 records): nothing to export")
         raise ExportError(f"{folder}: no merged dataset: run `kun-hpc merge {run_dir}` first")
     return folder, cfg
 

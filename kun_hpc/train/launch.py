@@ -27,10 +27,78 @@ from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc import config as config_mod
 from kun_hpc.core.hashing import file_sha256
+from kun_hpc.io.atomic import atomic_write_bytes
 from kun_hpc.train.data import build_sft_set, data_path, report_path
 from kun_hpc.train.seed import seed_files
 
 JOBS_FILE = "jobs.jsonl"
+SETTINGS_FILE = "train_settings.json"  # the settings the checkpoints and the model of train.output follow
+# the keys of the SFT set (its own fingerprint covers them) and those that change no trained weight
+DATA_KEYS = ("task", "seed_data", "seed_format", "seed_columns", "chat_template", "max_len", "base_model")
+NOT_MODEL = ("output", "slurm", "save_steps", "keep_checkpoints", "log_steps", "stop_at_step")
+
+
+def check_launch(cfg: DictConfig, executor: str) -> None:
+    """Before any work: ``train.distributed`` fsdp / deepspeed shard over two or more processes, and
+    accelerate applies them on GPUs only (checked here for ``--executor local``; a Slurm job's GPUs are on
+    its nodes). Raises ConfigError."""
+    t = cfg.train
+    if t.distributed == "ddp":
+        return
+    world = int(t.nproc) if executor == "local" else int(t.nodes) * int(t.tasks_per_node)
+    if world < 2:
+        raise config_mod.ConfigError(
+            f"train.distributed={t.distributed} shards the model over processes and {world} process has "
+            "nothing to shard over: use train.distributed=ddp, or more processes (train.nproc; on Slurm "
+            "train.nodes x train.tasks_per_node)"
+        )
+    import torch
+
+    if executor == "local" and not torch.cuda.is_available():
+        raise config_mod.ConfigError(
+            f"train.distributed={t.distributed}: accelerate applies it on GPUs only and this machine has "
+            "none; use train.distributed=ddp on CPU"
+        )
+
+
+def trained_before(out: Path) -> str | None:
+    """What of a training ``out`` already holds: "a model", "checkpoints" or None."""
+    if (out / "model" / "kun_train.json").is_file():
+        return "a model"
+    return "checkpoints" if any((out / "checkpoints").glob("checkpoint-*")) else None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys (lora.enabled), so that a change names its key."""
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_settings(t: DictConfig, out: Path) -> None:
+    """A ``train.output`` that holds checkpoints or a model refuses other training settings (a resume would
+    mix two schedules, and a finished folder would say "already done" for a model it did not train);
+    otherwise the settings are recorded in ``<out>/train_settings.json``. Raises ConfigError naming each
+    changed key."""
+    skip = (*NOT_MODEL, *DATA_KEYS)
+    settings = _flat({k: v for k, v in OmegaConf.to_container(t, resolve=True).items() if k not in skip})
+    path = out / SETTINGS_FILE
+    before = trained_before(out)
+    if before and path.is_file():
+        old = orjson.loads(path.read_bytes())
+        changed = [
+            f"train.{k}: {old.get(k)!r} -> {settings.get(k)!r}"
+            for k in sorted(set(old) | set(settings))
+            if old.get(k) != settings.get(k)
+        ]
+        if changed:
+            raise config_mod.ConfigError(
+                f"train.output {out}: holds {before} trained with other settings ({'; '.join(changed)}); "
+                f"choose a new train.output, or delete {out} to train again"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, orjson.dumps(settings, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
 def prepare(cfg: DictConfig) -> Path:
@@ -45,20 +113,21 @@ def prepare(cfg: DictConfig) -> Path:
     t.base_model = str(resolve_model_path(config_mod.find_file(t.base_model)))
     t.output = str(Path(t.output).resolve())
     out = Path(t.output)
-    keys = ("task", "seed_data", "seed_format", "seed_columns", "chat_template", "max_len", "base_model")
     digest = config_mod.config_hash(
         {
-            "data": {k: t[k] for k in keys},
+            "data": {k: t[k] for k in DATA_KEYS},
             "label_template": cfg.label.template_sha256,
             # the seed files by content too: an edited file builds the set again
             "seed_files": sorted(file_sha256(f) for f in seed_files(list(t.seed_data))),
         }
     )
     stamp = out / "data" / f"{t.task}.sha256"
+    check_settings(t, out)
     if not (data_path(out, t.task).is_file() and stamp.is_file() and stamp.read_text().strip() == digest):
-        if stamp.is_file() and any((out / "checkpoints").glob("checkpoint-*")):
+        before = trained_before(out)
+        if stamp.is_file() and before:
             raise config_mod.ConfigError(
-                f"train.output {out}: its checkpoints were trained on another data set (seed files, "
+                f"train.output {out}: holds {before} trained on another data set (seed files, "
                 "templates, max_len or base model changed); choose a new train.output"
             )
         go_offline()
@@ -118,7 +187,7 @@ def run_local(cfg: DictConfig) -> list[dict[str, Any]]:
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise RuntimeError(f"kun-hpc train: local processes exited with {codes}")
+        raise RuntimeError(f"train: local processes exited with {codes} (their tracebacks are above)")
     return [orjson.loads((out / f"result-{r}.json").read_bytes()) for r in range(n)]
 
 

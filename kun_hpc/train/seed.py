@@ -205,7 +205,7 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[Any, str, bytes] | Bad]:
     if not isinstance(value, list):
         yield Bad(src, "file", "not_an_object", "a .json seed file must hold an array of objects", data)
         return
-    for n, obj in enumerate(value):
+    for n, obj in enumerate(value, 1):  # counted from 1, as lines are
         yield obj, f"item {n}", orjson.dumps(obj)
 
 

@@ -213,10 +213,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (rank, world size, steps, first and last logged loss, tokens and tokens/s of this start, status)."""
     from datasets import disable_progress_bars
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers.utils import logging as transformers_logging
     from trl import SFTTrainer
 
     go_offline()
     disable_progress_bars()  # TRL's dataset preparation: one bar per map, per process, in every job log
+    transformers_logging.disable_progress_bar()  # loading and writing the weights, likewise
     t = cfg.train
     out = Path(t.output)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

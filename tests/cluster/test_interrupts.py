@@ -102,7 +102,14 @@ def running_workers(run: Path) -> set[int]:
         pids = set().union(*(group(e["pid"]) for e in entries.values()))
         return pids if len(pids) >= 4 else None
 
-    return until(groups, what="a controller and a worker per running unit")
+    pids = until(groups, what="a controller and a worker per running unit")
+
+    def started() -> bool:  # a worker signalled before its unit log opened has nothing to say it stopped
+        logs = [run / "logs" / stage / unit for stage, unit in local_running(run)]
+        return any("start: " in p.read_text(errors="replace") for d in logs for p in d.glob("*.err"))
+
+    until(started, what="a running unit's log saying it started")
+    return pids
 
 
 def rerun_resumes(run: Path, capsys) -> None:

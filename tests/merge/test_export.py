@@ -539,6 +539,10 @@ def test_the_command_prints_the_table_and_refuses_what_it_cannot_export(run, tmp
     config.save_resolved(cfg, other)
     assert cli.main(["export", str(other), "--format", "alpaca"]) == 1
     assert "no merged dataset: run `kun-hpc merge" in capsys.readouterr().err
+    (other / "merge" / "dataset").mkdir(parents=True)  # a merge that kept nothing: said so, not "merge first"
+    assert cli.main(["export", str(other), "--format", "alpaca"]) == 1
+    assert "the dataset is empty (0 records): nothing to export" in capsys.readouterr().err
+    (other / "merge" / "dataset").rmdir()
     shard = other / "in.jsonl.zst"
     w = ZstdJsonlWriter(shard, 3)
     w.write({"id": "c/1", "corpus": "c", "text": "一段文字"})

@@ -118,7 +118,8 @@ def test_alpaca_items_and_a_bad_item_of_each_kind(tmp_path, pairs, jsonl):
         p[9],
     ]
     seed = write(tmp_path / f"seed.{'jsonl' if jsonl else 'json'}", items, jsonl, {2: "{broken"})
-    pos = [f"line {n}" for n in (1, 2, 4, 5, 6, 7, 8, 9, 10)] if jsonl else [f"item {n}" for n in range(9)]
+    lines = [f"line {n}" for n in (1, 2, 4, 5, 6, 7, 8, 9, 10)]
+    pos = lines if jsonl else [f"item {n}" for n in range(1, 10)]
     got = list(read_seed([str(seed)]))
     assert {i.source for i in got} == {str(seed)}
     assert seen(got) == [
@@ -166,7 +167,7 @@ def test_sharegpt_conversations_and_a_bad_item_of_each_kind(tmp_path, pairs, jso
         sharegpt(p[4]),
     ]
     seed = write(tmp_path / f"seed.{'jsonl' if jsonl else 'json'}", items, jsonl)
-    pos = [f"line {n + 1}" if jsonl else f"item {n}" for n in range(len(items))]
+    pos = [f"line {n + 1}" if jsonl else f"item {n + 1}" for n in range(len(items))]
     order = "(an optional first system message, then user and assistant turns in turn)"
     assert seen(read_seed([str(seed)])) == [
         good(p[0], pos[0], split_input=False),
@@ -225,7 +226,7 @@ def test_openai_messages_and_a_bad_item_of_each_kind(tmp_path, pairs, jsonl):
         openai(p[4]),
     ]
     seed = write(tmp_path / f"seed.{'jsonl' if jsonl else 'json'}", items, jsonl)
-    pos = [f"line {n + 1}" if jsonl else f"item {n}" for n in range(len(items))]
+    pos = [f"line {n + 1}" if jsonl else f"item {n + 1}" for n in range(len(items))]
     assert seen(read_seed([str(seed)])) == [
         good(p[0], pos[0], split_input=False),
         good(p[1], pos[1], split_input=False, system="You are a helpful assistant."),
@@ -282,8 +283,8 @@ def test_config_columns_read_a_users_own_keys(tmp_path, pairs):
     ]
     seed = write(tmp_path / "dialog.json", dialog, False)
     assert seen(read_seed([str(seed)], "auto", {"messages": "dialog", "system": "sys"})) == [
-        good(p[4], "item 0", split_input=False, system="简洁。"),
-        good(p[5], "item 1", split_input=False),
+        good(p[4], "item 1", split_input=False, system="简洁。"),
+        good(p[5], "item 2", split_input=False),
     ]
 
 
@@ -319,7 +320,7 @@ def test_a_json_file_holding_json_lines_is_read_or_refused_with_the_fix(tmp_path
 
 def test_a_jsonl_file_holding_a_json_array_is_read_or_refused_with_the_fix(tmp_path, pairs):
     seed = write(tmp_path / "seed.jsonl", pairs[:3], False)  # a JSON array named .jsonl
-    assert seen(read_seed([str(seed)])) == [good(p, f"item {n}") for n, p in enumerate(pairs[:3])]
+    assert seen(read_seed([str(seed)])) == [good(p, f"item {n}") for n, p in enumerate(pairs[:3], 1)]
     got = list(read_seed([str(seed)], "jsonl"))
     assert all(isinstance(b, Bad) for b in got) and got[0].position == "line 1"
     assert got[0].detail.endswith(
@@ -341,7 +342,7 @@ def test_a_byte_order_mark_is_skipped_in_every_format(tmp_path, pairs, fmt, json
         prologue=BOM,
     )
     got = list(read_seed([str(seed)]))
-    pos = [f"line {n + 1}" if jsonl else f"item {n}" for n in range(3)]
+    pos = [f"line {n + 1}" if jsonl else f"item {n + 1}" for n in range(3)]
     assert seen(got) == [
         good(p, at, split_input=fmt == "alpaca") for p, at in zip(pairs[:3], pos, strict=True)
     ]

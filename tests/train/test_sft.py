@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -248,36 +247,45 @@ def test_lora_model_answers_the_label_prompt_with_vllm(lora_trained):
 
 
 # ----------------------------------------------------------------------------------- distributed
-@pytest.mark.slow
-def test_two_processes_stopped_and_resumed_equal_an_uninterrupted_run(tiny_model, tmp_path):
-    """Two local gloo processes (DDP): stopped at step 2 and resumed, they end with the weights, learning
-    rates and losses of an uninterrupted two-process run."""
-    two = [*FAST, "train.max_steps=4", "train.nproc=2", "train.save_steps=100"]
-    run_cli(tiny_model, tmp_path / "whole", "chat", *two)
-    run_cli(tiny_model, tmp_path / "cut", "chat", *two, "train.stop_at_step=2")
-    run_cli(tiny_model, tmp_path / "cut", "chat", *two)
-    results = [orjson.loads((tmp_path / "cut" / f"result-{r}.json").read_bytes()) for r in (0, 1)]
-    assert [r["resumed_from"] for r in results] == [2, 2] and {r["world_size"] for r in results} == {2}
-    assert results[0]["param_sum"] == pytest.approx(results[1]["param_sum"], rel=1e-9)  # replicas agree
-    a, b = log_rows(tmp_path / "whole"), log_rows(tmp_path / "cut")
-    assert [r["lr"] for r in a] == [r["lr"] for r in b]
-    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
-    wa = load_file(tmp_path / "whole" / "model" / "model.safetensors")
-    wb = load_file(tmp_path / "cut" / "model" / "model.safetensors")
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(tiny_model, tmp_path, capfd):
-    """accelerate applies FSDP on GPUs only: two CPU processes asked for fsdp stop with the reason instead of
-    training plain replicas under the name."""
-    cfg = [*FAST, "train.max_steps=2", "train.nproc=2", "train.distributed=fsdp"]
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["train.nproc=2"], "train.distributed=fsdp: accelerate applies it on GPUs only and this machine"),
+        (["train.nproc=1"], "train.distributed=fsdp shards the model over processes and 1 process has"),
+    ],
+)
+def test_fsdp_without_gpus_or_one_process_is_refused_first(tiny_model, tmp_path, capsys, extra, message):
+    """accelerate applies FSDP on GPUs only (on CPU processes it trains plain replicas under the name) and
+    shards over two or more processes: refused before the set is built, not as a traceback mid-way."""
     args = ["train", "chat", str(REPO / "configs" / "train-tiny.yaml"), f"train.base_model={tiny_model}",
-            f"train.output={tmp_path}", f"train.seed_data=[{SEED}]", *cfg]  # fmt: skip
-    assert cli.main(args) == 1
-    assert "train.distributed=fsdp: accelerate applies it on GPUs only" in capfd.readouterr().err
-    assert not (tmp_path / "model").exists()
+            f"train.output={tmp_path / 'out'}", f"train.seed_data=[{SEED}]", "train.distributed=fsdp",
+            *extra]  # fmt: skip
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_folder_with_checkpoints_refuses_other_settings_naming_them(tiny_model, tmp_path, capsys):
+    """A resume with another lr, or with LoRA switched on, would mix two trainings (or crash loading the
+    optimizer state): refused with the changed keys; the unchanged settings resume."""
+    out = tmp_path / "label"
+    run_cli(
+        tiny_model, out, "label", *FAST, "train.max_steps=4", "train.save_steps=100", "train.stop_at_step=2"
+    )
+    capsys.readouterr()
+    base = ["train", "label", str(REPO / "configs" / "train-tiny.yaml"), f"train.base_model={tiny_model}",
+            f"train.output={out}", f"train.seed_data=[{SEED}]", *FAST, "train.max_steps=4",
+            "train.save_steps=100"]  # fmt: skip
+    assert cli.main([*base, "train.lr=1e-5", "train.lora.enabled=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"train.output {out}: holds checkpoints trained with other settings" in err
+    assert "train.lora.enabled: False -> True; train.lr: 0.003 -> 1e-05)" in err
+    assert cli.main(base) == 0  # the same settings: resumes and finishes
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == 2
+    assert json.loads((out / "model" / sft.DONE_FILE).read_text())["config"]["lr"] == 0.003
+    assert cli.main([*base, "train.lr=1e-4"]) == 2  # a finished folder too, not "already done"
+    assert "holds a model trained with other settings" in capsys.readouterr().err
 
 
 def test_accelerate_configs_become_the_trainers_fsdp_and_deepspeed_settings(tmp_path):

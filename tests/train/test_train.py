@@ -50,7 +50,7 @@ def test_label_set_is_inverted_and_uses_the_label_stages_prompt(tiny_model, tmp_
     stage.template = PromptTemplate.load(stage.template_path, stage.template_sha256, stage.needs)
     assert len(examples) == report.out > 900
     for e in examples:
-        pos = int(e["position"].split()[1])
+        pos = int(e["position"].split()[1]) - 1  # "item N" counts from 1
         pair = seed_pairs()[pos]
         instruction = pair["instruction"].strip() + (f"\n{pair['input'].strip()}" if pair["input"] else "")
         # input = the pair's output in the very prompt the Label stage sends; target = its instruction
@@ -75,7 +75,7 @@ def test_chat_set_is_forward(tiny_model, tmp_path):
     cfg = train_cfg(tiny_model, tmp_path, "chat")
     build_sft_set(cfg, "chat", AutoTokenizer.from_pretrained(tiny_model), tmp_path)
     for e in read_examples(data_path(tmp_path, "chat"))[:200]:
-        pair = seed_pairs()[int(e["position"].split()[1])]
+        pair = seed_pairs()[int(e["position"].split()[1]) - 1]
         instruction = pair["instruction"].strip() + (f"\n{pair['input'].strip()}" if pair["input"] else "")
         assert e["prompt"] == f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
         assert e["target"] == pair["output"].strip() + END_OF_TURN
@@ -165,7 +165,7 @@ def test_seed_files_with_a_prologue_are_read_whole(tmp_path, suffix, prologue):
 
     pairs = seed_pairs()[:3]
     if suffix == ".json":
-        body, positions = json.dumps(pairs, ensure_ascii=False), [f"item {i}" for i in range(3)]
+        body, positions = json.dumps(pairs, ensure_ascii=False), [f"item {i}" for i in range(1, 4)]
     else:
         body = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
         first = prologue.count(b"\n") + 1  # blank lines before the first pair are lines too
