@@ -104,11 +104,12 @@ def running_workers(run: Path) -> set[int]:
 
     pids = until(groups, what="a controller and a worker per running unit")
 
-    def started() -> bool:  # a worker signalled before its unit log opened has nothing to say it stopped
+    def mid_way() -> bool:  # a unit signalled before its log opened or after its end has nothing to say
         logs = [run / "logs" / stage / unit for stage, unit in local_running(run)]
-        return any("start: " in p.read_text(errors="replace") for d in logs for p in d.glob("*.err"))
+        texts = [p.read_text(errors="replace") for d in logs for p in d.glob("*.err")]
+        return any(" chunk 1 committed" in t and " done: " not in t for t in texts)
 
-    until(started, what="a running unit's log saying it started")
+    until(mid_way, what="a running unit mid-way (a chunk committed, not done)")
     return pids
 
 
@@ -135,7 +136,12 @@ def test_a_signal_stops_the_workers_and_the_same_command_resumes(sig, tmp_path, 
             f"run dir {tmp_path} is in use by `kun-hpc run` pid {proc.pid} on host {socket.gethostname()}"
             in err
         )
-        rows = unit_statuses(config.load(None, args(tmp_path)))
+
+        def two_running():  # a unit may be between its end and the next one's record: look again
+            rows = unit_statuses(config.load(None, args(tmp_path)))
+            return rows if sum(r.state == "running" for r in rows) == 2 else None
+
+        rows = until(two_running, timeout=30, what="two units running in the status")
         running = [r for r in rows if r.state == "running"]
         assert len(running) == 2 and all(
             r.job.startswith("pid ") and Path(r.log).parent.name == r.unit for r in running
