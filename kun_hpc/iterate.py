@@ -72,8 +72,8 @@ from kun_hpc.io.markers import valid_marker, write_marker
 from kun_hpc.io.shards import ShardInfo, input_info, list_shards, read_shard, write_manifest
 from kun_hpc.merge.assemble import MergeResult, find_inputs, makes_pairs
 from kun_hpc.stages.point import OUTCOMES
-from kun_hpc.train.data import report_path, seed_files
-from kun_hpc.train.launch import check_launch, prepare, run_local, submit_slurm
+from kun_hpc.train.data import MODEL_DIR, report_path, seed_files
+from kun_hpc.train.launch import NOT_MODEL, check_launch, prepare, run_local, submit_slurm
 
 ITERATE = "iterate"  # <run>/iterate/, and the step name of a round's marker
 LABELLED = "labelled"
@@ -81,13 +81,11 @@ CURATED = "curated.jsonl"
 ROUND_FILE = "round.json"
 VERDICTS_FILE = "verdicts.npz"
 REPORT = "report.json"
-MODEL_DIR = "model"  # what kun_hpc.train.launch trains into <train.output>/
 TRAIN_STAGE = "train"  # the training job's name in the round's job registry (status, cancel)
 VERDICTS = ("good", "bad", "other")  # Point's verdict on a unit: kept, judged bad, anything else
-# train keys that do not change the trained model: where it goes, the seed files (their content is hashed
-# instead), how it is scheduled and checkpointed; every other train key is in a round's key
-TRAIN_NOT_MODEL = ("output", "seed_data", "slurm", "save_steps", "keep_checkpoints", "log_steps",
-                   "stop_at_step")  # fmt: skip
+# train keys that change no trained model (kun_hpc.train.launch's) and the seed files (their content is
+# hashed instead); every other train key is in a round's key
+TRAIN_NOT_MODEL = (*NOT_MODEL, "seed_data")
 
 ViewFor = Callable[[DictConfig], run.View]  # a run's View for a round's config (kun_hpc/cli.py's)
 

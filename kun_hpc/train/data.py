@@ -66,6 +66,8 @@ END_OF_TURN = "<|im_end|>"  # ends every target: the stop string of the inferenc
 CHATML_TOKENS = ("<|im_start|>", END_OF_TURN)
 
 DATA_DIR = "data"
+MODEL_DIR = "model"  # <train.output>/model: the trained model folder, renamed into place whole
+DONE_FILE = "kun_train.json"  # in it: what made it
 
 
 @dataclass

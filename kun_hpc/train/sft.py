@@ -42,14 +42,12 @@ from omegaconf import DictConfig, OmegaConf
 from kun_hpc.inference.engine import go_offline, resolve_model_path
 from kun_hpc.inference.prompt import CHATML_TEMPLATE
 from kun_hpc.train.accelerate_config import accelerate_settings
-from kun_hpc.train.data import CHATML_TOKENS, END_OF_TURN, data_path, read_examples
+from kun_hpc.train.data import CHATML_TOKENS, DONE_FILE, END_OF_TURN, MODEL_DIR, data_path, read_examples
 
 CKPT_DIR = "checkpoints"
-MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"  # LoRA: the adapter alone, beside the merged model
 LOG_FILE = "train_log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-DONE_FILE = "kun_train.json"  # in the final model folder: what made it
 STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
 
 
