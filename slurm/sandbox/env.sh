@@ -1,6 +1,7 @@
 # Source me:  . slurm/sandbox/env.sh   (bash, zsh, or POSIX sh such as dash under make)
-# Points the Slurm clients (sbatch, squeue, sacct, submitit) at the sandbox cluster from start.sh.
-# The path comes from this file's own location, so it works from any cwd; $SP_ROOT overrides it.
+# Points the Slurm clients (sbatch, squeue, sacct, submitit) at the sandbox cluster from start.sh: the one-node
+# cluster, or with SLURM_NODES=N (N >= 2) set, the N-node one. The path comes from this file's own location, so
+# it works from any cwd; $SP_ROOT overrides it.
 if [ -n "${BASH_VERSION:-}" ]; then
   eval '_sb_self=${BASH_SOURCE[0]}'
 elif [ -n "${ZSH_VERSION:-}" ]; then
@@ -15,11 +16,13 @@ else
     _sb_d=$(dirname "$_sb_d")
   done
 fi
+_sb_root=.slurm-sandbox
+if [ "${SLURM_NODES:-1}" != 1 ]; then _sb_root=.slurm-sandbox-${SLURM_NODES}nodes; fi
 if [ -n "${SP_ROOT:-}" ]; then
   export SLURM_CONF="$SP_ROOT/etc/slurm.conf"
 elif [ -n "$_sb_self" ]; then
-  export SLURM_CONF="$(cd "$(dirname "$_sb_self")/../.." && pwd)/.slurm-sandbox/etc/slurm.conf"
+  export SLURM_CONF="$(cd "$(dirname "$_sb_self")/../.." && pwd)/$_sb_root/etc/slurm.conf"
 else
   echo "slurm/sandbox/env.sh: cannot find the repo; source it by path or set SP_ROOT" >&2
 fi
-unset _sb_self _sb_d
+unset _sb_self _sb_d _sb_root

@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
-# Bring up a real single-node Slurm cluster on this machine: munged, [MariaDB + slurmdbd,] slurmctld, slurmd.
-# Debian 12, as root, no systemd needed. Idempotent: daemons already running from our pidfiles are left alone,
-# so a second call only re-checks (~0.1 s). When the generated config changes (say MaxArraySize), only our
-# slurm daemons are restarted. Missing Debian packages are installed with apt-get.
+# Bring up a real Slurm cluster on this machine: munged, [MariaDB + slurmdbd,] slurmctld and slurmd.
+# One node (default): `localhost`, every daemon here. SLURM_NODES=N (N >= 2): nodes node1..nodeN, each slurmd
+# in its own network and UTS namespace (its own hostname and address on a bridge this script creates), and the
+# controller host `head` (slurmctld, slurmdbd, MariaDB) in another; all share munge and the filesystem, as a
+# real cluster shares its parallel filesystem (docs/slurm-sandbox.md). Debian 12, as root, no systemd needed.
+#
+# Idempotent: daemons already running from our pidfiles are left alone, so a second call only re-checks
+# (~0.1 s). When the generated config changes (say MaxArraySize), only our slurm daemons are restarted.
+# Missing Debian packages are installed with apt-get.
 #
 # Env knobs (all optional):
-#   SP_ROOT=<repo>/.slurm-sandbox   config, state, logs, pidfiles (default from this script's location)
+#   SLURM_NODES=1                   nodes; N >= 2: the namespace layout above
+#   SP_ROOT=<repo>/.slurm-sandbox   config, state, logs, pidfiles; <repo>/.slurm-sandbox-<N>nodes for N >= 2
 #   SLURM_ACCOUNTING=1              1: MariaDB + slurmdbd so that `sacct` works; 0: no accounting
-#   SLURM_NODE_CPUS=8               CPUs the node advertises (oversubscribed via SlurmdParameters=config_overrides)
+#   SLURM_NODE_CPUS=8               CPUs each node advertises (oversubscribed via SlurmdParameters=config_overrides)
 #   SLURM_MAX_ARRAY_SIZE=1001       MaxArraySize in slurm.conf (set it low to exercise array chunking)
-#   SLURM_WAIT_S=60                 max seconds to wait for each daemon / for the node to become usable
+#   SLURM_WAIT_S=60                 max seconds to wait for each daemon / for the nodes to become usable
+#   SLURM_SUBNET=10.213.0           N >= 2: the private /24 the sandbox owns (bridge .1, head .2, nodeK .(10+K))
+#   SLURM_NET_PREFIX=kunsb          N >= 2: bridge <prefix>0, namespaces and veths <prefix>-<host>
 # Clients need:  export SLURM_CONF=$SP_ROOT/etc/slurm.conf   (or: . slurm/sandbox/env.sh)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox}
+NODES=${SLURM_NODES:-1}
+case "$NODES" in '' | *[!0-9]* | 0*) echo "SLURM_NODES must be a positive integer, not '$NODES'" >&2; exit 2 ;; esac
+if [ "$NODES" = 1 ]; then SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox}; else SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox-${NODES}nodes}; fi
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
 NODE_CPUS=${SLURM_NODE_CPUS:-8}
 MAX_ARRAY=${SLURM_MAX_ARRAY_SIZE:-1001}
 WAIT_S=${SLURM_WAIT_S:-60}
+SUBNET=${SLURM_SUBNET:-10.213.0}
+PREFIX=${SLURM_NET_PREFIX:-kunsb}
 ETC=$SP_ROOT/etc RUN=$SP_ROOT/run LOG=$SP_ROOT/log STATE=$SP_ROOT/state
 export SLURM_CONF=$ETC/slurm.conf
 
@@ -51,8 +63,8 @@ wait_for() { # wait_for DESCRIPTION COMMAND...
     sleep 0.2
   done
 }
-stop_ours() { # stop_ours NAME: TERM our daemon NAME and wait until it is really gone (not just a zombie)
-  local f=$RUN/$1.pid p
+stop_ours() { # stop_ours NAME [PIDFILE]: TERM our daemon NAME and wait until it is really gone (not a zombie)
+  local f=${2:-$RUN/$1.pid} p
   if pid_alive "$f" "$1"; then
     p=$(cat "$f"); kill -TERM "$p" 2>/dev/null || true
     for _ in $(seq 1 150); do proc_alive "$p" "$1" || break; sleep 0.1; done
@@ -68,6 +80,7 @@ launch() { local name=$1; shift; "$@" </dev/null >>"$LOG/$name.stdout.log" 2>&1 
 # ---------------------------------------------------------------- 1. packages
 pkgs=(slurmctld slurmd slurm-client munge)
 need=(slurmctld slurmd sbatch munged)
+if [ "$NODES" -gt 1 ]; then pkgs+=(iproute2); need+=(ip); fi
 if [ "$ACCOUNTING" = 1 ]; then pkgs+=(slurmdbd mariadb-server); need+=(slurmdbd mariadbd sacct); fi
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin ;; esac
 missing=()
@@ -86,16 +99,113 @@ mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/d"
 exec 9>"$SP_ROOT/.lock"
 flock -w $(( WAIT_S * 4 )) 9 || die "another start.sh/stop.sh holds $SP_ROOT/.lock"
 
-# ---------------------------------------------------------------- 2. config
+# ---------------------------------------------------------------- 2. hosts and network
+# One node: the node `localhost` and the controller are this machine. N >= 2: the hosts `head` and
+# node1..nodeN are network namespaces <prefix>-<host>, each with eth0 on the bridge <prefix>0 and a loopback of
+# its own; every daemon also gets a UTS namespace named after its host. The bridge holds this machine's address
+# .1 and no route leads further (no forwarding, no NAT): traffic stays between the namespaces and this machine.
+# /etc/netns/<ns>/hosts names every host of the sandbox (bound over /etc/hosts there, as `ip netns exec` would),
+# as a cluster's DNS would: torch's rendezvous on node2 reaches node1 by name.
+BR=${PREFIX}0
+OWNER="kun-sandbox:$SP_ROOT"
+if [ "$NODES" = 1 ]; then
+  nodes=(localhost) hosts=() addrs=()
+else
+  nodes=() hosts=(head) addrs=("$SUBNET.2")
+  for k in $(seq 1 "$NODES"); do nodes+=("node$k"); hosts+=("node$k"); addrs+=("$SUBNET.$((10 + k))"); done
+fi
+# host_argv HOST: the command prefix that runs a command as on HOST: in HOST's network namespace, with a UTS
+# namespace named HOST and a mount namespace whose /etc/hosts is the sandbox's. Not `ip netns exec`: it mounts
+# a fresh /sys, without the cgroup tree slurmd needs.
+host_argv() {
+  argv=(nsenter "--net=/run/netns/$PREFIX-$1" unshare --uts --mount --propagation slave --
+    sh -c 'mount --bind "$1" /etc/hosts && hostname "$0" && shift && exec "$@"' "$1" "/etc/netns/$PREFIX-$1/hosts")
+}
+in_host() { local argv; host_argv "$1"; shift; "${argv[@]}" "$@"; }
+# where the controller's daemons run: here, or as on head
+HEAD=()
+if [ "$NODES" -gt 1 ]; then host_argv head; HEAD=("${argv[@]}"); fi
+# the pidfile of NODE's slurmd (slurm.conf's SlurmdPidFile)
+slurmd_pidfile() { if [ "$NODES" = 1 ]; then echo "$RUN/slurmd.pid"; else echo "$RUN/slurmd-$1.pid"; fi; }
+
+net_up() {
+  local i ns h
+  if ip link show "$BR" >/dev/null 2>&1; then
+    [ "$(ip -o link show "$BR" | sed -n 's/.* alias //p')" = "$OWNER" ] \
+      || die "bridge $BR exists and is not this sandbox's ($SP_ROOT): set SLURM_NET_PREFIX and SLURM_SUBNET"
+  else
+    if ip -4 -o addr show | awk '{print $4}' | grep -q "^${SUBNET//./\\.}\."; then
+      die "an interface already holds an address in $SUBNET.0/24: set SLURM_SUBNET to a free private /24"
+    fi
+    ip link add "$BR" type bridge || die "cannot create bridge $BR (needs root with CAP_NET_ADMIN)"
+    ip link set "$BR" alias "$OWNER"
+    say "network: bridge $BR, $SUBNET.1/24"
+  fi
+  ip -4 -o addr show dev "$BR" | grep -q " $SUBNET\.1/24 " || ip addr add "$SUBNET.1/24" dev "$BR"
+  ip link set "$BR" up
+  for i in "${!hosts[@]}"; do
+    ns=$PREFIX-${hosts[$i]}
+    [ -e "/run/netns/$ns" ] || ip netns add "$ns" || die "cannot create network namespace $ns"
+    if ! ip link show "$ns" >/dev/null 2>&1; then   # the veth's end here carries the namespace's name
+      ip link add "$ns" type veth peer name eth0 netns "$ns" || die "cannot create veth $ns"
+      ip link set "$ns" master "$BR" up
+      ip -n "$ns" addr add "${addrs[$i]}/24" dev eth0
+      ip -n "$ns" link set eth0 up
+      ip -n "$ns" link set lo up
+    fi
+    mkdir -p "/etc/netns/$ns"
+    { echo "127.0.0.1 localhost"; for j in "${!hosts[@]}"; do echo "${addrs[$j]} ${hosts[$j]}"; done; } \
+      > "/etc/netns/$ns/hosts"
+  done
+  # nodes a smaller SLURM_NODES no longer names: stop their slurmd, end what ran there, drop the host
+  for ns in $(ip netns list | awk '{print $1}' | grep -x "$PREFIX-node[0-9]*" || true); do
+    h=${ns#"$PREFIX-"}
+    [ "${h#node}" -le "$NODES" ] && continue
+    stop_ours slurmd "$RUN/slurmd-$h.pid"
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    ip link del "$ns" 2>/dev/null || true
+    ip netns del "$ns"; rm -rf "/etc/netns/${ns:?}"
+    say "network: removed $h (SLURM_NODES=$NODES)"
+  done
+}
+if [ "$NODES" -gt 1 ]; then net_up; fi
+
+# ---------------------------------------------------------------- 3. config
 if [ ! -s "$STATE/realmem" ]; then   # slurmd -C costs ~0.1 s: measure once
   mem=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
   [ -n "$mem" ] || die "slurmd -C did not report RealMemory"
   echo $(( mem * 95 / 100 )) > "$STATE/realmem"   # headroom: never drain for "Low RealMemory"
 fi
 MEM=$(cat "$STATE/realmem")
+if [ "$NODES" = 1 ]; then
+  CLUSTER=sandbox CTLD_HOST=localhost DBD_HOST=localhost DBD_ADDR=localhost PARTITION_NODES=localhost
+  NODE_CONF="SlurmdPidFile=$RUN/slurmd.pid
+SlurmdSpoolDir=$STATE/d
+SlurmdLogFile=$LOG/slurmd.log
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$MEM State=UNKNOWN"
+  STORAGE="StorageHost=localhost
+StorageUser=root"
+else
+  # head's address in parentheses: clients here and on the nodes reach slurmctld and slurmdbd there.
+  # %n: each slurmd's pidfile, spool and log carry its node name (all nodes share this filesystem).
+  CLUSTER=sandbox${NODES}n CTLD_HOST="head($SUBNET.2)" DBD_HOST=head DBD_ADDR=$SUBNET.2
+  PARTITION_NODES="node[1-$NODES]"
+  NODE_CONF="SlurmdPidFile=$RUN/slurmd-%n.pid
+SlurmdSpoolDir=$STATE/d/%n
+SlurmdLogFile=$LOG/slurmd-%n.log"
+  for k in $(seq 1 "$NODES"); do
+    NODE_CONF+="
+NodeName=node$k NodeHostname=node$k NodeAddr=$SUBNET.$((10 + k)) CPUs=$NODE_CPUS RealMemory=$MEM State=UNKNOWN"
+  done
+  # MariaDB listens on head's own loopback; socket authentication does not cross TCP, hence a user
+  STORAGE="StorageHost=127.0.0.1
+StoragePort=3306
+StorageUser=slurm
+StoragePass=sandbox"
+fi
 if [ "$ACCOUNTING" = 1 ]; then
   ACCT="AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=$DBD_ADDR
 AccountingStoragePort=6819"
 else
   ACCT="AccountingStorageType=accounting_storage/none"
@@ -103,8 +213,8 @@ fi
 
 new_conf=$(cat <<EOF
 # generated by slurm/sandbox/start.sh - edits are overwritten
-ClusterName=sandbox
-SlurmctldHost=localhost
+ClusterName=$CLUSTER
+SlurmctldHost=$CTLD_HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -113,11 +223,8 @@ CredType=cred/munge
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/d
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -145,18 +252,18 @@ SlurmctldTimeout=30
 SlurmdTimeout=60
 Waittime=0
 SlurmdParameters=config_overrides
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$MEM State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+$NODE_CONF
+PartitionName=debug Nodes=$PARTITION_NODES Default=YES MaxTime=INFINITE State=UP
 EOF
 )
 new_dbd=$(cat <<EOF
 AuthType=auth/munge
-DbdHost=localhost
+DbdHost=$DBD_HOST
+DbdAddr=$DBD_ADDR
 DbdPort=6819
 SlurmUser=root
 StorageType=accounting_storage/mysql
-StorageHost=localhost
-StorageUser=root
+$STORAGE
 StorageLoc=slurm_acct_db
 PidFile=$RUN/slurmdbd.pid
 LogFile=$LOG/slurmdbd.log
@@ -177,16 +284,20 @@ printf 'export SLURM_CONF=%s\n' "$SLURM_CONF" > "$SP_ROOT/env.sh"
 
 # config changed under running daemons: restart only ours (jobs survive: state is saved, slurmstepd lives on)
 if [ "$conf_changed" = 1 ]; then
-  for d in slurmd slurmctld; do
-    pid_alive "$RUN/$d.pid" $d && { say "slurm.conf changed: restarting our $d"; stop_ours $d; }
+  for n in "${nodes[@]}"; do
+    f=$(slurmd_pidfile "$n")
+    if pid_alive "$f" slurmd; then say "slurm.conf changed: restarting our slurmd of $n"; stop_ours slurmd "$f"; fi
   done
+  if pid_alive "$RUN/slurmctld.pid" slurmctld; then
+    say "slurm.conf changed: restarting our slurmctld"; stop_ours slurmctld
+  fi
 fi
 if [ "$dbd_changed" = 1 ] && pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
   say "slurmdbd.conf changed: restarting our slurmdbd"; stop_ours slurmdbd
 fi
 
 started=0
-# ---------------------------------------------------------------- 3. munged
+# ---------------------------------------------------------------- 4. munged
 munge_ok() { { munge -n </dev/null | unmunge; } >/dev/null 2>&1; }
 if pid_alive "$RUN/munged.pid" munged; then
   :
@@ -208,66 +319,88 @@ else
   say "munged started (pid $(cat "$RUN/munged.pid"))"; started=1
 fi
 
-# ---------------------------------------------------------------- 4. mariadb + slurmdbd
+# ---------------------------------------------------------------- 5. mariadb + slurmdbd
 if [ "$ACCOUNTING" = 1 ]; then
-  db_ok() { mariadb -uroot -e 'select 1' >/dev/null 2>&1; }
+  if [ "$NODES" = 1 ]; then
+    DB_SOCK=/run/mysqld/mysqld.sock DB_NET=(--skip-networking)
+  else  # head's own server: its socket here (for this script), TCP on head's loopback (for slurmdbd)
+    DB_SOCK=$RUN/mysqld.sock DB_NET=(--bind-address=127.0.0.1 --port=3306 --skip-name-resolve)
+  fi
+  db_ok() { mariadb --socket="$DB_SOCK" -uroot -e 'select 1' >/dev/null 2>&1; }
   if pid_alive "$RUN/mariadbd.pid" mariadbd; then
     :
-  elif db_ok; then
-    say "a MariaDB we did not start answers on /run/mysqld/mysqld.sock; using it"
+  elif [ "$NODES" = 1 ] && db_ok; then
+    say "a MariaDB we did not start answers on $DB_SOCK; using it"
   else
     if [ ! -d "$SP_ROOT/mysql/mysql" ]; then
       say "initialising MariaDB datadir"
       mariadb-install-db --user=root --datadir="$SP_ROOT/mysql" --auth-root-authentication-method=socket \
         </dev/null > "$LOG/mariadb-install-db.log" 2>&1 9>&- || die "mariadb-install-db failed"
     fi
-    mkdir -p /run/mysqld; rm -f "$RUN/mariadbd.pid"
+    mkdir -p "$(dirname "$DB_SOCK")"; rm -f "$RUN/mariadbd.pid"
     # mariadbd does not daemonize itself: setsid -f detaches it (a plain `&` child would keep our stdout)
-    launch mariadbd setsid -f /usr/sbin/mariadbd --no-defaults --user=root --datadir="$SP_ROOT/mysql" \
-      --socket=/run/mysqld/mysqld.sock --pid-file="$RUN/mariadbd.pid" --skip-networking \
-      --log-error="$LOG/mariadbd.log" --innodb-buffer-pool-size=64M || die "mariadbd failed to start"
+    launch mariadbd setsid -f "${HEAD[@]}" /usr/sbin/mariadbd --no-defaults --user=root --datadir="$SP_ROOT/mysql" --socket="$DB_SOCK" \
+      --pid-file="$RUN/mariadbd.pid" "${DB_NET[@]}" --log-error="$LOG/mariadbd.log" \
+      --innodb-buffer-pool-size=64M || die "mariadbd failed to start"
     wait_for mariadbd db_ok
     wait_for "mariadbd pidfile" test -s "$RUN/mariadbd.pid"
+    if [ "$NODES" -gt 1 ]; then
+      mariadb --socket="$DB_SOCK" -uroot -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'sandbox';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'" || die "cannot create the MariaDB user slurm"
+    fi
     say "mariadbd started (pid $(cat "$RUN/mariadbd.pid"))"; started=1
   fi
   if ! pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
     rm -f "$RUN/slurmdbd.pid"
-    launch slurmdbd slurmdbd || die "slurmdbd failed to start"
+    launch slurmdbd "${HEAD[@]}" slurmdbd || die "slurmdbd failed to start"
     wait_for slurmdbd sacctmgr -n show cluster
     say "slurmdbd started (pid $(cat "$RUN/slurmdbd.pid"))"; started=1
   fi
 fi
 
-# ---------------------------------------------------------------- 5. slurmctld + slurmd
+# ---------------------------------------------------------------- 6. slurmctld + slurmd
 if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
   rm -f "$RUN/slurmctld.pid"
-  launch slurmctld slurmctld || die "slurmctld failed to start"
+  launch slurmctld "${HEAD[@]}" slurmctld || die "slurmctld failed to start"
   wait_for slurmctld scontrol ping
   say "slurmctld started (pid $(cat "$RUN/slurmctld.pid"))"; started=1
 fi
-if ! pid_alive "$RUN/slurmd.pid" slurmd; then
-  # never start a second slurmd: it kills the running one ("killing old slurmd")
-  rm -f "$RUN/slurmd.pid"
-  launch slurmd slurmd -N localhost || die "slurmd failed to start"
-  wait_for slurmd test -s "$RUN/slurmd.pid"
-  say "slurmd started (pid $(cat "$RUN/slurmd.pid"))"; started=1
-fi
+for n in "${nodes[@]}"; do
+  f=$(slurmd_pidfile "$n")
+  # never start a second slurmd for a node: it kills the running one ("killing old slurmd")
+  pid_alive "$f" slurmd && continue
+  rm -f "$f"
+  if [ "$NODES" = 1 ]; then
+    launch slurmd slurmd -N localhost || die "slurmd failed to start"
+  else
+    mkdir -p "$STATE/d/$n"
+    launch "slurmd-$n" in_host "$n" slurmd -N "$n" || die "slurmd of $n failed to start"
+  fi
+  wait_for "slurmd of $n" test -s "$f"
+  say "slurmd of $n started (pid $(cat "$f"))"; started=1
+done
 
-# ---------------------------------------------------------------- 6. node usable?
+# ---------------------------------------------------------------- 7. nodes usable?
 end=$(( SECONDS + WAIT_S ))
 while :; do
-  st=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
-  case "$st" in
-    idle*|mixed*|allocated*|completing*) break ;;
-    down*|drain*|fail*) scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
-  esac
-  [ "$SECONDS" -lt "$end" ] || die "node not usable after ${WAIT_S}s (state: '$st')"
+  ready=0 states=()
+  for n in "${nodes[@]}"; do
+    st=$(sinfo -h -n "$n" -o %T 2>/dev/null || true)
+    states+=("$n ${st:-?}")
+    case "$st" in
+      idle*|mixed*|allocated*|completing*) ready=$((ready + 1)) ;;
+      down*|drain*|fail*) scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+    esac
+  done
+  [ "$ready" = "${#nodes[@]}" ] && break
+  [ "$SECONDS" -lt "$end" ] || die "nodes not usable after ${WAIT_S}s (${states[*]})"
   sleep 0.2
 done
-if [ "$started" = 1 ]; then   # a real job step must run end to end
-  timeout "$WAIT_S" srun -Q -t 1 -n 1 true </dev/null 9>&- || die "smoke job (srun true) failed"
-  say "cluster ready: node localhost is $st, smoke job ran"
+if [ "$started" = 1 ]; then   # a real job step must run end to end, on every node
+  timeout "$WAIT_S" srun -Q -t 1 -N "${#nodes[@]}" -n "${#nodes[@]}" true </dev/null 9>&- \
+    || die "smoke job (srun true on ${#nodes[@]} nodes) failed"
+  say "cluster ready ($(IFS=,; echo "${states[*]}")), smoke job ran"
 else
-  say "cluster already running: node localhost is $st"
+  say "cluster already running ($(IFS=,; echo "${states[*]}"))"
 fi
 echo "export SLURM_CONF=$SLURM_CONF"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Stop the sandbox cluster that start.sh started: cancel its jobs first (so no slurmstepd is left behind),
-# then stop only our daemons, found by the pidfiles under $SP_ROOT/run. State and logs stay under $SP_ROOT.
+# then stop only our daemons, found by the pidfiles under $SP_ROOT/run; with SLURM_NODES=N >= 2, then remove
+# the namespaces, veths and bridge it made (the bridge's alias names their owner). State and logs stay.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SP_ROOT=${SP_ROOT:-$(cd "$HERE/../.." && pwd)/.slurm-sandbox}
+REPO=$(cd "$HERE/../.." && pwd)
+NODES=${SLURM_NODES:-1}
+if [ "$NODES" = 1 ]; then SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox}; else SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox-${NODES}nodes}; fi
+PREFIX=${SLURM_NET_PREFIX:-kunsb}
 RUN=$SP_ROOT/run
 export SLURM_CONF=$SP_ROOT/etc/slurm.conf
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin ;; esac
@@ -31,8 +35,13 @@ if pid_alive "$RUN/slurmctld.pid" slurmctld; then
   fi
 fi
 
-for d in slurmd slurmctld slurmdbd mariadbd munged; do
-  f=$RUN/$d.pid
+for f in "$RUN"/slurmd.pid "$RUN"/slurmd-*.pid "$RUN"/{slurmctld,slurmdbd,mariadbd,munged}.pid; do
+  d=$(basename "$f" .pid); d=${d%%-*}
+  # munge is the machine's: another sandbox (SLURM_NODES, SP_ROOT) may run on the munged we started
+  if [ "$d" = munged ] && pgrep -x 'slurmctld|slurmd|slurmdbd' >/dev/null; then
+    pid_alive "$f" munged && echo "stop: munged ($(cat "$f")) left running: other Slurm daemons here use it"
+    continue
+  fi
   if pid_alive "$f" "$d"; then
     p=$(cat "$f"); t=$SECONDS
     kill -TERM "$p" 2>/dev/null
@@ -43,3 +52,14 @@ for d in slurmd slurmctld slurmdbd mariadbd munged; do
   fi
   rm -f "$f"
 done
+
+# the hosts' namespaces (N >= 2): whatever still runs there ends with them, as on a node that is switched off
+BR=${PREFIX}0
+if ip link show "$BR" >/dev/null 2>&1 && [ "$(ip -o link show "$BR" | sed -n 's/.* alias //p')" = "kun-sandbox:$SP_ROOT" ]; then
+  for ns in $(ip netns list | awk '{print $1}' | grep -x "$PREFIX-\(head\|node[0-9]*\)"); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+    ip link del "$ns" 2>/dev/null
+    ip netns del "$ns" && rm -rf "/etc/netns/${ns:?}"
+  done
+  ip link del "$BR" && echo "stop: removed bridge $BR and its namespaces"
+fi

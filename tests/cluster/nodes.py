@@ -1,0 +1,89 @@
+"""The multi-node sandbox (``SLURM_NODES=3 slurm/sandbox/start.sh``) as tests use it: start it, and fail,
+drain or bring back one of its nodes as an operator or a hardware fault would.
+
+Each node is a network namespace ``<prefix>-nodeK`` (docs/slurm-sandbox.md). A node that dies loses every
+process it ran (slurmd, slurmstepd, the job's own), which is what :func:`kill_node` does before telling
+Slurm the node is DOWN, as slurmctld itself concludes after ``SlurmdTimeout`` without an answer.
+
+Knobs for running several copies at once (one per developer): ``MULTINODE_SP_ROOT``, ``SLURM_NET_PREFIX``,
+``SLURM_SUBNET`` (start.sh's own, passed through).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = 3
+
+
+def sp_root() -> Path:
+    return Path(os.environ.get("MULTINODE_SP_ROOT", REPO / f".slurm-sandbox-{NODES}nodes"))
+
+
+def start_multinode(cpus_per_node: int = 2) -> str:
+    """Start (or re-check) the 3-node sandbox, every node up; returns its ``SLURM_CONF``. ``cpus_per_node``:
+    2, so that each node runs one 2-CPU task at a time and an array spreads over the nodes."""
+    env = {
+        **os.environ,
+        "SLURM_NODES": str(NODES),
+        "SP_ROOT": str(sp_root()),
+        "SLURM_NODE_CPUS": str(cpus_per_node),
+        "SLURM_MAX_ARRAY_SIZE": "4",
+    }
+    env.pop("SLURM_CONF", None)
+    p = subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(f"start.sh (SLURM_NODES={NODES}) failed:\n{p.stdout}\n{p.stderr}")
+    return str(sp_root() / "etc" / "slurm.conf")
+
+
+def namespace(node: str) -> str:
+    return f"{os.environ.get('SLURM_NET_PREFIX', 'kunsb')}-{node}"
+
+
+def node_pids(node: str) -> list[int]:
+    """Every process running on ``node`` (in its network namespace)."""
+    out = subprocess.run(["ip", "netns", "pids", namespace(node)], capture_output=True, text=True, check=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def kill_node(node: str, reason: str = "node lost (test: power cut)") -> int:
+    """Kill everything running on ``node`` (``kill -9``), then set it DOWN as a failed node looks to Slurm.
+    Returns how many processes died."""
+    killed = 0
+    for pid in node_pids(node):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    scontrol("update", f"NodeName={node}", "State=DOWN", f"Reason={reason}")
+    return killed
+
+
+def drain_node(node: str, reason: str = "maintenance (test)") -> None:
+    """DRAIN ``node``: what runs there finishes, nothing new starts there."""
+    scontrol("update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}")
+
+
+def revive_nodes() -> None:
+    """Every node back up: start.sh restarts a dead node's slurmd and resumes DOWN or DRAINED nodes."""
+    start_multinode()
+
+
+def node_state(node: str) -> str:
+    return subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def scontrol(*args: str) -> None:
+    for _ in range(30):  # the controller may be busy: retry, never ignore
+        p = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+        if p.returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"scontrol {' '.join(args)}: {p.stderr}")
