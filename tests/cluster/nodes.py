@@ -36,7 +36,8 @@ def start_multinode(cpus_per_node: int = 2) -> str:
         "SLURM_MAX_ARRAY_SIZE": "4",
     }
     env.pop("SLURM_CONF", None)
-    p = subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, capture_output=True, text=True)
+    start = REPO / "slurm" / "sandbox" / "start.sh"
+    p = subprocess.run([str(start)], env=env, capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(f"start.sh (SLURM_NODES={NODES}) failed:\n{p.stdout}\n{p.stderr}")
     return str(sp_root() / "etc" / "slurm.conf")
@@ -77,7 +78,8 @@ def revive_nodes() -> None:
 
 
 def node_state(node: str) -> str:
-    return subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def scontrol(*args: str) -> None:
