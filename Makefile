@@ -30,16 +30,17 @@ demo: setup
 	$(BIN)/kun-hpc train chat configs/demo.yaml $(DEMO_ARGS)
 	$(BIN)/kun-hpc run configs/demo.yaml $(DEMO_ARGS)
 
-# The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply.
+# The test cluster runs with a small MaxArraySize so that array chunking is exercised cheaply; the multi-node
+# tests start a 3-node one beside it (tests/cluster/nodes.py).
 # tests/test_report.py renders the HTML report in Debian's headless Chromium (installed here when missing).
 test: setup
 	test -x /usr/bin/chromedriver || { echo "installing chromium chromium-driver (tests/test_report.py)"; \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
 	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
-	SLURM_MAX_ARRAY_SIZE=4 slurm/sandbox/start.sh
+	SLURM_NODES=1 SLURM_MAX_ARRAY_SIZE=4 slurm/sandbox/start.sh
 	$(BIN)/ruff check kun_hpc tests tools
 	$(BIN)/ruff format --check kun_hpc tests tools
-	. slurm/sandbox/env.sh && $(BIN)/python -m pytest -q -ra --durations=20
+	export SLURM_NODES=1 && . slurm/sandbox/env.sh && $(BIN)/python -m pytest -q -ra --durations=20
 
 # The lane to run while changing code: every test but the integration ones (Slurm sandbox, vLLM, the demo
 # from a clean clone) and the slow ones (whole runs, local executors, training), each under 60 s: 467
@@ -54,11 +55,15 @@ lint: setup
 	$(BIN)/ruff check kun_hpc tests tools
 	$(BIN)/ruff format --check kun_hpc tests tools
 
+# The Slurm sandbox (docs/slurm-sandbox.md). SLURM_NODES=N (default 1): N nodes, each slurmd in its own network
+# and UTS namespace on a bridge the sandbox owns (root, iproute2), e.g. `make sandbox SLURM_NODES=3`; it lives in
+# .slurm-sandbox-3nodes/ beside the one-node cluster, and `. slurm/sandbox/env.sh` with SLURM_NODES=3 points at it.
+SLURM_NODES ?= 1
 sandbox:
-	slurm/sandbox/start.sh
+	SLURM_NODES=$(SLURM_NODES) slurm/sandbox/start.sh
 
 sandbox-stop:
-	slurm/sandbox/stop.sh
+	SLURM_NODES=$(SLURM_NODES) slurm/sandbox/stop.sh
 
 # make bench BENCH_INPUT=path/to/chinese_poetry_poems.jsonl.zst
 BENCH_INPUT ?=

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.cluster import nodes
 from tools import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +55,15 @@ def start_sandbox() -> None:
     os.environ.setdefault("SLURM_CONF", str(REPO / ".slurm-sandbox" / "etc" / "slurm.conf"))
     env = {**os.environ, "SLURM_MAX_ARRAY_SIZE": os.environ.get("SLURM_MAX_ARRAY_SIZE", "4")}
     subprocess.run([str(REPO / "slurm" / "sandbox" / "start.sh")], env=env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def multinode(monkeypatch) -> Iterator[str]:
+    """The 3-node sandbox (tests/cluster/nodes.py), every node up (a node an earlier test killed or drained is
+    back), and this test's Slurm clients pointed at it; yields its ``SLURM_CONF``."""
+    conf = nodes.start_multinode()
+    monkeypatch.setenv("SLURM_CONF", conf)
+    yield conf
 
 
 # Tests that need a real part started or built first: the Slurm sandbox, vLLM, a demo from a clean clone.

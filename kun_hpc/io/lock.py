@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,55 +114,108 @@ def run_lock(run_dir: str | Path, command: str, wait_s: float = 2.0) -> Iterator
         finally:
             _held[key] -= 1
         return
+
+    def in_use(who: Holder | None) -> None:
+        by = who.describe() if who else "another kun-hpc command"
+        raise RunDirInUse(
+            f"run dir {path.parent} is in use by {by}; wait for it to end, or kun-hpc cancel {path.parent}"
+        )
+
     made = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _flock(path, command, wait_s, in_use):
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            del _held[key]
+            if made and [p.name for p in path.parent.iterdir()] == [LOCK_FILE]:
+                # a command that failed before any work leaves no run folder (a racing command that opened
+                # this very file in the meantime would lock a removed file: both must start on a new folder)
+                path.unlink()
+                path.parent.rmdir()
+
+
+UNIT_LOCKS = "locks"  # <run>/locks/<stage>/<unit>.lock
+
+
+@contextlib.contextmanager
+def unit_lock(
+    run_dir: str | Path, stage: str, unit: str, on_wait: Callable[[str], None], every_s: float = 60.0
+) -> Iterator[None]:
+    """One attempt of a unit at a time (issue 18): an exclusive ``flock`` on
+    ``<run>/locks/<stage>/<unit>.lock`` for as long as the attempt works on the unit's files.
+
+    Slurm requeues the jobs of a node it marks DOWN; when the node did not die but lost contact (slurmd
+    killed, a network partition), the first attempt still runs there while the requeued one starts
+    elsewhere, and both would write the unit's chunks. The second waits here instead, calling ``on_wait``
+    with who holds the unit (pid, host, Slurm job, since when) at once and every ``every_s`` seconds; it goes
+    on when the first ends, however it ends (the kernel, or the filesystem's lock manager, releases its
+    lock). On a filesystem without ``flock`` it goes on unlocked, with a warning (the module's notes).
+
+    A block that ends without an exception has committed the unit's marker: the lock file goes then (a
+    later attempt that locks a fresh file, or one that was waiting on this one, finds the marker and writes
+    nothing), so a grid leaves lock files only for units not done."""
+
+    def busy(who: Holder | None) -> None:
+        by = who.describe().removeprefix(f"`kun-hpc {who.command}` ") if who else "another process"
+        on_wait(f"another attempt of this unit holds {path}: {by}; waiting for it to end")
+
+    path = Path(run_dir) / UNIT_LOCKS / stage / f"{unit}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _flock(path, f"unit {unit}", 0.0, busy, every_s):
+        yield
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _flock(
+    path: Path, command: str, wait_s: float, busy: Callable[[Holder | None], None], every_s: float = 0.0
+) -> Iterator[None]:
+    """Hold ``path`` exclusively, its holder written into it, for the block. ``busy(holder)`` is called when
+    another process still holds it after ``wait_s`` seconds, then every ``every_s`` (> 0) seconds while it
+    waits on; it raises to give up."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        locked = _acquire(fd, path, wait_s)
+        locked = _acquire(fd, path, wait_s, busy, every_s)
         if locked:
             me = Holder(
                 command, os.getpid(), socket.gethostname(), time.time(), os.environ.get("SLURM_JOB_ID", "")
             )
             os.ftruncate(fd, 0)
             os.pwrite(fd, orjson.dumps(asdict(me)), 0)
-        _held[key] = 1
         try:
             yield
         finally:
-            del _held[key]
             if locked:
                 os.ftruncate(fd, 0)  # a released lock names nobody
-            if made and [p.name for p in path.parent.iterdir()] == [LOCK_FILE]:
-                # a command that failed before any work leaves no run folder (a racing command that opened
-                # this very file in the meantime would lock a removed file: both must start on a new folder)
-                path.unlink()
-                path.parent.rmdir()
     finally:
         os.close(fd)  # releases the flock
 
 
-def _acquire(fd: int, path: Path, wait_s: float) -> bool:
-    """Take the lock on ``fd``: True; False (with a warning) on a filesystem without flock; RunDirInUse."""
-    deadline = time.monotonic() + wait_s
+def _acquire(
+    fd: int, path: Path, wait_s: float, busy: Callable[[Holder | None], None], every_s: float
+) -> bool:
+    """Take the lock on ``fd``: True; False (with a warning) on a filesystem without flock. While another
+    process holds it: ``busy`` after ``wait_s`` seconds, then every ``every_s`` seconds."""
+    start = time.monotonic()
+    deadline = start + wait_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() >= deadline:
-                who = _read(fd)
-                by = who.describe() if who else "another kun-hpc command"
-                raise RunDirInUse(
-                    f"run dir {path.parent} is in use by {by}; wait for it to end, or kun-hpc cancel "
-                    f"{path.parent}"
-                ) from None
-            time.sleep(0.05)
+            now = time.monotonic()
+            if now >= deadline:
+                busy(_read(fd))
+                deadline = now + every_s
+            time.sleep(0.05 if now - start < 2 else 1.0)
         except OSError as e:
             if e.errno not in _NO_LOCKS:
                 raise
             print(
                 f"kun-hpc: warning: cannot lock {path} ({e.strerror}): this filesystem does not implement "
-                "flock; nothing stops a second command on this run dir (docs/checkpointing.md)",
+                f"flock; nothing stops a second process working on {path.parent} (docs/checkpointing.md)",
                 file=sys.stderr,
             )
             return False

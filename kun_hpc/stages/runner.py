@@ -5,8 +5,9 @@ runs nothing. Otherwise it loads the config the run was submitted with from the 
 (:mod:`kun_hpc.stages.registry`), runs each shard in committed chunks
 (:func:`kun_hpc.stages.chunks.run_shard_task`, which resumes after the last committed chunk) and commits the
 marker: the unit's counts summed over its shards (:class:`kun_hpc.core.counts.Counts`), each shard's entry,
-and where and when it ran. The chunk folders are removed only then, so an interrupted unit resumes at its
-last chunk whichever of its shards it was in.
+and where and when it ran; all of it under the unit's lock (one attempt at a time, issue 18). The chunk
+folders are removed only then, so an interrupted unit resumes at its last chunk whichever of its shards it
+was in.
 
 In a worker process (local or Slurm) the unit writes its own lines to its log (:mod:`kun_hpc.core.unit_log`,
 issue 16): at the start (stage, shards, config hash), for each shard its resume point, after each chunk
@@ -21,6 +22,7 @@ import os
 from kun_hpc import config
 from kun_hpc.core.counts import Counts, Units
 from kun_hpc.core.unit_log import UnitLog, counts_text
+from kun_hpc.io.lock import unit_lock
 from kun_hpc.io.markers import runtime_fields, valid_marker, write_marker
 from kun_hpc.stages.base import Stage, Unit
 from kun_hpc.stages.chunks import committed_chunks, remove_chunks, run_shard_task
@@ -57,7 +59,16 @@ class StageUnitLog(UnitLog):
 
 
 def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
-    """Run every shard of a unit through its stage and commit the unit's completion marker."""
+    """Run every shard of a unit through its stage and commit the unit's completion marker. One attempt of a
+    unit at a time: a second one (Slurm's requeued copy while the first still runs on a node it lost
+    contact with) waits for the first to end (:func:`kun_hpc.io.lock.unit_lock`), then finds its marker or
+    resumes after its last chunk."""
+    waiting = UnitLog(unit.name, enabled=True)
+    with unit_lock(unit.run_dir, unit.stage, unit.name, on_wait=waiting.line):
+        return _run_unit(unit, stage)
+
+
+def _run_unit(unit: Unit, stage: Stage | None) -> dict:
     marker = valid_marker(unit.run_dir, unit.stage, unit.name, unit.config_hash)
     if marker is not None:
         for t in unit.shards:  # what a kill while deleting the chunk folders after the marker left

@@ -200,8 +200,16 @@ class TrainTask(submitit.helpers.Checkpointable):
         from kun_hpc.train.sft import train
 
         # Slurm's view wins over variables inherited from the submitting shell (sbatch exports its env)
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        env = submitit.helpers.TorchDistributedEnvironment()
+        env.export(set_cuda_visible_devices=False, overwrite=True)
         os.environ["MASTER_PORT"] = str(master_port(os.environ.get("SLURM_JOB_ID", "0")))
+        # before the rendezvous: a rank that hangs there has said where it runs and where it waits
+        print(
+            f"kun-hpc train: rank {env.rank} of {env.world_size} on {socket.gethostname()}, local rank "
+            f"{env.local_rank}, rendezvous at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            file=sys.stderr,
+            flush=True,
+        )
         return train(load_saved(Path(config_path).parent))
 
 

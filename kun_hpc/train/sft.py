@@ -28,15 +28,19 @@ What is kun-hpc's own here is only the wiring:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from kun_hpc.inference.engine import go_offline, resolve_model_path
@@ -208,7 +212,8 @@ def _callbacks(out: Path, stop_at: int | None, main: bool) -> list:
 # ------------------------------------------------------------------------------------------ the run
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``train.task`` on the prepared set under ``train.output``; returns this process's summary
-    (rank, world size, steps, first and last logged loss, tokens and tokens/s of this start, status)."""
+    (rank, world size, host name, rendezvous, steps, first and last logged loss, tokens and tokens/s of this
+    start, status, and its weights' sum and sha256)."""
     from datasets import disable_progress_bars
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as transformers_logging
@@ -270,6 +275,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "task": t.task,
         "rank": rank,
         "world_size": world,
+        "hostname": socket.gethostname(),
+        "rendezvous": rendezvous(),
         "step": state.global_step,
         "total_steps": state.max_steps,
         "resumed_from": resume[0] if resume else None,
@@ -292,7 +299,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     else:
         summary["status"] = f"stopped at step {state.global_step} of {state.max_steps}"
     summary["param_sum"] = param_sum(trainer.model)
+    summary["weights_sha256"] = weights_sha256(dict(trainer.model.named_parameters()))
     return summary
+
+
+def rendezvous() -> dict[str, Any] | None:
+    """Where this process met the others: the host and port of the env:// rendezvous (``MASTER_ADDR`` /
+    ``MASTER_PORT``, as torchrun or kun-hpc's launch set them) and the address that host name resolves to
+    here (``master_ip``: a node whose own name resolves to 127.0.x.x cannot be reached by the others). None
+    without torch.distributed."""
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (dist.is_available() and dist.is_initialized() and host and port):
+        return None
+    ip = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0]
+    return {"master_addr": host, "master_port": int(port), "master_ip": ip}
 
 
 def check_sharding(t: DictConfig, trainer, world: int) -> None:
@@ -382,6 +402,20 @@ def finish_folder(folder: Path, tokenizer, info: dict) -> None:
     gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     gen.save_pretrained(folder)
     (folder / DONE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of named tensors, name by name in sorted order: each name, dtype, shape and the bytes of its
+    (local shard of the) values. Equal digests mean equal weights bit for bit; a model's parameters and the
+    safetensors file holding them in the same dtype give the same digest."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        local = t.to_local() if hasattr(t, "to_local") else t
+        local = local.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}\0{local.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(local.view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def param_sum(model: torch.nn.Module) -> float:

@@ -1,26 +1,15 @@
-"""Fixtures of the multi-node tests: the 3-node sandbox (tests/cluster/nodes.py) and the tiny-model Kun chain
-they run, with its clean inline run computed once per session."""
+"""Fixtures of the multi-node tests (the cluster itself: ``multinode`` in tests/conftest.py): the tiny-model
+Kun chain they run, with its clean inline run computed once per session."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kun_hpc import cli
-from tests.cluster import nodes
 from tests.cluster.test_fault_drill import drill_preset
 from tests.stages.test_kun_stages import GREEDY
-
-
-@pytest.fixture
-def multinode(monkeypatch) -> Iterator[str]:
-    """The 3-node sandbox, every node up (a node an earlier test killed or drained is back), and the Slurm
-    clients of this test pointed at it; yields its ``SLURM_CONF``."""
-    conf = nodes.start_multinode()
-    monkeypatch.setenv("SLURM_CONF", conf)
-    yield conf
 
 
 @pytest.fixture(scope="session")

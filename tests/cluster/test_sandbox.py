@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -171,3 +172,65 @@ def test_start_again_keeps_the_daemons(env):
     for d, pid in before.items():
         assert Path(f"/proc/{pid}/comm").read_text().strip() == d
     assert "export SLURM_CONF=" in p.stdout
+
+
+# ------------------------------------------------------------------------------ SLURM_NODES=N (issue 18)
+def _node_addrs(conf: str) -> dict[str, str]:
+    """NodeName -> NodeAddr, as slurm.conf gives them."""
+    return dict(re.findall(r"^NodeName=(\S+) .*NodeAddr=(\S+)", Path(conf).read_text(), re.M))
+
+
+def test_each_node_is_a_host_of_its_own(multinode):
+    env = _env()
+    addrs = _node_addrs(multinode)
+    assert sorted(addrs) == ["node1", "node2", "node3"]
+    script = 'echo "$(hostname)|$(hostname -I)|$(getent hosts node1)|$(ip -4 route)"'
+    out = _run(["srun", "-t", "1", "-N", "3", "-n", "3", "bash", "-c", script], env, timeout=60).stdout
+    seen = {}
+    for line in out.splitlines():
+        host, ip, node1, routes = line.split("|")
+        seen[host] = ip.strip()
+        assert node1.split() == [addrs["node1"], "node1"], line  # names resolve on every node
+        subnet = addrs["node1"].rsplit(".", 1)[0]
+        assert routes.split()[:3] == [f"{subnet}.0/24", "dev", "eth0"] and "default" not in routes, line
+    assert seen == addrs, out  # its own hostname and the address Slurm knows it by
+    assert socket.gethostname() not in addrs  # this machine kept its own name
+
+
+def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path):
+    knobs = {"SLURM_NODES": "2", "SLURM_NET_PREFIX": "kunsx", "SLURM_SUBNET": "10.213.99"}
+    env = {
+        **_env(),
+        **knobs,
+        "SP_ROOT": str(tmp_path / "sb"),
+        "SLURM_CONF": str(tmp_path / "sb/etc/slurm.conf"),
+    }
+    spaces = ["kunsx-head", "kunsx-node1", "kunsx-node2"]
+    p = _run([str(START)], env, timeout=300, check=False)
+    try:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert set(spaces) <= set(_run(["ip", "netns", "list"], env).stdout.split())
+        nodes = _run(["sinfo", "-h", "-N", "-o", "%N %T"], env).stdout.split()
+        assert nodes == ["node1", "idle", "node2", "idle"], nodes
+        again = _run([str(START)], env, timeout=60)
+        assert "already running" in again.stdout, again.stdout
+        # its bridge is its own: another SP_ROOT with the same names is refused, naming the knobs
+        other = _run([str(START)], {**env, "SP_ROOT": str(tmp_path / "other")}, timeout=60, check=False)
+        assert other.returncode != 0 and "bridge kunsx0 exists and is not this sandbox's" in other.stderr
+    finally:
+        stop = _run([str(START.parent / "stop.sh")], env, timeout=120, check=False)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert not set(spaces) & set(_run(["ip", "netns", "list"], env).stdout.split())
+    assert _run(["ip", "link", "show", "kunsx0"], env, check=False).returncode != 0
+    assert not list(Path("/etc/netns").glob("kunsx-*"))
+    # the other sandboxes and the machine's munged are untouched
+    assert _run(["scontrol", "ping"], {**env, "SLURM_CONF": multinode}).returncode == 0
+    assert _run(["munge", "-n"], env).returncode == 0
+
+
+def test_a_subnet_in_use_is_refused(tmp_path):
+    env = {**_env(), "SLURM_NODES": "2", "SLURM_NET_PREFIX": "kunsy", "SLURM_SUBNET": "127.0.0"}
+    p = _run([str(START)], {**env, "SP_ROOT": str(tmp_path / "sb")}, timeout=60, check=False)
+    assert p.returncode != 0
+    assert "an interface already holds an address in 127.0.0.0/24: set SLURM_SUBNET" in p.stderr, p.stderr
+    assert _run(["ip", "link", "show", "kunsy0"], env, check=False).returncode != 0

@@ -4,14 +4,23 @@ committed and its totals; a unit of several shards resumes in the shard it was i
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.io.shards import read_shard
+from kun_hpc.stages.base import Unit
+from kun_hpc.stages.chunks import committed_chunks
 from kun_hpc.stages.runner import run_unit
 from tests.cluster.test_rates import CrashAfter
 from tests.conftest import sample_overrides
@@ -131,3 +140,72 @@ def test_an_interrupted_unit_logs_an_interrupt_not_a_failure(tmp_path, capsys, m
         r"committed chunks stay; a re-run resumes after the last one\)",
         last,
     ), last
+
+
+# One attempt of a unit at a time (issue 18): what Slurm's requeue leaves when the node it lost contact with
+# did not die, the first attempt still running there while the requeued one starts elsewhere.
+ATTEMPT = """import sys
+import orjson
+from kun_hpc.stages.runner import run_unit
+from tests.stages.test_runner import skypile_unit
+print(orjson.dumps(run_unit(skypile_unit(sys.argv[1:]))).decode(), flush=True)
+"""
+
+
+def skypile_unit(args: list[str]) -> Unit:
+    """The ``upper`` unit over the SkyPile sample (1004 records in one shard)."""
+    units = plan_grid(config.load(None, args)).units["upper"]
+    (unit,) = [u for u in units if "/skypile/" in u.shards[0].input]
+    return unit
+
+
+def attempt(args: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", ATTEMPT, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_second_attempt_waits_for_the_first_and_takes_over_where_it_died(tmp_path):
+    args = sample_overrides(
+        tmp_path,
+        "shard.records_per_shard=2000",
+        "pipeline.chunk_records=100",
+        UPPER,
+        "pipeline.options.upper.sleep_s=0.5",
+        "executor.kind=inline",
+    )
+    assert cli.main(["shard", *args]) == 0
+    (unit,) = [
+        u for u in plan_grid(config.load(None, args)).units["upper"] if "/skypile/" in u.shards[0].input
+    ]
+    shard = unit.shards[0]  # the SkyPile sample: 1004 records, 11 chunks of 100
+    first = attempt(args)
+    while len(committed_chunks(shard.output)) < 2:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = attempt(args)
+    # the second names who holds the unit and waits, writing nothing, while the first commits on
+    waiting = second.stderr.readline()
+    assert waiting.startswith(f"kun-hpc unit {unit.name}: another attempt of this unit holds "), waiting
+    assert f": pid {first.pid} on host {socket.gethostname()} since " in waiting, waiting
+    time.sleep(1.2)
+    assert second.poll() is None and first.poll() is None
+    done_before_kill = len(committed_chunks(shard.output))
+    assert 2 <= done_before_kill < 11
+    os.kill(first.pid, signal.SIGKILL)  # the first attempt ends at last: the second takes over
+    first.wait()
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    marker = orjson.loads(out)
+    assert marker["shards"][0]["resumed_at_chunk"] >= done_before_kill
+    ids = [r["id"] for r in read_shard(shard.output)]
+    assert (
+        sorted(ids) == sorted(r["id"] for r in read_shard(shard.input)) and len(set(ids)) == len(ids) == 1004
+    )
+    assert marker["in"] == marker["out"] == 1004
+    assert not (tmp_path / "locks" / "upper" / f"{unit.name}.lock").exists()  # done: no lock file left
+
+    # a third attempt, once the unit is done, returns its marker and writes nothing
+    third = attempt(args)
+    out, err = third.communicate(timeout=60)
+    assert orjson.loads(out) == marker and "another attempt" not in err
