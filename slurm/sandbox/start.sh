@@ -302,6 +302,7 @@ munge_ok() { { munge -n </dev/null | unmunge; } >/dev/null 2>&1; }
 if pid_alive "$RUN/munged.pid" munged; then
   :
 elif munge_ok; then
+  rm -f "$RUN/munged.pid"   # names a munged of ours that is gone: this one is not ours to stop
   say "a munged we did not start answers on the default socket; using it"
 else
   if [ ! -s /etc/munge/munge.key ]; then
@@ -330,6 +331,7 @@ if [ "$ACCOUNTING" = 1 ]; then
   if pid_alive "$RUN/mariadbd.pid" mariadbd; then
     :
   elif [ "$NODES" = 1 ] && db_ok; then
+    rm -f "$RUN/mariadbd.pid"
     say "a MariaDB we did not start answers on $DB_SOCK; using it"
   else
     if [ ! -d "$SP_ROOT/mysql/mysql" ]; then
