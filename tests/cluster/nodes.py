@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 3
+NODE_NAMES = [f"node{k}" for k in range(1, NODES + 1)]
 
 
 def sp_root() -> Path:
@@ -67,6 +68,15 @@ def kill_node(node: str, reason: str = "node lost (test: power cut)") -> int:
     return killed
 
 
+def lose_contact(node: str, reason: str = "not responding (test: slurmd killed)") -> int:
+    """Kill only ``node``'s slurmd, then set the node DOWN: what Slurm sees of a node that crashed and of one
+    cut off by a network partition alike, while the jobs' processes there live on. Returns slurmd's pid."""
+    pid = int((sp_root() / "run" / f"slurmd-{node}.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    scontrol("update", f"NodeName={node}", "State=DOWN", f"Reason={reason}")
+    return pid
+
+
 def drain_node(node: str, reason: str = "maintenance (test)") -> None:
     """DRAIN ``node``: what runs there finishes, nothing new starts there."""
     scontrol("update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}")
@@ -75,6 +85,12 @@ def drain_node(node: str, reason: str = "maintenance (test)") -> None:
 def revive_nodes() -> None:
     """Every node back up: start.sh restarts a dead node's slurmd and resumes DOWN or DRAINED nodes."""
     start_multinode()
+
+
+def node_of(job: str) -> str:
+    """The node a running job (or array task) runs on now, from ``squeue``; "" while it does not run."""
+    cmd = ["squeue", "-h", "-j", job, "-t", "RUNNING", "-o", "%N"]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
 
 
 def node_state(node: str) -> str:
