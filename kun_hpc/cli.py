@@ -35,6 +35,7 @@ from kun_hpc.cluster.status import (
     failed_logs,
     merge_job_state,
     print_status,
+    requeue_lines,
     summarize,
     unit_statuses,
     with_activity,
@@ -67,7 +68,7 @@ COMMANDS = {
     "reshard": "N shards -> M shards, routed by record id (deterministic)",
     "run": "shard if needed, then submit the pipeline grid (only units without a valid marker)",
     "status": "per-stage done/running/pending/failed from markers and one squeue/sacct query",
-    "logs": "the tail of each failed unit's log",
+    "logs": "the tail of each failed unit's log; each Slurm requeue (a lost node, preemption) of the run",
     "cancel": "scancel this run's jobs, or stop the local command running it and its workers",
     "plan": "print the grid, arrays, sbatch calls and estimated CPU/GPU hours without submitting",
     "filter-calibrate": "shard if needed, then (re)compute the filter's perplexity percentile cut-offs",
@@ -391,6 +392,10 @@ def cmd_status(cfg: DictConfig, ns: argparse.Namespace) -> int:
 
 def cmd_logs(cfg: DictConfig, ns: argparse.Namespace) -> int:
     print(failed_logs(unit_statuses(cfg), ns.lines))
+    requeues = requeue_lines(Path(cfg.run.dir))
+    if requeues:
+        print("\nrequeued by Slurm (each restart resumes at the unit's last committed chunk):")
+        print("\n".join(f"  {line}" for line in requeues))
     return 0
 
 

@@ -7,6 +7,12 @@ with one ``squeue`` call for all of the user's jobs and one ``sacct`` call for e
 whatever the number of units. ``SchedulerView.calls`` counts them (the status benchmark reports calls per
 minute).
 
+A task Slurm requeued (its node failed, it was preempted, ``scontrol requeue``, submitit's own requeue at
+the time limit) runs again under the same id; ``sacct -D`` keeps each earlier attempt as a row of its own
+(``NODE_FAIL`` on ``node2``, then the attempt that followed). ``squeue`` gives each task's restart count, and
+the one ``sacct`` call asks for every attempt (:class:`Attempt`), so ``status`` and ``logs`` name what
+happened to a requeued unit without a call per unit.
+
 The local executor records each unit it starts in ``<run>/running/<stage>/<unit>.json`` (its process
 group, host, log) and removes it when the unit ends; a record counts only while the command that wrote it
 holds the run directory (:mod:`kun_hpc.io.lock`), so one left by a killed command is ignored (issue 16).
@@ -80,14 +86,47 @@ def merge_tasks(run_dir: Path) -> list[str]:
     return [t for e in read_registry(run_dir) if e["stage"] == MERGE_STAGE for t in e["tasks"]]
 
 
+# states in which an attempt ends that Slurm then requeues (with ``--requeue``): it runs again, same task id
+REQUEUED_ENDS = {"NODE_FAIL", "PREEMPTED", "REQUEUED"}
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,Submit"  # one row per attempt with -D
+SQUEUE_TRIES = 5  # a busy or restarting slurmctld refuses a call now and then
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a task as ``sacct -D`` keeps it: ``state`` (``NODE_FAIL``, ``COMPLETED``, ...), ``node``
+    (its NodeList), ``start`` / ``end`` / ``submit`` as sacct prints them (``2026-12-01T07:52:12``,
+    ``Unknown`` while not reached), ``exit`` (``0:0``)."""
+
+    job: str
+    state: str
+    node: str
+    start: str
+    end: str
+    submit: str
+    exit: str = ""
+
+    def event(self) -> str:
+        """What ended this attempt, for a user: ``lost node node2 (NODE_FAIL at 2026-12-01T07:52:12)``."""
+        at = f"({self.state} at {self.end})"
+        if self.state == "NODE_FAIL":
+            return f"lost node {self.node} {at}"
+        if self.state == "PREEMPTED":
+            return f"was preempted on {self.node} {at}"
+        return f"was requeued on {self.node} {at}"
+
+
 @dataclass
 class SchedulerView:
-    """Batched, rate-limited view of job states: ``{"123_4": ("RUNNING", reason)}``."""
+    """Batched, rate-limited view of job states: ``{"123_4": ("RUNNING", reason)}``, and of the earlier
+    attempts of the tasks Slurm requeued (:meth:`lost`)."""
 
     min_interval_s: float = 10.0
     calls: Counter = field(default_factory=Counter)
     _last: float = 0.0
     _states: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _restarts: dict[str, int] = field(default_factory=dict)  # task -> restart count, tasks in the queue
+    _lost: dict[str, list[Attempt]] = field(default_factory=dict)
 
     def states(self, jobs: set[str], force: bool = False) -> dict[str, tuple[str, str]]:
         now = time.monotonic()
@@ -96,39 +135,80 @@ class SchedulerView:
             self._last = time.monotonic()
         return {j: self._states[j] for j in jobs if j in self._states}
 
+    def lost(self, job: str) -> list[Attempt]:
+        """The attempts of ``job`` (an array task) that ended in a requeue, oldest first, as of the last
+        :meth:`states` refresh that asked for it."""
+        return self._lost.get(job, [])
+
+    def restarts(self, job: str) -> int:
+        """Slurm's restart count of ``job`` while it is in the queue (0 otherwise)."""
+        return self._restarts.get(job, 0)
+
     def _refresh(self, jobs: set[str]) -> None:
         queued = self.queued()
         gone = {j for j in jobs if j not in queued}
-        finished = self._sacct(gone) if gone else {}
+        restarted = {j for j in jobs if self._restarts.get(j)}
+        history = self.history(gone | restarted) if gone or restarted else {}
+        finished = {j: (a[-1].state, f"exit {a[-1].exit}") for j, a in history.items() if j in gone}
         self._states = {**finished, **queued}
+        self._lost = {j: lost_attempts(history.get(j, []), j in queued) for j in jobs & history.keys()}
 
     def queued(self) -> dict[str, tuple[str, str]]:
-        """Every job of the user in the queue now: ``{task: (state, reason)}`` (one squeue call)."""
-        self.calls["squeue"] += 1
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"], capture_output=True, text=True
-        )
-        states = {}
+        """Every job of the user in the queue now: ``{task: (state, reason)}`` (one squeue call; each
+        task's restart count is kept for :meth:`restarts`). A failed call is tried again, up to
+        ``SQUEUE_TRIES`` times a second apart, then raises RuntimeError: read as an empty queue, it would
+        send every job to sacct, where a task Slurm is requeueing still shows the attempt that ended
+        (``NODE_FAIL``) and would be taken for failed."""
+        fields = "JobArrayID:0|,State:0|,Reason:0|,RestartCnt:0"
+        for tried in range(1, SQUEUE_TRIES + 1):
+            self.calls["squeue"] += 1
+            out = subprocess.run(
+                ["squeue", "-h", "-r", "-u", getpass.getuser(), "-O", fields], capture_output=True, text=True
+            )
+            if out.returncode == 0:
+                break
+            if tried == SQUEUE_TRIES:
+                raise RuntimeError(f"squeue failed {tried} times: {out.stderr.strip()}")
+            time.sleep(1)
+        states, restarts = {}, {}
         for line in out.stdout.splitlines():
-            job, state, reason = [*line.split("|"), "", ""][:3]
+            job, state, reason, count = [*line.split("|"), "", "", ""][:4]
             states[job.strip()] = (state.strip(), reason.strip())
+            if count.strip().isdigit() and int(count):
+                restarts[job.strip()] = int(count)
+        self._restarts = restarts
         return states
 
-    def _sacct(self, jobs: set[str]) -> dict[str, tuple[str, str]]:
+    def history(self, jobs: set[str]) -> dict[str, list[Attempt]]:
+        """Every attempt of every task of the arrays of ``jobs``, oldest first: ``{task: [Attempt]}`` (one
+        ``sacct -D`` call). Array tasks that never started share one row (``123_[4-7]``), expanded here. A
+        requeued task's new attempt reaches sacct a few seconds after the row of the one that ended."""
         arrays = sorted({j.split("_")[0] for j in jobs})
         self.calls["sacct"] += 1
         out = subprocess.run(
-            ["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode"],
+            ["sacct", "-n", "-P", "-D", "-X", "-j", ",".join(arrays), "-o", SACCT_FIELDS],
             capture_output=True,
             text=True,
         )
-        states = {}
+        rows: dict[str, list[Attempt]] = {}
         for line in out.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) >= 3:
+            if len(parts) >= 7:
+                state = parts[1].split()[0] if parts[1] else ""  # "CANCELLED by 0" -> CANCELLED
                 for job in expand_array_ids(parts[0]):
-                    states[job] = (parts[1].split()[0] if parts[1] else "", f"exit {parts[2]}")
-        return states
+                    attempt = Attempt(job, state, parts[3], parts[4], parts[5], parts[6], parts[2])
+                    rows.setdefault(job, []).append(attempt)
+        # a requeued task's rows: by submit time (ISO text sorts as time), sacct's order among equals
+        return {job: sorted(attempts, key=lambda a: a.submit) for job, attempts in rows.items()}
+
+
+def lost_attempts(attempts: list[Attempt], queued: bool) -> list[Attempt]:
+    """The attempts of one task that ended in a requeue: those ending ``NODE_FAIL``, ``PREEMPTED`` or
+    ``REQUEUED`` but its current one: the last row once the task left the queue (a last ``NODE_FAIL`` is a
+    failure: the task was not requeued); while it is queued again every such row is an earlier attempt (the
+    row of the new one may not have reached sacct yet)."""
+    earlier = attempts if queued else attempts[:-1]
+    return [a for a in earlier if a.state in REQUEUED_ENDS]
 
 
 def queued_tasks(run_dir: Path, view: SchedulerView | None = None) -> dict[str, tuple[str, str]]:

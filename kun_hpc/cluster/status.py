@@ -2,7 +2,9 @@
 (:mod:`kun_hpc.cluster.scheduler`: one ``squeue`` and one ``sacct`` call per refresh, whatever the number of
 units); local and inline runs keep each failed unit's error in ``<run>/failed/``, and the units a local run
 is running are read from ``<run>/running/`` (issue 16). A failure is shown by its exception
-(``Type: message``), a Slurm one too when its result holds it."""
+(``Type: message``), a Slurm one too when its result holds it. A unit Slurm requeued (its node failed, it
+was preempted or requeued) is pending or running again, never failed, and says why it restarted; ``logs``
+names each such loss (:func:`requeue_lines`), from one ``sacct -D`` call for the whole run."""
 
 from __future__ import annotations
 
@@ -18,7 +20,16 @@ from rich.table import Table
 from kun_hpc.cluster.executors import job_error
 from kun_hpc.cluster.grid import is_done, plan_grid
 from kun_hpc.cluster.rates import StageProgress
-from kun_hpc.cluster.scheduler import ACTIVE, SchedulerView, local_running, merge_tasks, read_registry, tail
+from kun_hpc.cluster.scheduler import (
+    ACTIVE,
+    Attempt,
+    SchedulerView,
+    local_running,
+    lost_attempts,
+    merge_tasks,
+    read_registry,
+    tail,
+)
 from kun_hpc.core.console import console as make_console
 from kun_hpc.io.lock import holder
 
@@ -31,6 +42,7 @@ class UnitStatus:
     job: str = ""
     why: str = ""
     log: str = ""
+    restarted: str = ""  # requeued by Slurm: ``restart 1 after the job lost node node2 (NODE_FAIL at T)``
 
 
 LOCAL_FAILURES = "failed"  # <run>/failed/<stage>/<unit>.log
@@ -83,7 +95,8 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
         for u in grid.units[s]
         if (s, u.name) in latest and not is_done(u)
     }
-    states = (view or SchedulerView(0)).states(todo) if todo else {}
+    view = view or SchedulerView(0)
+    states = view.states(todo) if todo else {}
     held = holder(run_dir)  # a command working in the run now, and the units it runs locally
     running = local_running(run_dir, held) if held else {}
     queued_locally = held is not None and cfg.executor.kind != "slurm" and held.command == "run"
@@ -119,13 +132,14 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
             job, log_dir = latest[(stage, u.name)]
             state, reason = states.get(job, ("UNKNOWN", ""))
             log = _log_path(log_dir, job)
+            restarted = _restarted(view.lost(job), view.restarts(job))
             if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
-                rows.append(UnitStatus(stage, u.name, "running", job, "", log))
+                rows.append(UnitStatus(stage, u.name, "running", job, "", log, restarted))
             elif state in ACTIVE:
-                why = reason
+                why = "" if reason == "None" else reason  # squeue's "no reason" (a task just requeued)
                 if reason == "DependencyNeverSatisfied" and u.index in failed_groups:
                     why = f"waits on {failed_groups[u.index]}, which failed: will be cancelled"
-                rows.append(UnitStatus(stage, u.name, "pending", job, why, log))
+                rows.append(UnitStatus(stage, u.name, "pending", job, why, log, restarted))
             elif state == "CANCELLED" and u.index in failed_groups:
                 rows.append(
                     UnitStatus(
@@ -149,6 +163,35 @@ def unit_statuses(cfg: DictConfig, view: SchedulerView | None = None) -> list[Un
                     )
                 )
     return rows
+
+
+def _restarted(lost: list[Attempt], restarts: int) -> str:
+    """Why a queued unit runs again: its restart count (squeue's) and what ended its last lost attempt (the
+    attempt's sacct row may come a few seconds after the count)."""
+    n = restarts or len(lost)
+    if not n:
+        return ""
+    return f"restart {n} after the job {lost[-1].event()}" if lost else f"restart {n}, requeued by Slurm"
+
+
+def requeue_lines(run_dir: Path, view: SchedulerView | None = None) -> list[str]:
+    """One line per attempt of the run's Slurm jobs that ended in a requeue, in submission order:
+    ``label-00002: job 12_3 lost node node2 (NODE_FAIL at 2026-12-01T07:52:12), requeued by Slurm, restart 1``
+    (one ``squeue`` and one ``sacct -D`` call over every array of the run; none without a registry)."""
+    units = {t: u for e in read_registry(Path(run_dir)) for t, u in zip(e["tasks"], e["units"], strict=True)}
+    if not units:
+        return []
+    view = view or SchedulerView(0)
+    queued = view.queued()
+    history = view.history(set(units))
+    lines = []
+    for task, unit in units.items():
+        attempts = history.get(task, [])
+        lost = set(lost_attempts(attempts, task in queued))
+        for k, attempt in enumerate(attempts, 1):
+            if attempt in lost:
+                lines.append(f"{unit}: job {task} {attempt.event()}, requeued by Slurm, restart {k}")
+    return lines
 
 
 def _job(log_dir: str, job: str) -> submitit.SlurmJob:
@@ -195,7 +238,7 @@ def print_status(
     """The status table (units per state per stage; with ``progress``, :func:`kun_hpc.cluster.rates.
     stage_progress`, also records done/total, records/s and ETA per stage; no ETA for a stage no unit of which
     runs or is queued: :func:`with_activity`), then a line per unit that
-    failed, was cancelled or waits on a failed one."""
+    failed, was cancelled or waits on a failed one, or runs again after Slurm requeued it."""
     console = console or make_console()
     table = Table(title="kun-hpc status")
     states = ["done", "running", "pending", "failed", "cancelled", "not submitted"]
@@ -211,8 +254,10 @@ def print_status(
         table.add_row(stage, *[str(counts.get(s, 0)) for s in states], *records)
     console.print(table)
     for r in rows:
-        if r.state in ("failed", "cancelled") or (r.state == "pending" and r.why.startswith("waits on")):
-            console.print(f"  {r.unit}: {r.state}{f' (job {r.job})' if r.job else ''} {r.why}")
+        waits = r.state == "pending" and r.why.startswith("waits on")
+        if r.state in ("failed", "cancelled") or waits or r.restarted:
+            why = "; ".join(w for w in (r.why, r.restarted) if w)
+            console.print(f"  {r.unit}: {r.state}{f' (job {r.job})' if r.job else ''} {why}")
 
 
 def failed_logs(rows: list[UnitStatus], n: int = 20) -> str:

@@ -16,14 +16,14 @@ import sys
 
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.config import load_run
+from kun_hpc.core.unit_log import slurm_job
 from kun_hpc.io.layout import stage_key
 from kun_hpc.stages.runner import run_unit
 
 
 def _requeue_on_usr2() -> None:
     def handler(signum, frame):
-        array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+        job = slurm_job()
         if job:
             print(f"kun-hpc worker: USR2, requeueing {job}", file=sys.stderr, flush=True)
             subprocess.run(["scontrol", "requeue", job], check=False)

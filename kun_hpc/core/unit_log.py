@@ -25,6 +25,13 @@ def in_worker() -> bool:
     return bool(os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"))
 
 
+def slurm_job() -> str:
+    """This process's Slurm job as ``squeue``, ``sacct`` and ``kun-hpc status`` name it: ``132_2`` for task 2
+    of array 132 (whose own ``SLURM_JOB_ID`` is another number), the job id otherwise; "" off Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
+
+
 def counts_text(c: Counts) -> str:
     """``in 400 out 380 rejected 15 quarantined 5`` (plus the units a fan-out stage wrote)."""
     rejected, bad = sum(c.rejected.values()), sum(c.quarantined.values())
@@ -71,7 +78,7 @@ class UnitLog:
 
     def start(self, what: str) -> None:
         """``start: <what>, host H, pid P`` (on Slurm: ``host H, job J, restarts R``)."""
-        host, job = os.uname().nodename, os.environ.get("SLURM_JOB_ID", "")
+        host, job = os.uname().nodename, slurm_job()
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
         where = f"host {host}" + (f", job {job}, restarts {restarts}" if job else f", pid {os.getpid()}")
         self.line(f"start: {what}, {where}")

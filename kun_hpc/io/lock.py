@@ -28,6 +28,8 @@ from pathlib import Path
 
 import orjson
 
+from kun_hpc.core.unit_log import slurm_job
+
 LOCK_FILE = "lock"
 _held: dict[str, int] = {}  # lock paths this process holds -> how many nested holds
 # the errors of a filesystem that does not implement flock (Lustre -o noflock, some NFS setups)
@@ -179,9 +181,7 @@ def _flock(
     try:
         locked = _acquire(fd, path, wait_s, busy, every_s)
         if locked:
-            me = Holder(
-                command, os.getpid(), socket.gethostname(), time.time(), os.environ.get("SLURM_JOB_ID", "")
-            )
+            me = Holder(command, os.getpid(), socket.gethostname(), time.time(), slurm_job())
             os.ftruncate(fd, 0)
             os.pwrite(fd, orjson.dumps(asdict(me)), 0)
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 
+from kun_hpc.core.unit_log import slurm_job
 from kun_hpc.io.atomic import atomic_write_bytes
 
 
@@ -51,11 +52,12 @@ def valid_marker(run_dir: str | Path, step: str, unit: str, config_hash: str) ->
 
 def runtime_fields(started: float) -> dict:
     """Where and when a unit that started at ``started`` (``time.time()``) ran, for its marker: ``timings``
-    (start, end, seconds), ``host``, and the Slurm ``job`` and ``array_task`` (empty off Slurm)."""
+    (start, end, seconds), ``host``, and the Slurm ``job`` as squeue names it (``132_2`` for an array task:
+    :func:`kun_hpc.core.unit_log.slurm_job`) and ``array_task`` (empty off Slurm)."""
     end = time.time()
     return {
         "timings": {"start": started, "end": end, "seconds": round(end - started, 3)},
         "host": socket.gethostname(),
-        "job": os.environ.get("SLURM_JOB_ID", ""),
+        "job": slurm_job(),
         "array_task": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
     }

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from kun_hpc import cli, config
 from kun_hpc.cluster.grid import plan_grid
 from kun_hpc.cluster.scheduler import read_registry
-from kun_hpc.cluster.status import merge_job_state, unit_statuses
+from kun_hpc.cluster.status import UnitStatus, merge_job_state, unit_statuses
 from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import list_shards, read_manifest, read_shard
 from kun_hpc.stages import chunks as base
@@ -160,12 +160,14 @@ class Drill:
             self.requeued[unit] = (task, chunks)
         return True
 
-    def look(self) -> None:
-        """What ``kun-hpc status`` would say now, kept when it changes."""
-        for r in unit_statuses(self.cfg):
+    def look(self) -> list[UnitStatus]:
+        """What ``kun-hpc status`` would say now, kept when it changes; the rows it read."""
+        rows = unit_statuses(self.cfg)
+        for r in rows:
             states = self.seen.setdefault(r.unit, [])
             if not states or states[-1] != r.state:
                 states.append(r.state)
+        return rows
 
     def run_faults(self) -> None:
         """One kill and one requeue of Label units (the longest) once a chunk is committed, in random order;
@@ -192,10 +194,10 @@ class Drill:
         raise AssertionError(f"the drill's jobs did not settle in {SETTLE_S}s")
 
 
-def squeue(*states: str) -> list[str]:
-    """Job ids in the queue (array tasks one by one); retried while the controller does not answer, so
-    that a failed call is never read as an empty queue."""
-    args = ["squeue", "-h", "-r", "-o", "%i"] + (["-t", ",".join(states)] if states else [])
+def squeue(*states: str, fmt: str = "%i") -> list[str]:
+    """Job ids in the queue (array tasks one by one; ``fmt``: squeue's format of each, without spaces);
+    retried while the controller does not answer, so that a failed call is never read as an empty queue."""
+    args = ["squeue", "-h", "-r", "-o", fmt] + (["-t", ",".join(states)] if states else [])
     for _ in range(60):
         out = subprocess.run(args, capture_output=True, text=True)
         if out.returncode == 0:
