@@ -394,7 +394,7 @@ def cmd_logs(cfg: DictConfig, ns: argparse.Namespace) -> int:
     print(failed_logs(unit_statuses(cfg), ns.lines))
     requeues = requeue_lines(Path(cfg.run.dir))
     if requeues:
-        print("\nrequeued by Slurm (each restart resumes at the unit's last committed chunk):")
+        print("\nrequeued by Slurm (a restart resumes after the unit's last chunk, or finds the unit done):")
         print("\n".join(f"  {line}" for line in requeues))
     return 0
 

@@ -23,7 +23,7 @@ from kun_hpc.cluster.executors import Executor, OnDone, failure_line
 from kun_hpc.cluster.progress import stage_bars
 from kun_hpc.core.counts import Counts
 from kun_hpc.core.unit_log import UnitLog, counts_text, files_text
-from kun_hpc.io.lock import unit_lock
+from kun_hpc.io.lock import one_attempt
 from kun_hpc.io.markers import read_marker, runtime_fields, valid_marker, write_marker
 
 
@@ -62,9 +62,8 @@ def is_phase_done(u: PhaseUnit) -> bool:
 def run_phase_unit(u: PhaseUnit) -> dict:
     """Run one unit (unless its marker is valid) and commit its marker: the function's result plus where,
     when and under which config hash it ran. One attempt at a time, as a stage unit
-    (:func:`kun_hpc.io.lock.unit_lock`)."""
-    waiting = UnitLog(u.name, enabled=True)
-    with unit_lock(u.run_dir, u.phase, u.name, on_wait=waiting.line):
+    (:func:`kun_hpc.io.lock.one_attempt`)."""
+    with one_attempt(u.run_dir, u.phase, u.name, u.config_hash):
         return _run_phase_unit(u)
 
 

@@ -177,12 +177,16 @@ def _restarted(lost: list[Attempt], restarts: int) -> str:
 def requeue_lines(run_dir: Path, view: SchedulerView | None = None) -> list[str]:
     """One line per attempt of the run's Slurm jobs that ended in a requeue, in submission order:
     ``label-00002: job 12_3 lost node node2 (NODE_FAIL at 2026-12-01T07:52:12), requeued by Slurm, restart 1``
-    (one ``squeue`` and one ``sacct -D`` call over every array of the run; none without a registry)."""
+    (one ``squeue`` and one ``sacct -D`` call over every array of the run; none without a registry). When
+    Slurm cannot be asked, one line saying so."""
     units = {t: u for e in read_registry(Path(run_dir)) for t, u in zip(e["tasks"], e["units"], strict=True)}
     if not units:
         return []
     view = view or SchedulerView(0)
-    queued = view.queued()
+    try:
+        queued = view.queued()
+    except RuntimeError as e:
+        return [f"cannot list them: {e}"]
     history = view.history(set(units))
     lines = []
     for task, unit in units.items():
@@ -208,8 +212,10 @@ def merge_job_state(run_dir: Path, view: SchedulerView | None = None) -> tuple[s
     if not tasks:
         return None
     job = tasks[-1]
-    # forced: the view's cached states are those of the jobs asked for last
-    state, reason = (view or SchedulerView(0)).states({job}, force=True).get(job, ("UNKNOWN", ""))
+    try:  # forced: the view's cached states are those of the jobs asked for last
+        state, reason = (view or SchedulerView(0)).states({job}, force=True).get(job, ("UNKNOWN", ""))
+    except RuntimeError as e:  # Slurm cannot be asked (squeue failed): unknown, and why
+        state, reason = "UNKNOWN", str(e)
     return job, state, reason
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import orjson
 
-from kun_hpc.core.unit_log import slurm_job
+from kun_hpc.core.unit_log import UnitLog, slurm_job
+from kun_hpc.io.markers import valid_marker
 
 LOCK_FILE = "lock"
 _held: dict[str, int] = {}  # lock paths this process holds -> how many nested holds
@@ -168,6 +169,25 @@ def unit_lock(
     with _flock(path, f"unit {unit}", 0.0, busy, every_s):
         yield
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def one_attempt(run_dir: str | Path, stage: str, unit: str, config_hash: str) -> Iterator[None]:
+    """:func:`unit_lock` with its lines in the unit's log (``kun-hpc unit <unit>: ...``, on in an inline run
+    too): while it waits, who holds the unit; when it waited and the other attempt committed the unit's
+    marker meanwhile, that it has nothing left to do."""
+    log = UnitLog(unit, enabled=True)
+    waited = []
+
+    def wait(text: str) -> None:
+        waited.append(text)
+        log.line(text)
+
+    with unit_lock(run_dir, stage, unit, on_wait=wait):
+        marker = valid_marker(run_dir, stage, unit, config_hash) if waited else None
+        if marker is not None:
+            log.line(f"the other attempt ended with the unit done (host {marker['host']}): nothing to do")
+        yield
 
 
 @contextlib.contextmanager

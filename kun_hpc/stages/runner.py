@@ -22,7 +22,7 @@ import os
 from kun_hpc import config
 from kun_hpc.core.counts import Counts, Units
 from kun_hpc.core.unit_log import UnitLog, counts_text
-from kun_hpc.io.lock import unit_lock
+from kun_hpc.io.lock import one_attempt
 from kun_hpc.io.markers import runtime_fields, valid_marker, write_marker
 from kun_hpc.stages.base import Stage, Unit
 from kun_hpc.stages.chunks import committed_chunks, remove_chunks, run_shard_task
@@ -61,10 +61,9 @@ class StageUnitLog(UnitLog):
 def run_unit(unit: Unit, stage: Stage | None = None) -> dict:
     """Run every shard of a unit through its stage and commit the unit's completion marker. One attempt of a
     unit at a time: a second one (Slurm's requeued copy while the first still runs on a node it lost
-    contact with) waits for the first to end (:func:`kun_hpc.io.lock.unit_lock`), then finds its marker or
+    contact with) waits for the first to end (:func:`kun_hpc.io.lock.one_attempt`), then finds its marker or
     resumes after its last chunk."""
-    waiting = UnitLog(unit.name, enabled=True)
-    with unit_lock(unit.run_dir, unit.stage, unit.name, on_wait=waiting.line):
+    with one_attempt(unit.run_dir, unit.stage, unit.name, unit.config_hash):
         return _run_unit(unit, stage)
 
 

@@ -23,6 +23,7 @@ if [ -n "${SP_ROOT:-}" ]; then
 elif [ -n "$_sb_self" ]; then
   export SLURM_CONF="$(cd "$(dirname "$_sb_self")/../.." && pwd)/$_sb_root/etc/slurm.conf"
 else
-  echo "slurm/sandbox/env.sh: cannot find the repo; source it by path or set SP_ROOT" >&2
+  echo "slurm/sandbox/env.sh: cannot find the repo from $PWD (a POSIX sh cannot tell which file it sources):" \
+    "source it from inside the repo, or set SP_ROOT" >&2
 fi
 unset _sb_self _sb_d _sb_root

@@ -21,20 +21,6 @@
 # Clients need:  export SLURM_CONF=$SP_ROOT/etc/slurm.conf   (or: . slurm/sandbox/env.sh)
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-NODES=${SLURM_NODES:-1}
-case "$NODES" in '' | *[!0-9]* | 0*) echo "SLURM_NODES must be a positive integer, not '$NODES'" >&2; exit 2 ;; esac
-if [ "$NODES" = 1 ]; then SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox}; else SP_ROOT=${SP_ROOT:-$REPO/.slurm-sandbox-${NODES}nodes}; fi
-ACCOUNTING=${SLURM_ACCOUNTING:-1}
-NODE_CPUS=${SLURM_NODE_CPUS:-8}
-MAX_ARRAY=${SLURM_MAX_ARRAY_SIZE:-1001}
-WAIT_S=${SLURM_WAIT_S:-60}
-SUBNET=${SLURM_SUBNET:-10.213.0}
-PREFIX=${SLURM_NET_PREFIX:-kunsb}
-ETC=$SP_ROOT/etc RUN=$SP_ROOT/run LOG=$SP_ROOT/log STATE=$SP_ROOT/state
-export SLURM_CONF=$ETC/slurm.conf
-
 T0=${EPOCHREALTIME/[.,]/}
 say() {
   local dt=$(( ${EPOCHREALTIME/[.,]/} - T0 ))
@@ -42,19 +28,16 @@ say() {
 }
 die() {
   say "ERROR: $*" >&2
-  for f in "$LOG"/*.log; do [ -s "$f" ] && { echo "--- tail $f" >&2; tail -n 25 "$f" >&2; }; done
+  for f in "${LOG:-/nonexistent}"/*.log; do [ -s "$f" ] && { echo "--- tail $f" >&2; tail -n 25 "$f" >&2; }; done
   exit 1
 }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # NODES, SP_ROOT, PREFIX, SUBNET (checked), proc_alive, stop_ours, ...
+ACCOUNTING=${SLURM_ACCOUNTING:-1}
+NODE_CPUS=${SLURM_NODE_CPUS:-8}
+MAX_ARRAY=${SLURM_MAX_ARRAY_SIZE:-1001}
+WAIT_S=${SLURM_WAIT_S:-60}
+ETC=$SP_ROOT/etc LOG=$SP_ROOT/log STATE=$SP_ROOT/state
 
-# proc_alive PID COMM: a live (not zombie) process named COMM. PID 1 here reaps zombies late, so a killed
-# daemon can linger as <defunct> with its /proc entry and comm for a second or two: check the state too.
-proc_alive() {
-  local st
-  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] || return 1
-  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-pid_alive() { local pid; pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && proc_alive "$pid" "$2"; }
 wait_for() { # wait_for DESCRIPTION COMMAND...
   local desc=$1; shift
   local end=$(( SECONDS + WAIT_S ))
@@ -62,16 +45,6 @@ wait_for() { # wait_for DESCRIPTION COMMAND...
     [ "$SECONDS" -lt "$end" ] || die "timed out after ${WAIT_S}s waiting for $desc"
     sleep 0.2
   done
-}
-stop_ours() { # stop_ours NAME [PIDFILE]: TERM our daemon NAME and wait until it is really gone (not a zombie)
-  local f=${2:-$RUN/$1.pid} p
-  if pid_alive "$f" "$1"; then
-    p=$(cat "$f"); kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 1 150); do proc_alive "$p" "$1" || break; sleep 0.1; done
-    proc_alive "$p" "$1" && { say "$1 ($p) ignored TERM, sending KILL"; kill -KILL "$p" 2>/dev/null || true; }
-    for _ in $(seq 1 50); do proc_alive "$p" "$1" || break; sleep 0.1; done
-  fi
-  rm -f "$f"
 }
 # launch LOGNAME COMMAND...: daemons must not inherit our stdout/stderr (a caller reading our output would
 # wait for EOF forever) nor the lock fd 9 (the next start.sh would block on it). Early errors land in the log.
@@ -82,7 +55,6 @@ pkgs=(slurmctld slurmd slurm-client munge)
 need=(slurmctld slurmd sbatch munged)
 if [ "$NODES" -gt 1 ]; then pkgs+=(iproute2); need+=(ip); fi
 if [ "$ACCOUNTING" = 1 ]; then pkgs+=(slurmdbd mariadb-server); need+=(slurmdbd mariadbd sacct); fi
-case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin ;; esac
 missing=()
 for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -107,7 +79,6 @@ flock -w $(( WAIT_S * 4 )) 9 || die "another start.sh/stop.sh holds $SP_ROOT/.lo
 # /etc/netns/<ns>/hosts names every host of the sandbox (bound over /etc/hosts there, as `ip netns exec` would),
 # as a cluster's DNS would: torch's rendezvous on node2 reaches node1 by name.
 BR=${PREFIX}0
-OWNER="kun-sandbox:$SP_ROOT"
 if [ "$NODES" = 1 ]; then
   nodes=(localhost) hosts=() addrs=()
 else
@@ -129,19 +100,26 @@ if [ "$NODES" -gt 1 ]; then host_argv head; HEAD=("${argv[@]}"); fi
 slurmd_pidfile() { if [ "$NODES" = 1 ]; then echo "$RUN/slurmd.pid"; else echo "$RUN/slurmd-$1.pid"; fi; }
 
 net_up() {
-  local i ns h
+  local i ns h mine owner
+  mine=$(our_bridge)
+  if [ -n "$mine" ] && [ "$mine" != "$BR" ]; then
+    die "this sandbox runs on bridge $mine (SLURM_NET_PREFIX=${mine%0}); stop it (stop.sh) before changing SLURM_NET_PREFIX"
+  fi
   if ip link show "$BR" >/dev/null 2>&1; then
-    [ "$(ip -o link show "$BR" | sed -n 's/.* alias //p')" = "$OWNER" ] \
-      || die "bridge $BR exists and is not this sandbox's ($SP_ROOT): set SLURM_NET_PREFIX and SLURM_SUBNET"
+    owner=$(ip -o link show "$BR" | sed -n 's/.* alias //p')
+    [ "$owner" = "$OWNER" ] \
+      || die "bridge $BR exists and is not this sandbox's (alias '$owner'): set SLURM_NET_PREFIX and SLURM_SUBNET"
+    ip -4 -o addr show dev "$BR" | grep -q " $SUBNET\.1/24 " || die "this sandbox's bridge $BR is on \
+$(ip -4 -o addr show dev "$BR" | awk '{print $4}' | head -1), not $SUBNET.0/24: stop it (stop.sh) before changing SLURM_SUBNET"
   else
     if ip -4 -o addr show | awk '{print $4}' | grep -q "^${SUBNET//./\\.}\."; then
       die "an interface already holds an address in $SUBNET.0/24: set SLURM_SUBNET to a free private /24"
     fi
     ip link add "$BR" type bridge || die "cannot create bridge $BR (needs root with CAP_NET_ADMIN)"
     ip link set "$BR" alias "$OWNER"
+    ip addr add "$SUBNET.1/24" dev "$BR" || die "cannot give bridge $BR the address $SUBNET.1/24"
     say "network: bridge $BR, $SUBNET.1/24"
   fi
-  ip -4 -o addr show dev "$BR" | grep -q " $SUBNET\.1/24 " || ip addr add "$SUBNET.1/24" dev "$BR"
   ip link set "$BR" up
   for i in "${!hosts[@]}"; do
     ns=$PREFIX-${hosts[$i]}
@@ -158,13 +136,11 @@ net_up() {
       > "/etc/netns/$ns/hosts"
   done
   # nodes a smaller SLURM_NODES no longer names: stop their slurmd, end what ran there, drop the host
-  for ns in $(ip netns list | awk '{print $1}' | grep -x "$PREFIX-node[0-9]*" || true); do
-    h=${ns#"$PREFIX-"}
-    [ "${h#node}" -le "$NODES" ] && continue
+  for ns in $(host_namespaces "$PREFIX"); do
+    h=${ns#"$PREFIX"-}
+    [ "$h" = head ] || [ "${h#node}" -le "$NODES" ] && continue
     stop_ours slurmd "$RUN/slurmd-$h.pid"
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
-    ip link del "$ns" 2>/dev/null || true
-    ip netns del "$ns"; rm -rf "/etc/netns/${ns:?}"
+    remove_host "$ns"
     say "network: removed $h (SLURM_NODES=$NODES)"
   done
 }
@@ -367,11 +343,12 @@ if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
   wait_for slurmctld scontrol ping
   say "slurmctld started (pid $(cat "$RUN/slurmctld.pid"))"; started=1
 fi
+declare -A restarted=()
 for n in "${nodes[@]}"; do
   f=$(slurmd_pidfile "$n")
   # never start a second slurmd for a node: it kills the running one ("killing old slurmd")
   pid_alive "$f" slurmd && continue
-  rm -f "$f"
+  rm -f "$f" && restarted[$n]=1
   if [ "$NODES" = 1 ]; then
     launch slurmd slurmd -N localhost || die "slurmd failed to start"
   else
@@ -383,25 +360,38 @@ for n in "${nodes[@]}"; do
 done
 
 # ---------------------------------------------------------------- 7. nodes usable?
+# A node we (re)started a slurmd for and that is DOWN comes back (RESUME). A node an operator or a test
+# drained or set DOWN while its slurmd answers is left so, and said: undoing a drain is not ours to do.
 end=$(( SECONDS + WAIT_S ))
 while :; do
-  ready=0 states=()
+  ready=0 states=() idle=() left=()
   for n in "${nodes[@]}"; do
     st=$(sinfo -h -n "$n" -o %T 2>/dev/null || true)
     states+=("$n ${st:-?}")
     case "$st" in
+      idle) ready=$((ready + 1)); idle+=("$n") ;;
       idle*|mixed*|allocated*|completing*) ready=$((ready + 1)) ;;
-      down*|drain*|fail*) scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+      down*|drain*|fail*)
+        if [ -n "${restarted[$n]:-}" ]; then
+          scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true
+        elif [[ $st != *'*' ]]; then   # '*': not responding yet; otherwise its own state
+          ready=$((ready + 1)); left+=("$n $st")
+        fi ;;
     esac
   done
   [ "$ready" = "${#nodes[@]}" ] && break
   [ "$SECONDS" -lt "$end" ] || die "nodes not usable after ${WAIT_S}s (${states[*]})"
   sleep 0.2
 done
-if [ "$started" = 1 ]; then   # a real job step must run end to end, on every node
-  timeout "$WAIT_S" srun -Q -t 1 -N "${#nodes[@]}" -n "${#nodes[@]}" true </dev/null 9>&- \
-    || die "smoke job (srun true on ${#nodes[@]} nodes) failed"
-  say "cluster ready ($(IFS=,; echo "${states[*]}")), smoke job ran"
+if [ ${#left[@]} -gt 0 ]; then
+  say "left as they are: $(IFS=,; echo "${left[*]}") (scontrol update NodeName=... State=RESUME brings one back)"
+fi
+if [ "$started" = 1 ] && [ ${#idle[@]} -gt 0 ]; then   # a real job step must run end to end, on each idle node
+  timeout "$WAIT_S" srun -Q -t 1 -w "$(IFS=,; echo "${idle[*]}")" -N "${#idle[@]}" -n "${#idle[@]}" true \
+    </dev/null 9>&- || die "smoke job (srun true on ${idle[*]}) failed"
+  say "cluster ready ($(IFS=,; echo "${states[*]}")), smoke job ran on ${idle[*]}"
+elif [ "$started" = 1 ]; then
+  say "cluster ready ($(IFS=,; echo "${states[*]}")); no idle node for a smoke job"
 else
   say "cluster already running ($(IFS=,; echo "${states[*]}"))"
 fi

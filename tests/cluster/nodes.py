@@ -5,8 +5,8 @@ Each node is a network namespace ``<prefix>-nodeK`` (docs/slurm-sandbox.md). A n
 process it ran (slurmd, slurmstepd, the job's own), which is what :func:`kill_node` does before telling
 Slurm the node is DOWN, as slurmctld itself concludes after ``SlurmdTimeout`` without an answer.
 
-Knobs for running several copies at once (one per developer): ``MULTINODE_SP_ROOT``, ``SLURM_NET_PREFIX``,
-``SLURM_SUBNET`` (start.sh's own, passed through).
+Knobs for running several copies at once (one per developer): ``MULTINODE_SP_ROOT`` (its SP_ROOT; default
+``<repo>/.slurm-sandbox-3nodes``), ``SLURM_NET_PREFIX`` and ``SLURM_SUBNET`` (start.sh's own, passed through).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def sp_root() -> Path:
 
 
 def start_multinode(cpus_per_node: int = 2) -> str:
-    """Start (or re-check) the 3-node sandbox, every node up; returns its ``SLURM_CONF``. ``cpus_per_node``:
-    2, so that each node runs one 2-CPU task at a time and an array spreads over the nodes."""
+    """Start (or re-check) the 3-node sandbox, every node up (start.sh leaves a node drained or set DOWN by
+    someone else as it is: here the nodes an earlier test drained or killed are resumed); returns its
+    ``SLURM_CONF``. ``cpus_per_node``: 2, so that each node runs one 2-CPU task at a time and an array
+    spreads over the nodes."""
     env = {
         **os.environ,
         "SLURM_NODES": str(NODES),
@@ -41,7 +43,17 @@ def start_multinode(cpus_per_node: int = 2) -> str:
     p = subprocess.run([str(start)], env=env, capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(f"start.sh (SLURM_NODES={NODES}) failed:\n{p.stdout}\n{p.stderr}")
-    return str(sp_root() / "etc" / "slurm.conf")
+    conf = str(sp_root() / "etc" / "slurm.conf")
+    env = {**os.environ, "SLURM_CONF": conf}
+    for _ in range(60):
+        states = {n: node_state(n, env) for n in NODE_NAMES}
+        if all(s.startswith(("idle", "mixed", "allocated")) for s in states.values()):
+            return conf
+        for node, state in states.items():
+            if state.startswith(("drain", "down", "fail")):
+                scontrol("update", f"NodeName={node}", "State=RESUME", env=env)
+        time.sleep(0.5)
+    raise RuntimeError(f"the 3-node sandbox's nodes are not all up: {states}")
 
 
 def namespace(node: str) -> str:
@@ -83,7 +95,8 @@ def drain_node(node: str, reason: str = "maintenance (test)") -> None:
 
 
 def revive_nodes() -> None:
-    """Every node back up: start.sh restarts a dead node's slurmd and resumes DOWN or DRAINED nodes."""
+    """Every node back up: start.sh restarts a dead node's slurmd; :func:`start_multinode` resumes the nodes
+    left DOWN or drained."""
     start_multinode()
 
 
@@ -93,14 +106,14 @@ def node_of(job: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
 
 
-def node_state(node: str) -> str:
-    out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True)
+def node_state(node: str, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True, env=env)
     return out.stdout.strip()
 
 
-def scontrol(*args: str) -> None:
+def scontrol(*args: str, env: dict[str, str] | None = None) -> None:
     for _ in range(30):  # the controller may be busy: retry, never ignore
-        p = subprocess.run(["scontrol", *args], capture_output=True, text=True)
+        p = subprocess.run(["scontrol", *args], capture_output=True, text=True, env=env)
         if p.returncode == 0:
             return
         time.sleep(1)

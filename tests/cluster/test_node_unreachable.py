@@ -107,7 +107,8 @@ def test_a_unit_on_a_node_slurm_lost_runs_once_and_its_requeued_copy_writes_noth
     log = submitit.SlurmJob(folder=entry["log_dir"], job_id=task).paths.stderr.read_text(errors="replace")
     prefix = f"kun-hpc unit {unit.name}: "
     lines = [line.removeprefix(prefix) for line in log.splitlines() if line.startswith(prefix)]
-    (wait,) = [k for k, line in enumerate(lines) if line.startswith("another attempt of this unit holds ")]
+    # the first wait line (one a minute while it waits)
+    wait = next(k for k, line in enumerate(lines) if line.startswith("another attempt of this unit holds "))
     assert f" on host {node} (Slurm job {task}) since " in lines[wait], lines[wait]
     starts = [k for k, line in enumerate(lines) if line.startswith("start: ")]
     first_end = starts[1] if len(starts) > 1 else len(lines)
@@ -117,8 +118,9 @@ def test_a_unit_on_a_node_slurm_lost_runs_once_and_its_requeued_copy_writes_noth
     if second:  # the requeued attempt took over where the first stopped
         assert (marker["host"], marker["restarts"]) == (requeued[1], 1), marker
         assert marker["shards"][0]["resumed_at_chunk"] == len(first) == second[0]
-    else:  # the first finished where it was; the second found its marker
+    else:  # the first finished where it was; the second found its marker, and said so
         assert (marker["host"], marker["restarts"]) == (node, 0), marker
+        assert lines[-1] == f"the other attempt ended with the unit done (host {node}): nothing to do", lines
     assert "failed" not in seen and "cancelled" not in seen, seen
     assert row.state == "done"
     # every record once: the stage's output is the inline run's

@@ -214,11 +214,24 @@ def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path
         assert nodes == ["node1", "idle", "node2", "idle"], nodes
         again = _run([str(START)], env, timeout=60)
         assert "already running" in again.stdout, again.stdout
-        # its bridge is its own: another SP_ROOT with the same names is refused, naming the knobs
+        # its bridge is its own: another SP_ROOT with the same names is refused, naming the knobs; so is
+        # another subnet or prefix for this one while it runs
         other = _run([str(START)], {**env, "SP_ROOT": str(tmp_path / "other")}, timeout=60, check=False)
         assert other.returncode != 0 and "bridge kunsx0 exists and is not this sandbox's" in other.stderr
+        moved = _run([str(START)], {**env, "SLURM_SUBNET": "10.213.98"}, timeout=60, check=False)
+        assert moved.returncode != 0, moved.stdout
+        assert "bridge kunsx0 is on 10.213.99.1/24, not 10.213.98.0/24: stop it" in moved.stderr, moved.stderr
+        renamed = _run([str(START)], {**env, "SLURM_NET_PREFIX": "kunsw"}, timeout=60, check=False)
+        assert renamed.returncode != 0 and "runs on bridge kunsx0 (SLURM_NET_PREFIX=kunsx)" in renamed.stderr
+        # a node someone drained stays drained: start.sh says so and leaves it
+        _run(["scontrol", "update", "NodeName=node2", "State=DRAIN", "Reason=maintenance"], env)
+        drained = _run([str(START)], env, timeout=60)
+        assert "left as they are: node2 drained" in drained.stdout, drained.stdout
+        assert _run(["sinfo", "-h", "-n", "node2", "-o", "%T"], env).stdout.strip() == "drained"
     finally:
-        stop = _run([str(START.parent / "stop.sh")], env, timeout=120, check=False)
+        # stop.sh finds the sandbox's network by its owner, without the prefix it was started with
+        rest = {k: v for k, v in env.items() if k != "SLURM_NET_PREFIX"}
+        stop = _run([str(START.parent / "stop.sh")], rest, timeout=120, check=False)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert not set(spaces) & set(_run(["ip", "netns", "list"], env).stdout.split())
     assert _run(["ip", "link", "show", "kunsx0"], env, check=False).returncode != 0
@@ -226,6 +239,25 @@ def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path
     # the other sandboxes and the machine's munged are untouched
     assert _run(["scontrol", "ping"], {**env, "SLURM_CONF": multinode}).returncode == 0
     assert _run(["munge", "-n"], env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "why"),
+    [
+        ("SLURM_NODES", "abc", "SLURM_NODES must be a number of nodes from 1 to 99, not 'abc'"),
+        ("SLURM_NODES", "100", "SLURM_NODES must be a number of nodes from 1 to 99, not '100'"),
+        ("SLURM_NET_PREFIX", "kun.b", "SLURM_NET_PREFIX must be 1-8 lowercase letters or digits"),
+        ("SLURM_NET_PREFIX", "kunsandboxrev", "SLURM_NET_PREFIX must be 1-8 lowercase letters or digits"),
+        ("SLURM_SUBNET", "10.213.300", "SLURM_SUBNET must be the first three numbers of a private /24"),
+        ("SLURM_SUBNET", "10.213", "SLURM_SUBNET must be the first three numbers of a private /24"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_made(tmp_path, knob, value, why):
+    env = {**_env(), "SLURM_NODES": "2", "SP_ROOT": str(tmp_path / "sb"), knob: value}
+    for script in (START, START.parent / "stop.sh"):
+        p = _run([str(script)], env, timeout=60, check=False)
+        assert p.returncode != 0 and why in p.stderr, (script.name, p.stdout, p.stderr)
+    assert not (tmp_path / "sb").exists()
 
 
 def test_a_subnet_in_use_is_refused(tmp_path):
