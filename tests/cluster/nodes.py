@@ -15,7 +15,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
+
+from kun_hpc.cluster.scheduler import expand_array_ids
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 3
@@ -98,6 +102,36 @@ def revive_nodes() -> None:
     """Every node back up: start.sh restarts a dead node's slurmd; :func:`start_multinode` resumes the nodes
     left DOWN or drained."""
     start_multinode()
+
+
+class Attempt(NamedTuple):
+    """One run of a job or array task as ``sacct -D`` keeps it: its state, node list, start and end
+    (``2026-12-01T08:42:01``), and its own ``SLURM_JOB_ID`` (an array task's differs from ``123_4``)."""
+
+    state: str
+    node: str
+    start: str
+    end: str
+    raw_job: str
+
+
+def attempts(jobs: Iterable[str]) -> dict[str, list[Attempt]]:
+    """Job or array task -> every attempt Slurm ran of it, oldest first (by submit time): one plain ``sacct
+    -D`` over the jobs' arrays, polled until every attempt has ended (sacct's rows trail the queue)."""
+    arrays = ",".join(sorted({j.split("_")[0] for j in jobs}))
+    fields = "JobID,State,NodeList,Start,End,JobIDRaw,Submit"
+    cmd = ["sacct", "-n", "-P", "-D", "-X", "-j", arrays, "-o", fields]
+    for _ in range(60):
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        rows = [line.split("|") for line in out.splitlines()]
+        if rows and all(r[4] != "Unknown" for r in rows):
+            break
+        time.sleep(1)
+    history: dict[str, list[Attempt]] = {}
+    for job, state, node, start, end, raw, _ in sorted(rows, key=lambda r: r[6]):
+        for task in expand_array_ids(job):
+            history.setdefault(task, []).append(Attempt(state.split()[0], node, start, end, raw))
+    return history
 
 
 def node_of(job: str) -> str:

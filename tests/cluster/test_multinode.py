@@ -8,38 +8,19 @@ completion marker recorded.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
 
 from kun_hpc import cli
-from kun_hpc.cluster.scheduler import expand_array_ids, read_registry
-from tests.cluster.nodes import NODES
+from kun_hpc.cluster.scheduler import read_registry
+from tests.cluster.nodes import NODES, attempts
 from tests.cluster.test_fault_drill import check_quarantine, dataset_rows, funnel
 from tests.conftest import SLURM_RUN_ARGS
 from tests.stages.test_kun_stages import CHAIN, GREEDY, check_accounting
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def attempts(jobs: list[str]) -> dict[str, list[tuple[str, str, str]]]:
-    """Array task -> every attempt Slurm ran of it, as (state, node list, raw job id: the task's
-    ``SLURM_JOB_ID``), oldest first (``sacct -D``)."""
-    arrays = sorted({j.split("_")[0] for j in jobs})
-    out = subprocess.run(
-        ["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(arrays), "-o", "JobID,State,NodeList,JobIDRaw"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rows: dict[str, list[tuple[str, str, str]]] = {}
-    for line in out.stdout.splitlines():
-        job, state, nodelist, raw = line.split("|")
-        for task in expand_array_ids(job):
-            rows.setdefault(task, []).append((state.split()[0], nodelist, raw))
-    return rows
 
 
 def markers(run: Path, stage: str) -> dict[str, dict]:
@@ -59,17 +40,16 @@ def test_a_grid_spreads_over_the_nodes_and_equals_the_inline_run(
     ran = attempts([t for e in entries for t in e["tasks"]])
     for e in entries:
         for task in e["tasks"]:
-            assert len(ran[task]) == 1, (e["stage"], task, ran[task])
-            assert ran[task][0][0] == "COMPLETED" and ran[task][0][1].startswith("node"), (task, ran[task])
+            (only,) = ran[task]
+            assert only.state == "COMPLETED" and only.node.startswith("node"), (e["stage"], task, ran[task])
     hosts = {}
     for e in entries:
         if e["stage"] not in CHAIN:
             continue
         for task, unit in zip(e["tasks"], e["units"], strict=True):
             marker = markers(run, e["stage"])[unit]
-            _, node, _ = ran[task][0]
             assert (marker["job"], marker["array_task"]) == (task, task.split("_")[1]), (task, marker)
-            assert marker["host"] == node, (unit, marker["host"], ran[task])
+            assert marker["host"] == ran[task][0].node, (unit, marker["host"], ran[task])
             hosts[unit] = marker["host"]
     assert set(hosts.values()) == {f"node{k}" for k in range(1, NODES + 1)}, hosts
     with capsys.disabled():

@@ -74,24 +74,6 @@ def settle(watch: Drill, deadline: float) -> list[list[UnitStatus]]:
     raise AssertionError(f"the run's jobs did not settle in {SETTLE_S}s")
 
 
-def attempts(run: Path) -> dict[str, list[tuple[str, str, str, str]]]:
-    """Task -> (state, node, start, end) of each of its attempts, oldest first, from one plain ``sacct -D``
-    over the run's jobs (shard arrays, stages, merge job, merge phases); polled until every attempt has
-    ended (sacct's rows trail the queue by a moment)."""
-    jobs = ",".join(sorted({e["job"] for e in read_registry(run)}))
-    args = ["sacct", "-n", "-P", "-D", "-X", "-j", jobs, "-o", "JobID,State,NodeList,Start,End,Submit"]
-    for _ in range(60):
-        out = subprocess.run(args, capture_output=True, text=True).stdout
-        rows = [line.split("|") for line in out.splitlines()]
-        if rows and all(r[4] != "Unknown" for r in rows):
-            break
-        time.sleep(1)
-    tasks: dict[str, list[tuple[str, str, str, str]]] = {}
-    for job, state, node, start, end, _ in sorted(rows, key=lambda r: r[5]):  # by submit time
-        tasks.setdefault(job, []).append((state.split()[0], node, start, end))
-    return tasks
-
-
 def record_ids(paths: Iterable[Path]) -> Counter:
     return Counter(r["id"] for p in paths for r in read_shard(p))
 
@@ -234,7 +216,7 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_with_nothing_lost(
 
     # the lost units were requeued by Slurm: their attempt on the node ended NODE_FAIL, the next one ran
     # elsewhere and resumed at the chunks committed when the node died
-    history = attempts(run)
+    history = nodes.attempts(run_tasks(run))
     resumed = {}
     for unit, (task, chunks) in lost.items():
         (first, second) = history[task]
@@ -322,7 +304,7 @@ def test_a_drained_node_finishes_its_units_and_takes_no_new_ones(multinode, chai
 
     # what ran on the node when it was drained finished there, once; nothing started there afterwards
     # (what ran there before, the shard step's tasks, ended before the drain)
-    history = attempts(run)
+    history = nodes.attempts(run_tasks(run))
     assert all(len(a) == 1 and a[0][0] == "COMPLETED" for a in history.values()), history
     there = {t: a for t, (a,) in history.items() if a[1] == node}
     for task in mine:

@@ -25,8 +25,8 @@ from kun_hpc.cluster.status import unit_statuses
 from kun_hpc.io.markers import read_marker
 from kun_hpc.stages.chunks import committed_chunks
 from tests.cluster import nodes
+from tests.cluster.nodes import attempts
 from tests.cluster.test_fault_drill import squeue
-from tests.cluster.test_multinode import attempts
 from tests.cluster.test_slurm import stage_records
 from tests.conftest import REPO, SAMPLE, SLURM_RUN_ARGS
 
