@@ -32,7 +32,7 @@ from rich.console import Console
 from kun_hpc import cli
 from kun_hpc.cluster import scheduler
 from kun_hpc.cluster.grid import plan_grid
-from kun_hpc.cluster.scheduler import read_registry, record_submission
+from kun_hpc.cluster.scheduler import MERGE_STAGE, read_registry, record_submission
 from kun_hpc.cluster.status import UnitStatus, merge_job_state, print_status, requeue_lines
 from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import list_shards, read_shard
@@ -169,6 +169,11 @@ def test_a_requeued_task_reads_pending_never_failed_and_logs_name_the_lost_node(
     monkeypatch.setattr(scheduler, "SQUEUE_TRIES", 2)
     with pytest.raises(RuntimeError, match="squeue failed 2 times: slurm_load_jobs error: timed out"):
         view.states({"2_1"}, force=True)
+    # what a finished run's status and logs read then: the merge job and the requeues unknown, and why
+    record_submission(tmp_path, {"stage": MERGE_STAGE, "job": "9", "tasks": ["9"], "units": ["merge"]})
+    why = "squeue failed 2 times: slurm_load_jobs error: timed out"
+    assert merge_job_state(tmp_path) == ("9", "UNKNOWN", why)
+    assert requeue_lines(tmp_path) == [f"cannot list them: {why}"]
 
 
 def lose_a_node(watch: Drill, deadline: float) -> tuple[str, dict[str, tuple[str, int]], float]:
