@@ -72,7 +72,7 @@ from kun_hpc.io.markers import valid_marker, write_marker
 from kun_hpc.io.shards import ShardInfo, input_info, list_shards, read_shard, write_manifest
 from kun_hpc.merge.assemble import MergeResult, find_inputs, makes_pairs
 from kun_hpc.stages.point import OUTCOMES
-from kun_hpc.train.data import MODEL_DIR, report_path, seed_files
+from kun_hpc.train.data import MODEL_DIR, model_done, report_path, seed_files
 from kun_hpc.train.launch import NOT_MODEL, check_launch, prepare, run_local, submit_slurm
 
 ITERATE = "iterate"  # <run>/iterate/, and the step name of a round's marker
@@ -97,11 +97,6 @@ def iterate_dir(run_dir: str | Path) -> Path:
 def round_dir(run_dir: str | Path, k: int) -> Path:
     """``<run>/iterate/round-<k>``: round k's run folder (round 0 holds only A_0 and its verdicts)."""
     return iterate_dir(run_dir) / f"round-{k}"
-
-
-def model_complete(train_output: str | Path) -> bool:
-    """The trained model folder is there (the trainer renames it into place whole, config.json included)."""
-    return (Path(train_output) / MODEL_DIR / "config.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -351,7 +346,7 @@ def finished(cfg: DictConfig, key: str) -> dict | None:
     """Round ``cfg``'s marker when the round is finished under ``key``: a valid marker, the model, every
     unit's and the merge's markers, and A_k as the marker recorded it; else None."""
     marker = valid_marker(cfg.run.dir, ITERATE, "round", done_hash(cfg, key))
-    if marker is None or not model_complete(cfg.train.output):
+    if marker is None or not model_done(cfg.train.output):
         return None
     curated = Path(cfg.run.dir) / CURATED
     if not curated.is_file() or file_sha256(curated) != marker["curated_sha256"]:
@@ -382,14 +377,14 @@ def train_round(cfg: DictConfig, where: str, view: run.View) -> Task | None:
     """M_k: nothing when the model is there; locally, trained here (resuming from its newest checkpoint);
     on Slurm, the training job submitted (recorded in the round's job registry) as a task to wait for."""
     out = Path(cfg.train.output)
-    if model_complete(out):
+    if model_done(out):
         return None
     check_launch(cfg, where)
     prepare(cfg)  # the SFT set (rebuilt when its inputs changed) and the config the training reads
     if where == "local":
         view.note(f"kun-hpc iterate: {Path(cfg.run.dir).name}: training {out / MODEL_DIR}")
         run_local(cfg)
-        if not model_complete(out):
+        if not model_done(out):
             raise RuntimeError(
                 f"iterate: {Path(cfg.run.dir).name}: training stopped before the end (train.stop_at_step?): "
                 f"no model in {out}; run again to resume"
@@ -421,7 +416,7 @@ def run_round(cfg: DictConfig, key: str, inputs: dict, where: str, view: run.Vie
         view.grid(submitted)
         if trained is not None:
             wait_for_jobs(SchedulerView(cfg.executor.poll_interval_s), [trained.job])
-        if not model_complete(cfg.train.output):
+        if not model_done(cfg.train.output):
             logs = trained.log_dir if trained is not None else cfg.train.output
             raise RuntimeError(f"iterate: {folder.name}: the training left no model: see {logs}")
         if any(submitted.failed.values()):

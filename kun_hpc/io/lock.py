@@ -50,9 +50,13 @@ class Holder:
 
     def describe(self) -> str:
         """```kun-hpc run` pid 123 on host h since 2025-01-01 12:00:00`` (and its Slurm job)."""
+        return f"`kun-hpc {self.command}` {self.where()}"
+
+    def where(self) -> str:
+        """``pid 123 on host h (Slurm job 12_3) since 2025-01-01 12:00:00`` (the job only on Slurm)."""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         job = f" (Slurm job {self.job})" if self.job else ""
-        return f"`kun-hpc {self.command}` pid {self.pid} on host {self.host}{job} since {when}"
+        return f"pid {self.pid} on host {self.host}{job} since {when}"
 
     @property
     def here(self) -> bool:
@@ -161,7 +165,7 @@ def unit_lock(
     nothing), so a grid leaves lock files only for units not done."""
 
     def busy(who: Holder | None) -> None:
-        by = who.describe().removeprefix(f"`kun-hpc {who.command}` ") if who else "another process"
+        by = who.where() if who else "another process"
         on_wait(f"another attempt of this unit holds {path}: {by}; waiting for it to end")
 
     path = Path(run_dir) / UNIT_LOCKS / stage / f"{unit}.lock"

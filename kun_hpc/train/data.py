@@ -70,6 +70,12 @@ MODEL_DIR = "model"  # <train.output>/model: the trained model folder, renamed i
 DONE_FILE = "kun_train.json"  # in it: what made it
 
 
+def model_done(output: str | Path) -> bool:
+    """``<output>/model`` is a finished model: the trainer writes it in a temporary folder, ``kun_train.json``
+    last, and renames it into place whole."""
+    return (Path(output) / MODEL_DIR / DONE_FILE).is_file()
+
+
 @dataclass
 class DataReport:
     task: str

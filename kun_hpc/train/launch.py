@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from kun_hpc import config as config_mod
 from kun_hpc.core.hashing import file_sha256
 from kun_hpc.io.atomic import atomic_write_bytes
-from kun_hpc.train.data import DONE_FILE, MODEL_DIR, build_sft_set, data_path, report_path
+from kun_hpc.train.data import build_sft_set, data_path, model_done, report_path
 from kun_hpc.train.seed import seed_files
 
 JOBS_FILE = "jobs.jsonl"
@@ -63,7 +63,7 @@ def check_launch(cfg: DictConfig, executor: str) -> None:
 
 def trained_before(out: Path) -> str | None:
     """What of a training ``out`` already holds: "a model", "checkpoints" or None."""
-    if (out / MODEL_DIR / DONE_FILE).is_file():
+    if model_done(out):
         return "a model"
     return "checkpoints" if any((out / "checkpoints").glob("checkpoint-*")) else None
 
