@@ -92,17 +92,18 @@ def group(pgid: int) -> set[int]:
 
 def running_workers(run: Path) -> set[int]:
     """Once one unit is done and two run: the pids of the running units' processes."""
-    entries = until(
-        lambda: done_units(run) >= 1 and len(local_running(run)) == 2 and local_running(run),
-        what="a unit done and two running",
-    )
-    # a controller and a worker per unit: the controller starts its worker a moment after it was recorded
 
-    def groups() -> set[int] | None:
+    def snapshot() -> set[int] | None:
+        # read afresh each time: on a loaded machine the two units first seen may end before their
+        # workers are seen, and the next ones run under other pids
+        entries = local_running(run)
+        if done_units(run) < 1 or len(entries) != 2:
+            return None
         pids = set().union(*(group(e["pid"]) for e in entries.values()))
+        # a controller and a worker per unit: the controller starts its worker a moment after it was recorded
         return pids if len(pids) >= 4 else None
 
-    pids = until(groups, what="a controller and a worker per running unit")
+    pids = until(snapshot, what="a unit done and two running, each a controller and a worker")
 
     def mid_way() -> bool:  # a unit signalled before its log opened or after its end has nothing to say
         logs = [run / "logs" / stage / unit for stage, unit in local_running(run)]
@@ -110,7 +111,7 @@ def running_workers(run: Path) -> set[int]:
         return any(" chunk 1 committed" in t and " done: " not in t for t in texts)
 
     until(mid_way, what="a running unit mid-way (a chunk committed, not done)")
-    return pids
+    return pids | (snapshot() or set())
 
 
 def rerun_resumes(run: Path, capsys) -> None:
