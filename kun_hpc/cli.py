@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import os
+import select
 import signal
 import sys
 import threading
@@ -170,6 +172,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``kun-hpc`` command: its exit code (0 done; 1 failed; 2 bad config; 3 bad input; 128 + signal
+    when interrupted, 141 when the reader of its output went away, as a pipe into ``head`` does)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError as e:
+        if not _stdout_closed():  # another pipe (a child's stdin): a failure like any other
+            print(f"kun-hpc: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        # Python's documented recipe (library/signal, "Note on SIGPIPE"): stdout points nowhere from here,
+        # so the interpreter's last flush at exit does not raise into the terminal again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports POLLERR on its write end)."""
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
+def _main(argv: list[str] | None) -> int:
     ns = parse(argv)
     if ns.command == "inspect":
         return inspect_main(ns)
@@ -208,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError) as e:
         print(f"kun-hpc: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise
     except (OSError, ValueError) as e:  # a bad file or value met while running: a message, not a traceback
         print(f"kun-hpc: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

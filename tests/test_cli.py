@@ -4,7 +4,10 @@ what `run` says it runs without a preset, help text a terminal shows as written,
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -192,3 +195,27 @@ def test_logs_has_no_flag_that_does_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --failed" in err
     assert err.startswith("usage: kun-hpc logs ")  # the command's usage line, not the top-level one
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_141(tmp_path):
+    """`kun-hpc status | head`: once the reader has gone, the command stops without a traceback or a
+    BrokenPipeError message and exits 141 (128 + SIGPIPE, what a shell reports for `yes | head`)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader went away before kun-hpc wrote a line
+    kun = Path(sys.executable).parent / "kun-hpc"
+    done = subprocess.run(
+        [kun, "config", f"run.dir={tmp_path / 'run'}"], stdout=write, stderr=subprocess.PIPE, text=True
+    )
+    os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_a_failure_said(tmp_path, capsys, monkeypatch):
+    def broken(argv):
+        raise BrokenPipeError(32, "Broken pipe")  # as writing to a child's stdin that died
+
+    with open(tmp_path / "out.txt", "w") as out:  # stdout a file: its reader has not gone
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(cli, "_main", broken)
+        assert cli.main(["status"]) == 1
+    assert capsys.readouterr().err == "kun-hpc: BrokenPipeError: [Errno 32] Broken pipe\n"
