@@ -100,15 +100,25 @@ if [ "$NODES" -gt 1 ]; then host_argv head; HEAD=("${argv[@]}"); fi
 slurmd_pidfile() { if [ "$NODES" = 1 ]; then echo "$RUN/slurmd.pid"; else echo "$RUN/slurmd-$1.pid"; fi; }
 
 net_up() {
-  local i ns h mine owner
+  local i ns h mine owner busy
   mine=$(our_bridge)
   if [ -n "$mine" ] && [ "$mine" != "$BR" ]; then
     die "this sandbox runs on bridge $mine (SLURM_NET_PREFIX=${mine%0}); stop it (stop.sh) before changing SLURM_NET_PREFIX"
   fi
+  owner=$(ip -o link show "$BR" 2>/dev/null | sed -n 's/.* alias //p')
+  if ip link show "$BR" >/dev/null 2>&1 && [ "$owner" != "$OWNER" ]; then
+    # another sandbox's network (another SP_ROOT, another checkout): taken over only when nothing runs on its
+    # hosts, as a killed test run or a CI job that ended without stop.sh leaves it
+    busy=$(for ns in $(host_namespaces "$PREFIX"); do ip netns pids "$ns" 2>/dev/null; done | wc -l)
+    if [ "${owner#kun-sandbox:}" = "$owner" ] || [ "$busy" -gt 0 ]; then
+      die "bridge $BR exists and is not this sandbox's (alias '$owner'; $busy processes run on its hosts): \
+set SLURM_NET_PREFIX and SLURM_SUBNET"
+    fi
+    for ns in $(host_namespaces "$PREFIX"); do remove_host "$ns"; done
+    ip link del "$BR"
+    say "network: bridge $BR of ${owner#kun-sandbox:} was left behind (nothing runs on its hosts): removed it"
+  fi
   if ip link show "$BR" >/dev/null 2>&1; then
-    owner=$(ip -o link show "$BR" | sed -n 's/.* alias //p')
-    [ "$owner" = "$OWNER" ] \
-      || die "bridge $BR exists and is not this sandbox's (alias '$owner'): set SLURM_NET_PREFIX and SLURM_SUBNET"
     ip -4 -o addr show dev "$BR" | grep -q " $SUBNET\.1/24 " || die "this sandbox's bridge $BR is on \
 $(ip -4 -o addr show dev "$BR" | awk '{print $4}' | head -1), not $SUBNET.0/24: stop it (stop.sh) before changing SLURM_SUBNET"
   else

@@ -70,16 +70,23 @@ def node_pids(node: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def signal_node(node: str, sig: int) -> list[int]:
+    """Send ``sig`` to every process on ``node``; the pids it reached. ``SIGSTOP`` freezes the node (its
+    slurmd and units change nothing while a test looks at them), ``SIGCONT`` thaws it."""
+    reached = []
+    for pid in node_pids(node):
+        try:
+            os.kill(pid, sig)
+            reached.append(pid)
+        except ProcessLookupError:
+            pass
+    return reached
+
+
 def kill_node(node: str, reason: str = "node lost (test: power cut)") -> int:
     """Kill everything running on ``node`` (``kill -9``), then set it DOWN as a failed node looks to Slurm.
     Returns how many processes died."""
-    killed = 0
-    for pid in node_pids(node):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:
-            pass
+    killed = len(signal_node(node, signal.SIGKILL))
     scontrol("update", f"NodeName={node}", "State=DOWN", f"Reason={reason}")
     return killed
 
@@ -118,15 +125,19 @@ class Attempt(NamedTuple):
 def attempts(jobs: Iterable[str]) -> dict[str, list[Attempt]]:
     """Job or array task -> every attempt Slurm ran of it, oldest first (by submit time): one plain ``sacct
     -D`` over the jobs' arrays, polled until every attempt has ended (sacct's rows trail the queue)."""
-    arrays = ",".join(sorted({j.split("_")[0] for j in jobs}))
+    want = set(jobs)
+    arrays = ",".join(sorted({j.split("_")[0] for j in want}))
     fields = "JobID,State,NodeList,Start,End,JobIDRaw,Submit"
     cmd = ["sacct", "-n", "-P", "-D", "-X", "-j", arrays, "-o", fields]
-    for _ in range(60):
+    for _ in range(120):
         out = subprocess.run(cmd, capture_output=True, text=True).stdout
         rows = [line.split("|") for line in out.splitlines()]
-        if rows and all(r[4] != "Unknown" for r in rows):
+        got = {t for r in rows for t in expand_array_ids(r[0])}
+        if want <= got and all(r[4] != "Unknown" for r in rows):
             break
         time.sleep(1)
+    else:
+        raise AssertionError(f"sacct has not every attempt of {sorted(want)} ended after 120 s: {rows}")
     history: dict[str, list[Attempt]] = {}
     for job, state, node, start, end, raw, _ in sorted(rows, key=lambda r: r[6]):
         for task in expand_array_ids(job):

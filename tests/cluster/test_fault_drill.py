@@ -9,10 +9,10 @@ the report's funnel equals the clean run's, and ``status`` / ``logs`` told the t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -143,15 +143,19 @@ class Drill:
             return False
         task, unit, chunks = self.rng.choice(found)
         if action == "kill":
-            pids = worker_pids(task)
+            # paused first, then looked at again: on a loaded machine a unit picked on its last chunk may
+            # have written its marker since it was picked
+            pids = [pid for pid in worker_pids(task) if signalled(pid, signal.SIGSTOP)]
             if not pids:
                 return False
-            killed = 0
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):  # it ended in between
-                    os.kill(pid, 9)
-                    killed += 1
-            if not killed:
+            stage = unit.rsplit("-", 1)[0]
+            (picked,) = [u for u in plan_grid(self.cfg).units[stage] if u.name == unit]
+            if read_marker(picked.run_dir, stage, unit) is not None:
+                for pid in pids:
+                    signalled(pid, signal.SIGCONT)
+                return False
+            chunks = len(committed_chunks(picked.shards[0].output))
+            if not [pid for pid in pids if signalled(pid, signal.SIGKILL)]:
                 return False
             self.killed[unit] = (task, chunks)
         else:
@@ -208,6 +212,15 @@ def squeue(*states: str, fmt: str = "%i") -> list[str]:
 
 def count_lines(path: str) -> int:
     return sum(1 for _ in read_shard(path))
+
+
+def signalled(pid: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid``; False when the process has ended."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def worker_pids(task: str) -> list[int]:

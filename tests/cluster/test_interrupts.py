@@ -10,6 +10,7 @@ a worker whose command was killed with SIGKILL ends itself; each re-run resumes 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -148,6 +149,7 @@ def test_a_signal_stops_the_workers_and_the_same_command_resumes(sig, tmp_path, 
             r.job.startswith("pid ") and Path(r.log).parent.name == r.unit for r in running
         )
         assert any(r.state == "pending" and f"pid {proc.pid}" in r.why for r in rows)
+        pids |= running_workers(tmp_path)  # those checks took a while: a unit mid-way now, and its workers
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
@@ -177,8 +179,9 @@ def test_cancel_stops_a_local_run_and_status_watch_follows_it(tmp_path, capsys):
     assert cli.main(["cancel", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert f"kun-hpc cancel: stopped `kun-hpc run` pid {proc.pid} on host {socket.gethostname()}" in err
-    assert "and its 2 running units" in err
-    assert proc.wait(timeout=5) == 143  # cancel returned once the run had let go
+    # 2 running, or 1 while the executor is between one unit's end and the next one's record
+    assert re.search(r"and its [12] running units?\n", err), err
+    assert proc.wait(timeout=60) == 143  # cancel returned once the run had let go
     assert [p for p in pids if alive(p)] == []
     watch.communicate(timeout=30)
     assert watch.returncode == 1  # settled, not done
@@ -190,7 +193,7 @@ def test_workers_of_a_killed_command_end_themselves(tmp_path, capsys):
     pids = running_workers(tmp_path)
     proc.kill()
     proc.communicate(timeout=10)
-    until(lambda: not [p for p in pids if alive(p)], timeout=10, what="the workers to end")
+    until(lambda: not [p for p in pids if alive(p)], timeout=60, what="the workers to end")
     assert holder(tmp_path) is None  # the kernel released the dead command's lock
     rows = unit_statuses(config.load(None, args(tmp_path)))
     assert not [r for r in rows if r.state in ("running", "pending")]  # its records name a dead command

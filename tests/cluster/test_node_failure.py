@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import random
 import re
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -187,6 +188,13 @@ def lose_a_node(watch: Drill, deadline: float) -> tuple[str, dict[str, tuple[str
         where = task_nodes() if found else {}
         node = next((where[task] for task, _, _ in found if task in where), None)
         if node:
+            # frozen, then looked at again: on a loaded machine the unit picked may have ended since, or
+            # another started there; what the node ran is read while it changes nothing
+            nodes.signal_node(node, signal.SIGSTOP)
+            where = task_nodes()
+            if not any(where.get(task) == node for task, _, _ in watch.candidates(("label",), 1)):
+                nodes.signal_node(node, signal.SIGCONT)
+                continue
             tasks = watch.tasks()
             there = {tasks[t][1]: t for t, n in where.items() if n == node and t in tasks}
             ran = {u: (t, len(committed_chunks(units[u].shards[0].output))) for u, t in there.items()}

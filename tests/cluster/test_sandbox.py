@@ -197,6 +197,7 @@ def test_each_node_is_a_host_of_its_own(multinode):
     assert socket.gethostname() not in addrs  # this machine kept its own name
 
 
+@pytest.mark.timeout(600)  # a cold start of a second cluster (MariaDB, slurmdbd, 2 slurmd) may take minutes
 def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path):
     knobs = {"SLURM_NODES": "2", "SLURM_NET_PREFIX": "kunsx", "SLURM_SUBNET": "10.213.99"}
     env = {
@@ -206,9 +207,19 @@ def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path
         "SLURM_CONF": str(tmp_path / "sb/etc/slurm.conf"),
     }
     spaces = ["kunsx-head", "kunsx-node1", "kunsx-node2"]
+    # what a sandbox of another checkout left behind when its run was killed (as CI's end kills it): its
+    # bridge and a host, nothing running there; taken over, and said
+    gone = "/elsewhere/.slurm-sandbox-2nodes"
+    _run(["ip", "link", "add", "kunsx0", "type", "bridge"], env)
+    _run(["ip", "link", "set", "kunsx0", "alias", f"kun-sandbox:{gone}"], env)
+    _run(["ip", "addr", "add", "10.213.99.1/24", "dev", "kunsx0"], env)
+    _run(["ip", "netns", "add", "kunsx-node3"], env)
     p = _run([str(START)], env, timeout=300, check=False)
     try:
         assert p.returncode == 0, p.stdout + p.stderr
+        left = f"network: bridge kunsx0 of {gone} was left behind (nothing runs on its hosts): removed it"
+        assert left in p.stdout, p.stdout
+        assert "kunsx-node3" not in _run(["ip", "netns", "list"], env).stdout.split()
         assert set(spaces) <= set(_run(["ip", "netns", "list"], env).stdout.split())
         nodes = _run(["sinfo", "-h", "-N", "-o", "%N %T"], env).stdout.split()
         assert nodes == ["node1", "idle", "node2", "idle"], nodes
@@ -218,6 +229,7 @@ def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path
         # another subnet or prefix for this one while it runs
         other = _run([str(START)], {**env, "SP_ROOT": str(tmp_path / "other")}, timeout=60, check=False)
         assert other.returncode != 0 and "bridge kunsx0 exists and is not this sandbox's" in other.stderr
+        assert re.search(r"; [1-9]\d* processes run on its hosts\): set SLURM_NET_PREFIX", other.stderr)
         moved = _run([str(START)], {**env, "SLURM_SUBNET": "10.213.98"}, timeout=60, check=False)
         assert moved.returncode != 0, moved.stdout
         assert "bridge kunsx0 is on 10.213.99.1/24, not 10.213.98.0/24: stop it" in moved.stderr, moved.stderr
@@ -258,6 +270,18 @@ def test_bad_settings_are_refused_before_anything_is_made(tmp_path, knob, value,
         p = _run([str(script)], env, timeout=60, check=False)
         assert p.returncode != 0 and why in p.stderr, (script.name, p.stdout, p.stderr)
     assert not (tmp_path / "sb").exists()
+
+
+def test_a_bridge_no_sandbox_made_is_never_taken_over(tmp_path):
+    env = {**_env(), "SLURM_NODES": "2", "SLURM_NET_PREFIX": "kunsy", "SLURM_SUBNET": "10.213.98"}
+    _run(["ip", "link", "add", "kunsy0", "type", "bridge"], env)  # someone's own bridge, no sandbox alias
+    try:
+        p = _run([str(START)], {**env, "SP_ROOT": str(tmp_path / "sb")}, timeout=60, check=False)
+        assert p.returncode != 0
+        assert "bridge kunsy0 exists and is not this sandbox's (alias ''; 0 processes" in p.stderr, p.stderr
+        assert _run(["ip", "link", "show", "kunsy0"], env).returncode == 0
+    finally:
+        _run(["ip", "link", "del", "kunsy0"], env, check=False)
 
 
 def test_a_subnet_in_use_is_refused(tmp_path):

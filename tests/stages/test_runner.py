@@ -183,9 +183,13 @@ def test_a_second_attempt_waits_for_the_first_and_takes_over_where_it_died(tmp_p
     while len(committed_chunks(shard.output)) < 2:
         assert first.poll() is None, first.communicate()
         time.sleep(0.05)
+    # the first is paused (holding its lock) while the second starts: on a loaded machine a new Python process
+    # takes longer than the first's 4.5 s of work left
+    os.kill(first.pid, signal.SIGSTOP)
     second = attempt(args)
     # the second names who holds the unit and waits, writing nothing, while the first commits on
     waiting = second.stderr.readline()
+    os.kill(first.pid, signal.SIGCONT)
     assert waiting.startswith(f"kun-hpc unit {unit.name}: another attempt of this unit holds "), waiting
     assert f": pid {first.pid} on host {socket.gethostname()} since " in waiting, waiting
     time.sleep(1.2)
