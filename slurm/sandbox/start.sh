@@ -31,6 +31,9 @@ die() {
   for f in "${LOG:-/nonexistent}"/*.log; do [ -s "$f" ] && { echo "--- tail $f" >&2; tail -n 25 "$f" >&2; }; done
   exit 1
 }
+# a command that fails where no check expected it stops the script (set -e): say which, not nothing
+set -E
+trap 'rc=$?; [ "$BASH_SUBSHELL" = 0 ] && say "ERROR: line $LINENO: \`$BASH_COMMAND\` failed (exit $rc)" >&2' ERR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # NODES, SP_ROOT, PREFIX, SUBNET (checked), proc_alive, stop_ours, ...
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
 NODE_CPUS=${SLURM_NODE_CPUS:-8}
@@ -105,7 +108,7 @@ net_up() {
   if [ -n "$mine" ] && [ "$mine" != "$BR" ]; then
     die "this sandbox runs on bridge $mine (SLURM_NET_PREFIX=${mine%0}); stop it (stop.sh) before changing SLURM_NET_PREFIX"
   fi
-  owner=$(ip -o link show "$BR" 2>/dev/null | sed -n 's/.* alias //p')
+  owner=$(ip -o link show "$BR" 2>/dev/null | sed -n 's/.* alias //p' || true)
   if ip link show "$BR" >/dev/null 2>&1 && [ "$owner" != "$OWNER" ]; then
     # another sandbox's network (another SP_ROOT, another checkout): taken over only when nothing runs on its
     # hosts, as a killed test run or a CI job that ended without stop.sh leaves it
