@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError as e:
-        if not _stdout_closed():  # another pipe (a child's stdin): a failure like any other
-            print(f"kun-hpc: {type(e).__name__}: {e}", file=sys.stderr)
+        if not _stdout_closed():  # another pipe (stderr's, a child's stdin): a failure like any other
+            with contextlib.suppress(OSError):
+                print(f"kun-hpc: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         # Python's documented recipe (library/signal, "Note on SIGPIPE"): stdout points nowhere from here,
         # so the interpreter's last flush at exit does not raise into the terminal again
@@ -187,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader has gone (poll reports POLLERR on its write end)."""
+    """Whether stdout is a pipe or socket whose reader has gone (poll reports POLLERR on a pipe's write end,
+    POLLHUP on a socket whose peer closed)."""
     poll = select.poll()
     poll.register(sys.stdout.fileno(), select.POLLOUT)
-    return any(events & select.POLLERR for _, events in poll.poll(0))
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
 
 
 def _main(argv: list[str] | None) -> int:

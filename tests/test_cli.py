@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from kun_hpc import cli
 from kun_hpc import config as config_mod
-from tests.conftest import REPO
+from tests.conftest import REPO, sample_overrides
 
 # reStructuredText roles and literals, as docstrings write them
 MARKUP = re.compile(r"``|:(mod|class|func|meth|data|attr|exc|ref|doc):`")
@@ -197,15 +197,16 @@ def test_logs_has_no_flag_that_does_nothing(tmp_path, capsys):
     assert err.startswith("usage: kun-hpc logs ")  # the command's usage line, not the top-level one
 
 
-def test_output_into_a_closed_pipe_ends_quietly_with_141(tmp_path):
+@pytest.mark.parametrize("command", ["config", "status", "plan", "logs"])
+def test_output_into_a_closed_pipe_ends_quietly_with_141(command, tmp_path):
     """`kun-hpc status | head`: once the reader has gone, the command stops without a traceback or a
-    BrokenPipeError message and exits 141 (128 + SIGPIPE, what a shell reports for `yes | head`)."""
+    BrokenPipeError message and exits 141 (128 + SIGPIPE, what a shell reports for `yes | head`), whether
+    Python's print (config, logs) or rich (status, plan: its default exits 1) wrote last."""
     read, write = os.pipe()
     os.close(read)  # the reader went away before kun-hpc wrote a line
     kun = Path(sys.executable).parent / "kun-hpc"
-    done = subprocess.run(
-        [kun, "config", f"run.dir={tmp_path / 'run'}"], stdout=write, stderr=subprocess.PIPE, text=True
-    )
+    argv = [kun, command, *sample_overrides(tmp_path / "run")]
+    done = subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, text=True)
     os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
 
