@@ -18,6 +18,8 @@ SUBNET=${SLURM_SUBNET:-10.213.0}
   || die "SLURM_SUBNET must be the first three numbers of a private /24 such as 10.213.0, not '$SUBNET'"
 RUN=$SP_ROOT/run
 OWNER="kun-sandbox:$SP_ROOT"   # the alias of the bridge this sandbox made
+net_lock() { echo "/run/kun-sandbox-$1.lock"; }   # net_lock PREFIX: held while a start/stop works on it
+NET_LOCK=$(net_lock "$PREFIX")
 export SLURM_CONF=$SP_ROOT/etc/slurm.conf
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin ;; esac
 

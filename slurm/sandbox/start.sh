@@ -51,7 +51,7 @@ wait_for() { # wait_for DESCRIPTION COMMAND...
 }
 # launch LOGNAME COMMAND...: daemons must not inherit our stdout/stderr (a caller reading our output would
 # wait for EOF forever) nor the lock fd 9 (the next start.sh would block on it). Early errors land in the log.
-launch() { local name=$1; shift; "$@" </dev/null >>"$LOG/$name.stdout.log" 2>&1 9>&-; }
+launch() { local name=$1; shift; "$@" </dev/null >>"$LOG/$name.stdout.log" 2>&1 8>&- 9>&-; }
 
 # ---------------------------------------------------------------- 1. packages
 pkgs=(slurmctld slurmd slurm-client munge)
@@ -73,6 +73,12 @@ mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/d"
 # one start/stop at a time (tests may call us while `make sandbox` runs)
 exec 9>"$SP_ROOT/.lock"
 flock -w $(( WAIT_S * 4 )) 9 || die "another start.sh/stop.sh holds $SP_ROOT/.lock"
+if [ "$NODES" -gt 1 ]; then
+  # and one per network name, whatever the SP_ROOT or checkout (/run is the machine's, as the namespaces in
+  # /run/netns are): a sandbox still starting runs nothing on its hosts yet, and must not look left behind
+  exec 8>"$NET_LOCK"
+  flock -w $(( WAIT_S * 4 )) 8 || die "another sandbox's start.sh/stop.sh on bridge ${PREFIX}0 holds $NET_LOCK"
+fi
 
 # ---------------------------------------------------------------- 2. hosts and network
 # One node: the node `localhost` and the controller are this machine. N >= 2: the hosts `head` and
@@ -326,7 +332,7 @@ if [ "$ACCOUNTING" = 1 ]; then
     if [ ! -d "$SP_ROOT/mysql/mysql" ]; then
       say "initialising MariaDB datadir"
       mariadb-install-db --user=root --datadir="$SP_ROOT/mysql" --auth-root-authentication-method=socket \
-        </dev/null > "$LOG/mariadb-install-db.log" 2>&1 9>&- || die "mariadb-install-db failed"
+        </dev/null > "$LOG/mariadb-install-db.log" 2>&1 8>&- 9>&- || die "mariadb-install-db failed"
     fi
     mkdir -p "$(dirname "$DB_SOCK")"; rm -f "$RUN/mariadbd.pid"
     # mariadbd does not daemonize itself: setsid -f detaches it (a plain `&` child would keep our stdout)
@@ -401,7 +407,7 @@ if [ ${#left[@]} -gt 0 ]; then
 fi
 if [ "$started" = 1 ] && [ ${#idle[@]} -gt 0 ]; then   # a real job step must run end to end, on each idle node
   timeout "$WAIT_S" srun -Q -t 1 -w "$(IFS=,; echo "${idle[*]}")" -N "${#idle[@]}" -n "${#idle[@]}" true \
-    </dev/null 9>&- || die "smoke job (srun true on ${idle[*]}) failed"
+    </dev/null 8>&- 9>&- || die "smoke job (srun true on ${idle[*]}) failed"
   say "cluster ready ($(IFS=,; echo "${states[*]}")), smoke job ran on ${idle[*]}"
 elif [ "$started" = 1 ]; then
   say "cluster ready ($(IFS=,; echo "${states[*]}")); no idle node for a smoke job"

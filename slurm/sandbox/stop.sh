@@ -34,6 +34,8 @@ done
 # the hosts (N >= 2): whatever still runs there ends with them, as on a node that is switched off
 br=$(our_bridge)
 if [ -n "$br" ]; then
+  exec 8>"$(net_lock "${br%0}")"
+  flock -w 240 8 || die "another sandbox's start.sh/stop.sh on bridge $br holds $(net_lock "${br%0}")"
   for ns in $(host_namespaces "${br%0}"); do remove_host "$ns"; done
   ip link del "$br" && say "removed bridge $br and its hosts' namespaces"
 fi

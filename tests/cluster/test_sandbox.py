@@ -6,6 +6,7 @@ If the cluster does not answer, start.sh is run first (it is idempotent).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import socket
@@ -208,18 +209,34 @@ def test_a_second_sandbox_starts_and_stops_only_what_it_made(multinode, tmp_path
     }
     spaces = ["kunsx-head", "kunsx-node1", "kunsx-node2"]
     # what a sandbox of another checkout left behind when its run was killed (as CI's end kills it): its
-    # bridge and a host, nothing running there; taken over, and said
+    # bridge and a host with its veth and another address, nothing running there
     gone = "/elsewhere/.slurm-sandbox-2nodes"
     _run(["ip", "link", "add", "kunsx0", "type", "bridge"], env)
     _run(["ip", "link", "set", "kunsx0", "alias", f"kun-sandbox:{gone}"], env)
     _run(["ip", "addr", "add", "10.213.99.1/24", "dev", "kunsx0"], env)
-    _run(["ip", "netns", "add", "kunsx-node3"], env)
+    _run(["ip", "netns", "add", "kunsx-node1"], env)
+    _run(
+        ["ip", "link", "add", "kunsx-node1", "type", "veth", "peer", "name", "eth0", "netns", "kunsx-node1"],
+        env,
+    )
+    _run(["ip", "-n", "kunsx-node1", "addr", "add", "10.213.99.211/24", "dev", "eth0"], env)
+    # while another start.sh or stop.sh works on that network (a sandbox still starting runs nothing on its
+    # hosts yet), nothing of it is touched: the start waits for it (4 x SLURM_WAIT_S), then refuses
+    with open(f"/run/kun-sandbox-{knobs['SLURM_NET_PREFIX']}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = _run([str(START)], {**env, "SLURM_WAIT_S": "1"}, timeout=60, check=False)
+    assert busy.returncode != 0, busy.stdout
+    refused = "another sandbox's start.sh/stop.sh on bridge kunsx0 holds /run/kun-sandbox-kunsx.lock"
+    assert refused in busy.stderr, busy.stderr
+    assert f"alias kun-sandbox:{gone}" in _run(["ip", "link", "show", "kunsx0"], env).stdout
+    # nothing runs there and nothing holds it: taken over, and said
     p = _run([str(START)], env, timeout=300, check=False)
     try:
         assert p.returncode == 0, p.stdout + p.stderr
         left = f"network: bridge kunsx0 of {gone} was left behind (nothing runs on its hosts): removed it"
         assert left in p.stdout, p.stdout
-        assert "kunsx-node3" not in _run(["ip", "netns", "list"], env).stdout.split()
+        eth0 = _run(["ip", "-n", "kunsx-node1", "-4", "-o", "addr", "show", "dev", "eth0"], env).stdout
+        assert " 10.213.99.11/24 " in eth0 and "10.213.99.211" not in eth0, eth0  # the host made anew
         assert set(spaces) <= set(_run(["ip", "netns", "list"], env).stdout.split())
         nodes = _run(["sinfo", "-h", "-N", "-o", "%N %T"], env).stdout.split()
         assert nodes == ["node1", "idle", "node2", "idle"], nodes
