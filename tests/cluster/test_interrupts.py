@@ -26,11 +26,14 @@ from kun_hpc.cluster.scheduler import local_running
 from kun_hpc.cluster.status import unit_statuses
 from kun_hpc.io.lock import holder
 from kun_hpc.io.markers import read_marker
+from kun_hpc.io.shards import read_shard
+from kun_hpc.stages.chunks import committed_chunks
 from tests.conftest import REPO, sample_overrides
 
 pytestmark = pytest.mark.slow
 KUN = str(Path(sys.executable).parent / "kun-hpc")
 UNITS = 11  # the sample in shards of 400 records
+CHUNK = 64  # records a chunk
 
 
 def args(run: Path) -> list[str]:
@@ -40,7 +43,7 @@ def args(run: Path) -> list[str]:
         "executor.max_parallel=2",
         "executor.poll_interval_s=0.5",
         "shard.records_per_shard=400",
-        "pipeline.chunk_records=64",
+        f"pipeline.chunk_records={CHUNK}",
         "pipeline.stages=[tests.stages_for_tests:Upper]",
         "pipeline.options.upper.sleep_s=0.4",  # about 3 s a unit: signals land while units run
         "merge.auto=false",
@@ -115,6 +118,60 @@ def running_workers(run: Path) -> set[int]:
     return pids | (snapshot() or set())
 
 
+def pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` waits to be delivered to ``pid`` (a stopped process keeps it until SIGCONT)."""
+    try:
+        fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (FileNotFoundError, ValueError):
+        return False
+    return any(int(fields[k], 16) >> (sig - 1) & 1 for k in ("SigPnd", "ShdPnd"))
+
+
+def signal_mid_unit(proc: subprocess.Popen, run: Path, sig: int) -> set[int]:
+    """Send ``sig`` to the command while a running unit is mid-way (a chunk committed, chunks left), made
+    certain on a loaded machine: the running units' processes are stopped (SIGSTOP) while they are looked at,
+    the command is signalled, and they go on (SIGCONT) once the SIGINT it sends their process groups waits in
+    each. Returns their pids."""
+    grid = plan_grid(config.load(None, args(run)))
+    chunks = {
+        u.name: [(s.output, -(-sum(1 for _ in read_shard(s.input)) // CHUNK)) for s in u.shards]
+        for u in grid.units["upper"]
+    }
+
+    def mid_way(stage: str, unit: str) -> bool:
+        done = [len(committed_chunks(out)) for out, _ in chunks[unit]]
+        left = sum(n for _, n in chunks[unit]) - sum(done)
+        return read_marker(run, stage, unit) is None and sum(done) >= 1 and left > 0
+
+    end = time.monotonic() + 90
+    while time.monotonic() < end:
+        running = local_running(run)
+        pids = set().union(set(), *(group(e["pid"]) for e in running.values()))
+        stopped = {pid for pid in pids if _send(pid, signal.SIGSTOP)}
+        try:
+            if any(mid_way(stage, unit) for stage, unit in running):
+                proc.send_signal(sig)
+                until(
+                    lambda held=stopped: all(pending(p, signal.SIGINT) or not alive(p) for p in held),
+                    timeout=60,
+                    what="the command to signal its units' processes",
+                )
+                return stopped
+        finally:
+            for pid in stopped:
+                _send(pid, signal.SIGCONT)
+        time.sleep(0.2)
+    raise AssertionError("no running unit was seen mid-way")
+
+
+def _send(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def rerun_resumes(run: Path, capsys) -> None:
     """The same command again runs only the units without a marker, and the run ends complete."""
     before = done_units(run)
@@ -149,8 +206,7 @@ def test_a_signal_stops_the_workers_and_the_same_command_resumes(sig, tmp_path, 
             r.job.startswith("pid ") and Path(r.log).parent.name == r.unit for r in running
         )
         assert any(r.state == "pending" and f"pid {proc.pid}" in r.why for r in rows)
-        pids |= running_workers(tmp_path)  # those checks took a while: a unit mid-way now, and its workers
-    proc.send_signal(sig)
+    pids |= signal_mid_unit(proc, tmp_path, sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
     assert "kun-hpc: interrupted; run the same command to resume" in err
