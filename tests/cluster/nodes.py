@@ -70,17 +70,19 @@ def node_pids(node: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def signalled(pid: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid``; False when the process has ended."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def signal_node(node: str, sig: int) -> list[int]:
     """Send ``sig`` to every process on ``node``; the pids it reached. ``SIGSTOP`` freezes the node (its
     slurmd and units change nothing while a test looks at them), ``SIGCONT`` thaws it."""
-    reached = []
-    for pid in node_pids(node):
-        try:
-            os.kill(pid, sig)
-            reached.append(pid)
-        except ProcessLookupError:
-            pass
-    return reached
+    return [pid for pid in node_pids(node) if signalled(pid, sig)]
 
 
 def kill_node(node: str, reason: str = "node lost (test: power cut)") -> int:

@@ -9,7 +9,6 @@ the report's funnel equals the clean run's, and ``status`` / ``logs`` told the t
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -32,6 +31,7 @@ from kun_hpc.io.shards import list_shards, read_manifest, read_shard
 from kun_hpc.stages import chunks as base
 from kun_hpc.stages.chunks import committed_chunks
 from kun_hpc.stages.runner import run_unit
+from tests.cluster.nodes import signalled
 from tests.cluster.test_slurm import _array_task
 from tests.conftest import SLURM_RUN_ARGS, sample_overrides, start_sandbox
 from tests.stages.test_kun_stages import CHAIN, GREEDY, _sample_lines, check_accounting, write_preset
@@ -212,15 +212,6 @@ def squeue(*states: str, fmt: str = "%i") -> list[str]:
 
 def count_lines(path: str) -> int:
     return sum(1 for _ in read_shard(path))
-
-
-def signalled(pid: int, sig: int) -> bool:
-    """Send ``sig`` to ``pid``; False when the process has ended."""
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def worker_pids(task: str) -> list[int]:

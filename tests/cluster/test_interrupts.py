@@ -28,6 +28,7 @@ from kun_hpc.io.lock import holder
 from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import read_shard
 from kun_hpc.stages.chunks import committed_chunks
+from tests.cluster.nodes import signalled
 from tests.conftest import REPO, sample_overrides
 
 pytestmark = pytest.mark.slow
@@ -146,8 +147,8 @@ def signal_mid_unit(proc: subprocess.Popen, run: Path, sig: int) -> set[int]:
     end = time.monotonic() + 90
     while time.monotonic() < end:
         running = local_running(run)
-        pids = set().union(set(), *(group(e["pid"]) for e in running.values()))
-        stopped = {pid for pid in pids if _send(pid, signal.SIGSTOP)}
+        pids = set().union(*(group(e["pid"]) for e in running.values()))
+        stopped = {pid for pid in pids if signalled(pid, signal.SIGSTOP)}
         try:
             if any(mid_way(stage, unit) for stage, unit in running):
                 proc.send_signal(sig)
@@ -159,17 +160,9 @@ def signal_mid_unit(proc: subprocess.Popen, run: Path, sig: int) -> set[int]:
                 return stopped
         finally:
             for pid in stopped:
-                _send(pid, signal.SIGCONT)
+                signalled(pid, signal.SIGCONT)
         time.sleep(0.2)
     raise AssertionError("no running unit was seen mid-way")
-
-
-def _send(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def rerun_resumes(run: Path, capsys) -> None:
