@@ -298,15 +298,25 @@ def end_groups(groups: Sequence[int], grace_s: float, waiting: Callable[[], bool
             time.sleep(0.05)
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """A local worker's SIGINT handler: the first SIGINT raises :class:`KeyboardInterrupt`, later ones are
+    ignored. The command's SIGINT reaches a worker twice, a moment apart (sent to its process group, then
+    forwarded by submitit's controller, which SIGKILLs it 1 s later): the second must not cut short the
+    unwinding of the first (the unit log's "interrupted after", its lock, its chunk folder)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 @dataclass
 class _Watched:
-    """What a local worker runs: ``fn``, and a watch that ends the worker's process group once the command
-    that started it died without ending it (``kill -9``)."""
+    """What a local worker runs: ``fn``, under :func:`_interrupt_once`, and a watch that ends the worker's
+    process group once the command that started it died without ending it (``kill -9``)."""
 
     fn: Callable[[Any], Any]
     driver: int  # the command's pid
 
     def __call__(self, unit: Any) -> Any:
+        signal.signal(signal.SIGINT, _interrupt_once)
         threading.Thread(target=self._watch, daemon=True).start()
         return self.fn(unit)
 

@@ -4,6 +4,11 @@ when it failed, and a unit after a list of tasks waits for all of them."""
 
 from __future__ import annotations
 
+import _thread
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +17,7 @@ import pytest
 
 from kun_hpc.cluster.executors import InlineExecutor, LocalExecutor
 from kun_hpc.cluster.slurm import SlurmExecutor
+from tests.conftest import REPO
 
 EXECUTORS = {"inline": InlineExecutor, "local": lambda: LocalExecutor(max_parallel=2, poll_s=0.05)}
 KINDS = ["inline", pytest.param("local", marks=pytest.mark.slow)]
@@ -70,6 +76,61 @@ def test_local_runs_at_most_max_parallel_units_at_once(tmp_path):
     spans = list(ran(tmp_path).values())
     at_once = max(sum(s["start"] <= t["start"] < s["end"] for s in spans) for t in spans)
     assert at_once <= 2
+
+
+def slow_to_unwind(folder: str) -> None:
+    """Run until interrupted, then take 0.3 s to clean up (the controller's copy of the SIGINT lands then)
+    and record that the clean-up ended."""
+    try:
+        Path(folder, "started").touch()
+        time.sleep(60)
+    finally:
+        time.sleep(0.3)
+        Path(folder, "unwound").touch()
+
+
+@pytest.mark.slow
+def test_an_interrupted_local_unit_unwinds_whole(tmp_path):
+    """The command's SIGINT reaches a local worker twice (its process group, then submitit's controller
+    forwarding it): the second does not cut short the worker's clean-up of the first."""
+    ex = LocalExecutor(max_parallel=1, poll_s=0.05, grace_s=10)
+    tasks = ex.submit(slow_to_unwind, [str(tmp_path)], name="u", log_dir=tmp_path / "logs")
+
+    def interrupt_once_started() -> None:
+        while not (tmp_path / "started").exists():
+            time.sleep(0.05)
+        _thread.interrupt_main()  # as the command's SIGINT / SIGTERM handler does
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        ex.wait(tasks)
+    assert (tmp_path / "unwound").exists()
+
+
+def test_a_local_worker_takes_the_first_sigint_and_ignores_the_next():
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        from kun_hpc.cluster.executors import _Watched
+
+        def unit(_):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # the second copy, while the first unwinds
+                print("unwound", flush=True)
+
+        try:
+            _Watched(unit, os.getpid())(None)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["unwound", "interrupted"], out.stderr
 
 
 def test_inline_map_returns_results_in_order_and_keeps_going_after_a_failure(tmp_path):
