@@ -71,12 +71,32 @@ def node_pids(node: str) -> list[int]:
 
 
 def signalled(pid: int, sig: int) -> bool:
-    """Send ``sig`` to ``pid``; False when the process has ended."""
+    """Send ``sig`` to ``pid``; False when the process has ended. ``SIGSTOP`` returns once the process is
+    stopped: the kernel stops it only when it next runs, and on a loaded machine that can be after a signal
+    sent to it next (which it then takes first, its handler left to run at ``SIGCONT``, so that the signal
+    is never seen pending), or after it wrote one more chunk."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
         return False
+    if sig != signal.SIGSTOP:
+        return True
+    end = time.monotonic() + 30
+    while (state := proc_state(pid)) not in ("T", "t"):
+        if state in (None, "Z", "X"):
+            return False
+        if time.monotonic() > end:
+            raise AssertionError(f"pid {pid} not stopped 30 s after SIGSTOP (state {state})")
+        time.sleep(0.005)
     return True
+
+
+def proc_state(pid: int) -> str | None:
+    """The process's state letter in ``/proc/<pid>/stat`` (R, S, D, T, Z, ...); None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def signal_node(node: str, sig: int) -> list[int]:

@@ -28,7 +28,7 @@ from kun_hpc.io.lock import holder
 from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import read_shard
 from kun_hpc.stages.chunks import committed_chunks
-from tests.cluster.nodes import signalled
+from tests.cluster.nodes import proc_state, signalled
 from tests.conftest import REPO, sample_overrides
 
 pytestmark = pytest.mark.slow
@@ -76,10 +76,7 @@ def done_units(run: Path) -> int:
 
 
 def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+    return proc_state(pid) not in (None, "Z", "X")
 
 
 def group(pgid: int) -> set[int]:
