@@ -237,10 +237,10 @@ def cluster():
 
 
 @pytest.mark.slurm
-def test_fault_drill_ends_with_the_clean_runs_dataset(cluster, tiny_model, tmp_path, capsys):
-    preset = drill_preset(tmp_path, tiny_model)
-    clean = tmp_path / "clean"
-    assert cli.main(["run", str(preset), f"run.dir={clean}", "executor.kind=inline", *GREEDY]) == 0
+def test_fault_drill_ends_with_the_clean_runs_dataset(
+    cluster, chain_preset, clean_chain_run, tmp_path, capsys
+):
+    preset, clean = chain_preset, clean_chain_run  # the chain run inline (tests/cluster/conftest.py)
     check_quarantine(clean)
 
     run = tmp_path / "drill"

@@ -23,6 +23,7 @@ def args(run: Path, *extra: str) -> list[str]:
         "shard.records_per_shard=400",
         "pipeline.chunk_records=64",
         STAGES,
+        "merge.auto=false",  # nothing here reads the merge
         *extra,
     )
 
@@ -32,10 +33,12 @@ def pending(run: Path, *extra: str) -> dict[str, list[int]]:
     return {s: [u.index for u in us] for s, us in pending_units(grid).items()}
 
 
-@pytest.fixture
-def run(tmp_path) -> Path:
-    assert cli.main(["run", *args(tmp_path)]) == 0
-    return tmp_path
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One complete run for the module's tests (the one that deletes a marker runs the unit again)."""
+    run = tmp_path_factory.mktemp("grid")
+    assert cli.main(["run", *args(run)]) == 0
+    return run
 
 
 @pytest.mark.slow

