@@ -302,7 +302,8 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     """A local worker's SIGINT handler: the first SIGINT raises :class:`KeyboardInterrupt`, later ones are
     ignored. The command's SIGINT reaches a worker twice, a moment apart (sent to its process group, then
     forwarded by submitit's controller, which SIGKILLs it 1 s later): the second must not cut short the
-    unwinding of the first (the unit log's "interrupted after", its lock, its chunk folder)."""
+    unwinding of the first (the unit log's "interrupted after", its lock, its writers' temporary files).
+    SIGINT stays ignored: the worker is ending."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
@@ -362,8 +363,9 @@ def _submitit_local() -> type:
 class LocalExecutor(_QueueExecutor):
     """submitit LocalExecutor with a concurrency cap (submitit's own starts every job at once). With
     ``run_dir``, each running unit is recorded where ``status`` and ``cancel`` find it
-    (:func:`~kun_hpc.cluster.scheduler.record_local_start`). ``grace_s``: how long an interrupted unit
-    may take to end before it is killed."""
+    (:func:`~kun_hpc.cluster.scheduler.record_local_start`). ``grace_s``: how long, once interrupted, a
+    unit's process group may take to end before what is left of it is killed (submitit's controller gives
+    the worker itself 1 s; this bounds what the worker started, e.g. vLLM's engine processes)."""
 
     kind = "local"
 

@@ -73,8 +73,8 @@ def node_pids(node: str) -> list[int]:
 def signalled(pid: int, sig: int) -> bool:
     """Send ``sig`` to ``pid``; False when the process has ended. ``SIGSTOP`` returns once the process is
     stopped: the kernel stops it only when it next runs, and on a loaded machine that can be after a signal
-    sent to it next (which it then takes first, its handler left to run at ``SIGCONT``, so that the signal
-    is never seen pending), or after it wrote one more chunk."""
+    sent to it next, which it then takes first (its handler left to run at ``SIGCONT``), so that the signal
+    is never seen pending."""
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

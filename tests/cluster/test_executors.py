@@ -92,7 +92,9 @@ def slow_to_unwind(folder: str) -> None:
 @pytest.mark.slow
 def test_an_interrupted_local_unit_unwinds_whole(tmp_path):
     """The command's SIGINT reaches a local worker twice (its process group, then submitit's controller
-    forwarding it): the second does not cut short the worker's clean-up of the first."""
+    forwarding it): the second does not cut short the worker's clean-up of the first. (Without the fix this
+    fails most times, not always: when the worker runs late, the two copies arrive as one pending signal.
+    The next test is the deterministic check.)"""
     ex = LocalExecutor(max_parallel=1, poll_s=0.05, grace_s=10)
     tasks = ex.submit(slow_to_unwind, [str(tmp_path)], name="u", log_dir=tmp_path / "logs")
 
