@@ -91,12 +91,19 @@ def signalled(pid: int, sig: int) -> bool:
     return True
 
 
-def proc_state(pid: int) -> str | None:
-    """The process's state letter in ``/proc/<pid>/stat`` (R, S, D, T, Z, ...); None once it is gone."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name: ``[0]`` the state letter (R, S, D, T,
+    Z, ...), ``[2]`` the process group; None once the process is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+
+
+def proc_state(pid: int) -> str | None:
+    """The process's state letter (:func:`proc_stat`); None once it is gone."""
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
 
 
 def signal_node(node: str, sig: int) -> list[int]:

@@ -28,7 +28,7 @@ from kun_hpc.io.lock import holder
 from kun_hpc.io.markers import read_marker
 from kun_hpc.io.shards import read_shard
 from kun_hpc.stages.chunks import committed_chunks
-from tests.cluster.nodes import proc_state, signalled
+from tests.cluster.nodes import proc_stat, proc_state, signalled
 from tests.conftest import REPO, sample_overrides
 
 pytestmark = pytest.mark.slow
@@ -82,13 +82,10 @@ def alive(pid: int) -> bool:
 def group(pgid: int) -> set[int]:
     """Every live process in a process group (the controller, the worker, what it started)."""
     out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.add(int(stat.parent.name))
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(int(proc.name))
+        if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.add(int(proc.name))
     return out
 
 
